@@ -2,7 +2,7 @@
 
 Whoever can write to a shared cache must not be able to run code in the app,
 so values coming out of the cache are only ever parsed as JSON. Tombstones are
-byte strings that no JSON text can equal (they start with a NUL byte).
+byte strings no JSON text can equal (they start with a NUL byte).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from clickqueue.errors import MessageEncodingError, MessageTooLargeError
 # the key and item header so one message always fits in one item.
 MAX_MESSAGE_BYTES = 1_000_000 - 1024
 
-READER_TOMBSTONE = b"\x00reader-tombstone"
+TOMBSTONE = b"\x00tombstone"
 """Put by a reader into a claimed slot found empty: the slot's writer must retry."""
 
-GAP_TOMBSTONE = b"\x00gap-tombstone"
-"""Put by a writer that reseeds a lost write counter into the slots it skips."""
+RESET_TOMBSTONE = b"\x00reset"
+"""Put by a reader that recreated a lost state into empty slots it skipped over."""
 
-TOMBSTONES = frozenset({READER_TOMBSTONE, GAP_TOMBSTONE})
+
+def is_tombstone(value: bytes) -> bool:
+    return value[:1] == b"\x00"
 
 
 def encode_message(message: Any) -> bytes:

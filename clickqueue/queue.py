@@ -8,8 +8,8 @@ Keys, all prefixed ``cq:<name>:`` and built only by ``QueueKeys``:
 * ``m:<s>:<n>``  slot ``n`` of shard ``s``: a message (JSON), or a tombstone.
 * ``state``      the read state, changed only by compare-and-set (CAS):
   ``claimed[s]`` (last slot handed to a reader), ``seen[s]`` (highest write
-  counter a reader saw) and the outstanding ``leases`` (id -> slot ranges,
-  deadline, attempt).
+  counter a reader saw), the outstanding ``leases`` (id -> slot ranges,
+  deadline, attempt) and ``gaps`` (slot ranges skipped by a reseeded counter).
 * ``stat:<x>``   counters of rare events, for ``stats()``.
 
 Write: ``incr(w:<s>, k)`` reserves slots ``n-k+1..n`` of a shard taken in turn;
@@ -42,13 +42,16 @@ Invariants, and why they hold:
    come back only after its deadline, under the same id, or after ``release``).
 4. Lock-free: the only loop is CAS retry, which fails only when another party
    succeeded. A dead reader holds nothing but a lease that expires.
-5. Lost counters: a writer whose ``incr`` finds no counter reseeds it above
-   every slot a reader may have claimed: ``max(claimed, seen)`` plus
-   ``MAX_CLAIM_ITEMS`` (only one claim can rest on a counter value seen before
-   it vanished), gap-tombstoning the skipped slots so they are not counted as
-   lost; live messages there still win their slot and are read. A reader that
-   finds no state recreates it at the write counters (never re-reading: no
-   duplicates); the messages it skipped cannot be counted, so ``resets`` is.
+5. Lost counters: a slot number is never handed out twice. A party whose
+   ``incr`` (or claim) finds no counter reseeds it above every slot already
+   used: the last stored slot above ``max(claimed, seen)`` (scanned for), plus
+   ``MAX_CLAIM_ITEMS``, since one claim may rest on a counter value read just
+   before it vanished. The skipped slots are recorded in ``gaps`` first, so
+   readers count them apart from lost ones. A new state is added before its
+   counters, so nobody sees counters without a state unless the state was
+   lost. A reader that finds no state recreates it at the write counters
+   (never re-reading: no duplicates) and counts the messages it skips over as
+   lost; ``resets`` counts each lost counter or state.
 6. Loss is counted: ``skipped`` counts claimed slots found empty,
    ``retried`` the writers that hit a reader tombstone, so
    ``lost = skipped - retried`` is the messages whose slot held nothing:
@@ -69,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clickqueue.cache import Cache, wrap_client
-from clickqueue.codec import GAP_TOMBSTONE, READER_TOMBSTONE, TOMBSTONES, decode_message, encode_message
+from clickqueue.codec import RESET_TOMBSTONE, TOMBSTONE, decode_message, encode_message, is_tombstone
 from clickqueue.errors import (
     CorruptStateError,
     InvalidArgumentError,
@@ -141,6 +144,7 @@ class ReadState:
     claimed: list[int]
     seen: list[int]
     leases: dict[str, LeaseRecord] = field(default_factory=dict)
+    gaps: list[SlotRange] = field(default_factory=list)
 
     @classmethod
     def starting_at(cls, claimed: list[int]) -> ReadState:
@@ -161,6 +165,7 @@ class ReadState:
                     )
                     for lease_id, record in data["leases"].items()
                 },
+                gaps=[SlotRange(*bounds) for bounds in data["gaps"]],
             )
         except (ValueError, KeyError, TypeError) as error:
             raise CorruptStateError(key) from error
@@ -177,18 +182,17 @@ class ReadState:
                 }
                 for lease_id, record in self.leases.items()
             },
+            "gaps": [[r.shard, r.first, r.last] for r in self.gaps],
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
-    def claim(self, write_counters: Sequence[int | None], max_items: int) -> list[SlotRange]:
+    def claim(self, write_counters: Sequence[int], max_items: int) -> list[SlotRange]:
         """Advance ``claimed`` over up to ``max_items`` written slots, fullest shard first."""
-        for shard, counter in enumerate(write_counters):
-            if counter is not None:
-                self.seen[shard] = max(self.seen[shard], counter)
+        self.seen = [max(seen, counter) for seen, counter in zip(self.seen, write_counters)]
         backlog = {
             shard: counter - self.claimed[shard]
             for shard, counter in enumerate(write_counters)
-            if counter is not None and counter > self.claimed[shard]
+            if counter > self.claimed[shard]
         }
         ranges = []
         remaining = max_items
@@ -199,7 +203,13 @@ class ReadState:
             ranges.append(SlotRange(shard, self.claimed[shard] + 1, self.claimed[shard] + taken))
             self.claimed[shard] += taken
             remaining -= taken
+        self.gaps = [gap for gap in self.gaps if gap.last > self.claimed[gap.shard]]
         return ranges
+
+    def used_through(self, shard: int) -> int:
+        """The highest slot of ``shard`` the state knows to have been handed out."""
+        gap_ends = [gap.last for gap in self.gaps if gap.shard == shard]
+        return max(self.claimed[shard], self.seen[shard], *gap_ends)
 
     def first_expired_lease(self, now: float) -> str | None:
         expired = [lease_id for lease_id, record in self.leases.items() if record.deadline <= now]
@@ -232,6 +242,7 @@ class QueueStats:
 @dataclass(frozen=True)
 class _Claim:
     ranges: list[SlotRange]
+    gaps: list[SlotRange] = field(default_factory=list)
     lease_id: str | None = None
     attempt: int = 0
 
@@ -319,34 +330,84 @@ class Queue:
     def _count_lost_slots(self, keys: list[str]) -> None:
         """Tell tombstone hits (``retried``) from anything else (``collided``)."""
         current = self.cache.get_multi(keys)
-        hit_tombstones = sum(1 for key in keys if current.get(key) == READER_TOMBSTONE)
+        hit_tombstones = sum(1 for key in keys if current.get(key) == TOMBSTONE)
         self._count("retried", hit_tombstones)
         self._count("collided", len(keys) - hit_tombstones)
 
     def _reseed_write_counter(self, shard: int) -> None:
-        """Recreate a lost write counter above anything a reader may have claimed."""
+        """Recreate a lost write counter above every slot number already handed out."""
+        counter_key = self.keys.write_counter(shard)
         found = self.cache.get_multi([self.keys.state, *self._counter_keys])
         if self.keys.state not in found:
             self._recreate_state([int(found[key]) if key in found else None for key in self._counter_keys])
             return
-        state = self._parse_state(found[self.keys.state])
-        floor = max(state.claimed[shard], state.seen[shard])
-        counter_key = self.keys.write_counter(shard)
-        if self.cache.add_multi({counter_key: str(floor + MAX_CLAIM_ITEMS).encode()}):
+        if counter_key in found:
             return  # another party reseeded it first
-        gap = {self.keys.slot(shard, n): GAP_TOMBSTONE for n in range(floor + 1, floor + MAX_CLAIM_ITEMS + 1)}
-        self._count("gapped", len(gap) - len(self.cache.add_multi(gap, self.tombstone_seconds)))
+        top = self._last_stored_slot(shard, self._parse_state(found[self.keys.state]).used_through(shard))
+        if top == 0:
+            self.cache.add_multi({counter_key: b"0"})  # nothing was ever written to this shard
+            return
+        gap = None
+
+        def record_gap(state: ReadState) -> bool:
+            nonlocal gap
+            floor = max(state.used_through(shard), top)
+            gap = SlotRange(shard, floor + 1, floor + MAX_CLAIM_ITEMS)
+            state.gaps.append(gap)
+            return True
+
+        def forget_gap(state: ReadState) -> bool:
+            if gap not in state.gaps:
+                return False
+            state.gaps.remove(gap)
+            return True
+
+        if not self._change_state(record_gap):
+            return  # the state vanished meanwhile: the next incr starts over
+        if self.cache.add_multi({counter_key: str(gap.last).encode()}):
+            self._change_state(forget_gap)  # another party reseeded it first
+            return
         self._count("resets", 1)
 
+    def _last_stored_slot(self, shard: int, floor: int) -> int:
+        """The highest slot above ``floor`` holding anything (the lost counter's
+        value, give or take writes still in flight), scanning up
+        ``MAX_CLAIM_ITEMS`` slots per call until a window is empty."""
+        top = floor
+        while True:
+            window = {self.keys.slot(shard, n): n for n in range(top + 1, top + MAX_CLAIM_ITEMS + 1)}
+            stored = self.cache.get_multi(list(window))
+            if not stored:
+                return top
+            top = max(window[key] for key in stored)
+
     def _create_state(self, claimed: list[int]) -> bool:
-        """Add a state starting after ``claimed``, and write counters where missing.
+        """Add a state starting after ``claimed``, then any missing write counters.
 
         Returns whether this call created the state. Nobody can have claimed
         from a state just created, so counters created with it need no margin.
         """
-        counters = {key: str(start).encode() for key, start in zip(self._counter_keys, claimed)}
-        not_stored = self.cache.add_multi({self.keys.state: ReadState.starting_at(claimed).to_bytes(), **counters})
-        return self.keys.state not in not_stored
+        if self.cache.add_multi({self.keys.state: ReadState.starting_at(claimed).to_bytes()}):
+            return False
+        self.cache.add_multi({key: str(start).encode() for key, start in zip(self._counter_keys, claimed)})
+        return True
+
+    def _change_state(self, change: Callable[[ReadState], bool]) -> bool:
+        """Apply ``change`` to the state by gets + CAS, retrying on contention.
+
+        ``change`` edits the state it is given and returns False to give up.
+        Returns whether a change was stored (False also when there is no state).
+        """
+        while True:
+            found = self.cache.gets_multi([self.keys.state])
+            if self.keys.state not in found:
+                return False
+            raw_state, token = found[self.keys.state]
+            state = self._parse_state(raw_state)
+            if not change(state):
+                return False
+            if self.cache.cas(self.keys.state, state.to_bytes(), token):
+                return True
 
     # -- claiming and reading --------------------------------------------------
 
@@ -367,7 +428,7 @@ class Queue:
             claim = self._claim(max_items, lease_seconds=None)
             if not claim.ranges:
                 return []
-            keys, messages = self._fetch(claim.ranges)
+            keys, messages = self._fetch(claim)
             if keys:
                 break
         not_deleted = set(self.cache.delete_multi(keys))
@@ -389,7 +450,7 @@ class Queue:
             claim = self._claim(max_items, lease_seconds=seconds)
             if claim.lease_id is None:
                 return Lease(self, None, 0, [], [])
-            lease = Lease(self, claim.lease_id, claim.attempt, *self._fetch(claim.ranges))
+            lease = Lease(self, claim.lease_id, claim.attempt, *self._fetch(claim))
             if lease.messages:
                 return lease
             lease.ack()
@@ -403,34 +464,58 @@ class Queue:
             if self.keys.state not in found:
                 self._recreate_state(counters)
                 continue
+            lost_counters = [shard for shard, counter in enumerate(counters) if counter is None]
+            if lost_counters:
+                for shard in lost_counters:
+                    self._reseed_write_counter(shard)
+                continue
             raw_state, token = found[self.keys.state]
             state = self._parse_state(raw_state)
             self._has_seen_queue = True
             now = self.clock()
+            gaps = list(state.gaps)
             expired_id = state.first_expired_lease(now) if lease_seconds is not None else None
             if expired_id is not None:
                 record = state.leases[expired_id]
                 record.deadline, record.attempt = now + lease_seconds, record.attempt + 1
-                claim = _Claim(record.ranges, expired_id, record.attempt)
+                claim = _Claim(record.ranges, gaps, expired_id, record.attempt)
             else:
                 ranges = state.claim(counters, max_items)
                 if not ranges:
                     return _Claim([])
                 if lease_seconds is None:
-                    claim = _Claim(ranges)
+                    claim = _Claim(ranges, gaps)
                 else:
                     if len(state.leases) >= MAX_LEASES:
                         raise TooManyLeasesError(self.keys.state, MAX_LEASES)
-                    claim = _Claim(ranges, uuid.uuid4().hex, 1)
+                    claim = _Claim(ranges, gaps, uuid.uuid4().hex, 1)
                     state.leases[claim.lease_id] = LeaseRecord(ranges, now + lease_seconds, 1)
             if self.cache.cas(self.keys.state, state.to_bytes(), token):
                 return claim
 
     def _recreate_state(self, counters: list[int | None]) -> None:
-        """Start a missing state at the write counters: nothing is read twice."""
+        """Start a missing state at the write counters, so nothing is read twice.
+
+        The messages still stored below the counters are skipped unread (or sat
+        in a lease the state forgot): they are counted as lost, found by reading
+        back ``MAX_CLAIM_ITEMS`` slots per call until a window holds none. Empty
+        slots there get a reset tombstone, so a write still in flight to one of
+        them fails and goes to a fresh slot instead of below the new state.
+        """
         claimed = [counter or 0 for counter in counters]
-        if self._create_state(claimed) and (self._has_seen_queue or any(claimed)):
-            self._count("resets", 1)
+        if not self._create_state(claimed) or not (self._has_seen_queue or any(claimed)):
+            return
+        self._count("resets", 1)
+        for shard, counter in enumerate(claimed):
+            for top in range(counter, 0, -MAX_CLAIM_ITEMS):
+                window = [self.keys.slot(shard, n) for n in range(max(1, top - MAX_CLAIM_ITEMS + 1), top + 1)]
+                stored = self.cache.get_multi(window)
+                empty = [key for key in window if key not in stored]
+                stored_meanwhile = self.cache.add_multi(dict.fromkeys(empty, RESET_TOMBSTONE), self.tombstone_seconds)
+                skipped = len(stored_meanwhile) + sum(1 for value in stored.values() if not is_tombstone(value))
+                if not skipped:
+                    break
+                self._count("skipped", skipped)
 
     def _parse_state(self, raw_state: bytes) -> ReadState:
         state = ReadState.from_bytes(self.keys.state, raw_state)
@@ -438,21 +523,24 @@ class Queue:
             raise ShardMismatchError(self.keys.state, len(state.claimed), self.shards)
         return state
 
-    def _fetch(self, ranges: Sequence[SlotRange]) -> tuple[list[str], list[Any]]:
+    def _fetch(self, claim: _Claim) -> tuple[list[str], list[Any]]:
         """Read claimed slots in order: 1 ``get_multi``; empty slots cost an
         ``add_multi`` of tombstones and a ``get_multi`` of the ``add``s lost."""
-        keys = [self.keys.slot(r.shard, n) for r in ranges for n in r.numbers()]
+        keys = [self.keys.slot(r.shard, n) for r in claim.ranges for n in r.numbers()]
         found = self.cache.get_multi(keys)
         empty = [key for key in keys if key not in found]
         if empty:
-            written_meanwhile = self.cache.add_multi(dict.fromkeys(empty, READER_TOMBSTONE), self.tombstone_seconds)
+            written_meanwhile = self.cache.add_multi(dict.fromkeys(empty, TOMBSTONE), self.tombstone_seconds)
             if written_meanwhile:
                 found.update(self.cache.get_multi(written_meanwhile))
-            self._count("skipped", len(empty) - len(written_meanwhile))
+            in_gaps = {self.keys.slot(gap.shard, n) for gap in claim.gaps for n in gap.numbers()}
+            tombstoned = set(empty) - set(written_meanwhile)
+            self._count("gapped", len(tombstoned & in_gaps))
+            self._count("skipped", len(tombstoned - in_gaps))
         message_keys, messages = [], []
         for key in keys:
             value = found.get(key)
-            if value is None or value in TOMBSTONES:
+            if value is None or is_tombstone(value):
                 continue
             try:
                 messages.append(decode_message(value))
@@ -471,23 +559,18 @@ class Queue:
         Returns whether this lease was still outstanding. An ack deletes the
         slots even when it was not: the messages were processed.
         """
-        held = False
-        while True:
-            found = self.cache.gets_multi([self.keys.state])
-            if self.keys.state not in found:
-                break
-            raw_state, token = found[self.keys.state]
-            state = self._parse_state(raw_state)
+
+        def settle(state: ReadState) -> bool:
             record = state.leases.get(lease.lease_id)
             if record is None or (not acknowledge and record.attempt != lease.attempt):
-                break
+                return False
             if acknowledge:
                 del state.leases[lease.lease_id]
             else:
                 record.deadline = 0
-            if self.cache.cas(self.keys.state, state.to_bytes(), token):
-                held = True
-                break
+            return True
+
+        held = self._change_state(settle)
         if acknowledge:
             if lease.message_keys:
                 self.cache.delete_multi(lease.message_keys)

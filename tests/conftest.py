@@ -151,3 +151,159 @@ def testbed(tmp_path):
     ndb.get_context().clear_cache()
     yield bed
     bed.deactivate()
+
+
+@pytest.fixture(scope="session")
+def second_memcached_server() -> Iterator[MemcachedServer]:
+    """Another memcached, so HashClient spreads keys over two servers."""
+    server = _start_memcached(memory_mb=64)
+    yield server
+    stop_process(server.process)
+
+
+class PauseAfterIncr:
+    """A Cache that runs ``between`` once, right after the next ``incr`` of a write counter.
+
+    It stands for a writer paused between taking its slot and storing its message.
+    """
+
+    def __init__(self, inner, between):
+        self.inner, self.between = inner, between
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def incr(self, key, delta, initial_value=None):
+        value = self.inner.incr(key, delta, initial_value)
+        if ":w:" in key and self.between is not None:
+            between, self.between = self.between, None
+            between()
+        return value
+
+
+class FakeClock:
+    """A clock for the ``clock=`` seam: time moves only when a test says so."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+BACKENDS = ("appengine", "memcached", "memcached-hash")
+
+
+@pytest.fixture(params=BACKENDS)
+def cache_client(request):
+    """The raw client of each backend, empty: None means App Engine memcache (SDK stub)."""
+    if request.param == "appengine":
+        request.getfixturevalue("testbed")
+        yield None
+        return
+    if request.param == "memcached":
+        yield request.getfixturevalue("memcached_client")
+        return
+    from pymemcache.client.hash import HashClient
+
+    servers = [request.getfixturevalue("memcached_server"), request.getfixturevalue("second_memcached_server")]
+    client = HashClient([server.address for server in servers])
+    client.flush_all(noreply=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cache(cache_client):
+    """The clickqueue Cache adapter for each backend, counting its calls."""
+    from clickqueue import CountingCache, wrap_client
+
+    return CountingCache(wrap_client(cache_client))
+
+
+@pytest.fixture
+def make_queue(cache, clock):
+    """Queues sharing one cache and fake clock: ``make_queue(shards=4)``."""
+    from clickqueue import Queue
+
+    def make(name: str = "q", **options):
+        options.setdefault("clock", clock)
+        return Queue(name, cache, **options)
+
+    return make
+
+
+# -- the sample app (tests/test_app_*.py) --------------------------------------
+
+
+@pytest.fixture
+def app_settings(testbed, clock):
+    """The app's default settings, with the app and its queue on ``clock``
+    (which starts at a whole second: the start of a time slot)."""
+    from handlers.settings import Settings, default_queue
+
+    return Settings(queue=default_queue(clock), clock=clock)
+
+
+@pytest.fixture
+def make_app(testbed):
+    """Build the app as App Engine serves it (wrapped), with the given Settings, on the stubs."""
+    import webtest
+
+    import main
+
+    return lambda settings: webtest.TestApp(main.create_app(settings))
+
+
+@pytest.fixture
+def app(make_app, app_settings):
+    return make_app(app_settings)
+
+
+@pytest.fixture
+def queued_tasks(testbed):
+    """The tasks waiting in the ``process`` task queue (the stub never runs them itself)."""
+    from google.appengine.ext import testbed as testbed_module
+
+    stub = testbed.get_stub(testbed_module.TASKQUEUE_SERVICE_NAME)
+    return lambda: stub.get_filtered_tasks(queue_names=["process"])
+
+
+@pytest.fixture
+def run_tasks(testbed, queued_tasks):
+    """Run the queued tasks once through an app, as App Engine would; returns the responses.
+
+    A task answered 2xx is deleted; any other answer leaves it queued.
+    """
+    from google.appengine.ext import testbed as testbed_module
+
+    stub = testbed.get_stub(testbed_module.TASKQUEUE_SERVICE_NAME)
+
+    def run(app) -> list:
+        responses = []
+        for task in queued_tasks():
+            headers = {"X-AppEngine-QueueName": "process", "X-AppEngine-TaskName": task.name}
+            response = app.post(task.url, task.payload or b"", headers=headers, expect_errors=True)
+            if 200 <= response.status_int < 300:
+                stub.DeleteTask("process", task.name)
+            responses.append(response)
+        return responses
+
+    return run
+
+
+@pytest.fixture
+def server_log(tmp_path) -> Iterator[Path]:
+    """A log file for servers a test starts; its tail is printed at teardown (shown on failure)."""
+    log_path = tmp_path / "server.log"
+    yield log_path
+    if log_path.exists():
+        print(log_path.read_text(errors="replace")[-4000:])

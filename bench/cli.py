@@ -1,0 +1,190 @@
+"""``python -m bench``: parse the options, start the servers, run every part, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+from pymemcache.client.base import Client
+
+import bench
+from bench import servers
+from bench.calls import count_calls
+from bench.http_load import APPS, Gunicorn, HttpLoad, track_vs_noop
+from bench.multiproc import run_sharded
+from bench.report import plot, render_text, targets, throughput_rows
+from bench.single import run_group
+from bench.workload import Throughput, median_runs
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK_DEFAULTS = {
+    "messages": 300, "case_seconds": 0.1, "slice_seconds": 0.02, "repeats": 1, "shards": [1, 2], "writers": 1, "readers": 1,
+    "mp_messages": 600, "mp_seconds": 2.0, "http_seconds": 1, "http_connections": 4,
+}
+"""``--quick``: a smoke run of every part in well under a minute; explicit options still win."""
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=bench.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout (table on stderr)")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "results.json", help="JSON results file")
+    parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "throughput.png", help="PNG plot file")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of the multi-process and HTTP measurements; the median is reported")
+    single = parser.add_argument_group("single process")
+    single.add_argument("--batches", type=int_list, default=[1, 10, 100], help="batch sizes")
+    single.add_argument("--message-sizes", type=int_list, default=[100, 1000], help="message sizes in bytes of JSON")
+    single.add_argument("--messages", type=int, default=60000, help="most messages one case moves (and prefill)")
+    single.add_argument("--case-seconds", type=float, default=2.0, help="most seconds one case runs, in slices")
+    single.add_argument("--slice-seconds", type=float, default=0.05,
+                        help="the cases of one batch and size run in turns of this long")
+    multi = parser.add_argument_group("multi-process (one memcached)")
+    multi.add_argument("--writers", type=int, default=2, help="writer processes")
+    multi.add_argument("--readers", type=int, default=2, help="reader processes")
+    multi.add_argument("--shards", type=int_list, default=[1, 2, 4, 8], help="shard counts")
+    multi.add_argument("--mp-write-batch", type=int, default=10, help="messages per write_multi")
+    multi.add_argument("--mp-read-batch", type=int, default=100, help="max_items per read_multi")
+    multi.add_argument("--mp-message-bytes", type=int, default=100, help="message size")
+    multi.add_argument("--mp-messages", type=int, default=30000, help="messages written per shard count")
+    multi.add_argument("--mp-seconds", type=float, default=5.0, help="most seconds the writers run")
+    http = parser.add_argument_group("HTTP (gunicorn + wrk)")
+    http.add_argument("--http-seconds", type=int, default=3, help="wrk duration per app and round")
+    http.add_argument("--http-connections", type=int, default=16, help="wrk connections")
+    http.add_argument("--http-workers", type=int, default=2, help="gunicorn workers (app.yaml: 2)")
+    http.add_argument("--http-threads", type=int, default=8, help="gunicorn threads per worker (app.yaml: 8)")
+    known, _ = parser.parse_known_args(argv)
+    if known.quick:
+        parser.set_defaults(**QUICK_DEFAULTS)
+    return parser.parse_args(argv)
+
+
+def machine_info() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": models[0] if models else platform.processor(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "memcached": servers.version_of(["memcached", "-V"]),
+        "redis_server": servers.version_of(["redis-server", "--version"]),
+        "wrk": servers.version_of(["wrk", "-v"]),
+        **{package: metadata.version(package) for package in ("pymemcache", "redis", "gunicorn", "webapp2")},
+        "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+class Progress:
+    """One line per finished step on stderr: ``[3/40] label``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        print(f"[{self.done:{len(str(self.total))}}/{self.total}] {label}", file=sys.stderr, flush=True)
+
+
+def measure_single_process(
+    args: argparse.Namespace, clients: tuple[Client, redis.Redis], progress: Progress
+) -> list[Throughput]:
+    """Every case, grouped by batch and message size."""
+    results = []
+    for size in args.message_sizes:
+        for batch in args.batches:
+            group = run_group(batch, size, clients, args.messages, args.case_seconds, args.slice_seconds)
+            results += group
+            progress.step(f"batch {batch}, {size} B: " + ", ".join(f"{run.case} {run.per_second:,.0f}" for run in group)
+                          + " msg/s")
+    return results
+
+
+def measure_multiprocess(args: argparse.Namespace, address: tuple[str, int], progress: Progress) -> list[dict[str, Any]]:
+    """Every shard count, in ``repeats`` rounds; the median run of each counts."""
+    runs = []
+    for _ in range(args.repeats):
+        for shards in args.shards:
+            runs.append(run_sharded(address, shards, args.writers, args.readers, args.mp_write_batch,
+                                    args.mp_read_batch, args.mp_message_bytes, args.mp_messages, args.mp_seconds))
+            progress.step(f"{args.writers} writers + {args.readers} readers, {shards} shards: "
+                          f"{runs[-1]['per_second']:,.0f} msg/s")
+    return median_runs(runs, lambda run: run["shards"], lambda run: run["per_second"])
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Every part of the benchmark, on servers started here and always stopped."""
+    started = time.monotonic()
+    document: dict[str, Any] = {"command": command, "machine": machine_info()}
+    groups = len(args.batches) * len(args.message_sizes)
+    progress = Progress(groups + 1 + args.repeats * (len(args.shards) + len(APPS)))
+    with ExitStack() as stack:
+        memcached = stack.enter_context(servers.memcached())
+        redis_server = stack.enter_context(servers.redis())
+        clients = (Client(memcached.address), redis.Redis(*redis_server.address))
+        stack.callback(clients[0].close)
+        stack.callback(clients[1].close)
+        results = measure_single_process(args, clients, progress)
+        calls = count_calls(clients[0])
+        progress.step(f"cache calls: {calls['write']:g} per write, {calls['cycle_100']:g} per cycle of 100")
+        multiprocess = measure_multiprocess(args, memcached.address, progress)
+        http = track_vs_noop(memcached.address, Gunicorn(args.http_workers, args.http_threads),
+                             HttpLoad(args.http_seconds, args.http_connections), args.repeats, progress.step)
+    document["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    document.update(
+        parameters={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        throughput=throughput_rows(results),
+        cache_calls=calls,
+        multiprocess=multiprocess,
+        http=http,
+        targets=[target.as_dict() for target in targets(results, calls, http)],
+        elapsed_seconds=round(time.monotonic() - started, 1),
+    )
+    return document
+
+
+def _stop_on_sigterm(signal_number: int, frame: object) -> None:
+    raise SystemExit(128 + signal_number)  # unwinds through every server's finally
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        document = run(args, " ".join(["python -m bench", *argv]))
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except servers.ServerError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(document, indent=2) + "\n")
+    plot(document["throughput"], args.plot)
+    text = render_text(document)
+    if args.json:
+        print(text, file=sys.stderr)
+        print(json.dumps(document, indent=2))
+    else:
+        print(text)
+    print(f"results: {args.results}, plot: {args.plot}, {document['elapsed_seconds']} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,197 @@
+"""Several writer and reader processes on one memcached, for each shard count.
+
+Writers rotate over the shards' write counters (one ``incr`` per batch), so
+sharding spreads the hottest keys; readers drain every shard in one claim, so
+they all CAS the one state key whatever the shard count. Each process has its
+own pymemcache client and counts its cache calls (``incr`` also per key).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue as queue_module
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier, Event
+from typing import Any
+
+from pymemcache.client.base import Client
+
+from bench.workload import make_messages
+from clickqueue import CountingCache, Queue, QueueKeys, wrap_client
+
+EMPTY_READ_PAUSE_SECONDS = 0.002
+START_TIMEOUT_SECONDS = 60.0
+READER_GRACE_SECONDS = 30.0
+"""How long readers may keep draining after the writers stopped, at most."""
+
+
+class KeyCountingCache(CountingCache):
+    """A CountingCache that also counts ``incr`` calls per key: the hot-key load."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.incr_by_key: Counter[str] = Counter()
+
+    def incr(self, key: str, delta: int, initial_value: int | None = None) -> int | None:
+        self.incr_by_key[key] += 1
+        return super().incr(key, delta, initial_value)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    address: tuple[str, int]
+    queue_name: str
+    shards: int
+    write_batch: int
+    read_batch: int
+    message_bytes: int
+    messages_per_writer: int
+    max_seconds: float
+
+
+@dataclass
+class WorkerReport:
+    role: str
+    messages: int = 0
+    operations: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    calls: dict[str, int] = field(default_factory=dict)
+    incr_by_key: dict[str, int] = field(default_factory=dict)
+
+
+def _open_queue(config: RunConfig) -> tuple[Queue, KeyCountingCache]:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this process by PID
+    cache = KeyCountingCache(wrap_client(Client(config.address)))
+    return Queue(config.queue_name, cache, shards=config.shards), cache
+
+
+def _finish(report: WorkerReport, cache: KeyCountingCache, reports: multiprocessing.Queue) -> None:
+    report.calls, report.incr_by_key = dict(cache.calls), dict(cache.incr_by_key)
+    reports.put(report)
+
+
+def writer(config: RunConfig, start: Barrier, reports: multiprocessing.Queue) -> None:
+    """Write ``messages_per_writer`` messages in batches, or for ``max_seconds``."""
+    queue, cache = _open_queue(config)
+    messages = make_messages(config.write_batch, config.message_bytes)
+    report = WorkerReport("writer")
+    start.wait(timeout=START_TIMEOUT_SECONDS)
+    report.started = time.monotonic()
+    deadline = report.started + config.max_seconds
+    while report.messages < config.messages_per_writer and time.monotonic() < deadline:
+        queue.write_multi(messages)
+        report.messages += len(messages)
+        report.operations += 1
+    report.finished = time.monotonic()
+    _finish(report, cache, reports)
+
+
+def reader(config: RunConfig, start: Barrier, writers_done: Event, reports: multiprocessing.Queue) -> None:
+    """Read until the writers are done and the queue is empty."""
+    queue, cache = _open_queue(config)
+    report = WorkerReport("reader")
+    start.wait(timeout=START_TIMEOUT_SECONDS)
+    report.started = report.finished = time.monotonic()
+    deadline = report.started + config.max_seconds + READER_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        done = writers_done.is_set()
+        read = queue.read_multi(config.read_batch)
+        report.operations += 1
+        if read:
+            report.messages += len(read)
+            report.finished = time.monotonic()
+        elif done:
+            break
+        else:
+            time.sleep(EMPTY_READ_PAUSE_SECONDS)
+    _finish(report, cache, reports)
+
+
+def run_processes(config: RunConfig, writers: int, readers: int) -> list[WorkerReport]:
+    """Start the processes together (spawned, each its own client) and collect their reports."""
+    context = multiprocessing.get_context("spawn")
+    start, writers_done, reports = context.Barrier(writers + readers), context.Event(), context.Queue()
+    processes = [context.Process(target=writer, args=(config, start, reports)) for _ in range(writers)]
+    processes += [context.Process(target=reader, args=(config, start, writers_done, reports)) for _ in range(readers)]
+    collected: list[WorkerReport] = []
+    try:
+        for process in processes:
+            process.start()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS + config.max_seconds + READER_GRACE_SECONDS
+        while len(collected) < len(processes):
+            try:
+                collected.append(reports.get(timeout=1))
+            except queue_module.Empty:
+                failed = [process.exitcode for process in processes if process.exitcode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{len(collected)} of {len(processes)} bench processes reported; exit codes {failed}"
+                    ) from None
+                continue
+            if sum(report.role == "writer" for report in collected) == writers:
+                writers_done.set()
+        for process in processes:
+            process.join(timeout=10)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+    return collected
+
+
+def summarize(config: RunConfig, reports: list[WorkerReport]) -> dict[str, Any]:
+    """Total msg/s (messages read over the whole run), and the per-message and per-key load."""
+    writer_reports = [report for report in reports if report.role == "writer"]
+    reader_reports = [report for report in reports if report.role == "reader"]
+    written = sum(report.messages for report in writer_reports)
+    read = sum(report.messages for report in reader_reports)
+    seconds = max(report.finished for report in reports) - min(report.started for report in reports)
+    write_seconds = max(r.finished for r in writer_reports) - min(r.started for r in writer_reports)
+    calls = sum((Counter(report.calls) for report in reports), Counter())
+    incr_by_key = sum((Counter(report.incr_by_key) for report in reports), Counter())
+    keys = QueueKeys(config.queue_name)
+    per_counter_key = [incr_by_key[keys.write_counter(shard)] for shard in range(config.shards)]
+    read_calls = sum(report.operations for report in reader_reports)
+    return {
+        "shards": config.shards,
+        "writers": len(writer_reports),
+        "readers": len(reader_reports),
+        "write_batch": config.write_batch,
+        "read_batch": config.read_batch,
+        "messages_written": written,
+        "messages_read": read,
+        "seconds": round(seconds, 3),
+        "per_second": round(read / seconds, 1) if seconds > 0 else 0.0,
+        "write_per_second": round(written / write_seconds, 1) if write_seconds > 0 else 0.0,
+        "incr_per_message": round(calls["incr"] / written, 4) if written else 0.0,
+        "incr_per_counter_key": per_counter_key,
+        "max_counter_key_incr_per_second": round(max(per_counter_key) / write_seconds, 1) if write_seconds else 0.0,
+        "cas_per_read_multi": round(calls["cas"] / read_calls, 3) if read_calls else 0.0,
+        "calls": dict(calls),
+    }
+
+
+def run_sharded(
+    address: tuple[str, int], shards: int, writers: int, readers: int, write_batch: int, read_batch: int,
+    message_bytes: int, messages: int, max_seconds: float,
+) -> dict[str, Any]:
+    """One multi-process run on an emptied memcached: ``messages`` split over the writers.
+
+    The queue's own counts (``retried``: writers that lost a slot to a reader's
+    tombstone, ``lost``) come from ``Queue.stats()`` afterwards.
+    """
+    client = Client(address)
+    try:
+        client.flush_all(noreply=False)
+        config = RunConfig(address, f"bench-mp-{shards}", shards, write_batch, read_batch, message_bytes,
+                           max(write_batch, messages // writers), max_seconds)
+        summary = summarize(config, run_processes(config, writers, readers))
+        stats = Queue(config.queue_name, client, shards=shards).stats()
+    finally:
+        client.close()
+    return {**summary, "retried": stats.retried, "lost": stats.lost}

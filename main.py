@@ -1,0 +1,50 @@
+"""The clickqueue sample app: routes, and ``python main.py`` to run it locally.
+
+On App Engine, gunicorn serves ``main:app`` (see app.yaml). ``python main.py``
+serves it on http://127.0.0.1:$PORT (default 8080) with the SDK's stubs for
+memcache, task queue and datastore (see local_stubs.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from wsgiref.types import WSGIApplication
+
+import webapp2
+from google.appengine.api import wrap_wsgi_app
+
+from handlers.process import ProcessCronHandler, ProcessTaskHandler
+from handlers.processing import PROCESS_PATH
+from handlers.settings import CONFIG_KEY, Settings
+from handlers.stats import StatsHandler
+from handlers.track import TrackHandler
+
+ROUTES = [
+    webapp2.Route("/track", TrackHandler, methods=["GET", "POST"]),
+    webapp2.Route(PROCESS_PATH, ProcessTaskHandler, methods=["POST"]),
+    webapp2.Route("/cron/process", ProcessCronHandler, methods=["GET"]),
+    webapp2.Route("/stats", StatsHandler, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings | None = None) -> WSGIApplication:
+    """The WSGI app, wrapped for App Engine's bundled services.
+
+    ``wrap_wsgi_app`` copies ``os.environ``: call this once the environment
+    (and, locally, the stubs) is set up.
+    """
+    config = {CONFIG_KEY: settings or Settings()}
+    return wrap_wsgi_app(webapp2.WSGIApplication(ROUTES, config=config))
+
+
+if __name__ == "__main__":
+    import local_stubs
+
+    local_stubs.serve(
+        create_app,
+        port=int(os.environ.get("PORT", "8080")),
+        data_dir=Path(os.environ.get("CLICKQUEUE_DATA_DIR", Path(__file__).resolve().parent / ".local-data")),
+    )
+else:
+    app = create_app()

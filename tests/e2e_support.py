@@ -1,0 +1,131 @@
+"""Shared by the end-to-end tests: a mixed plan of events, sent over real HTTP by
+concurrent clients, and a wait until ``/stats`` shows exactly those counts."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from conftest import wait_until
+
+JSON_BATCH_SIZE = 50
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    path: str
+    body: bytes | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def send(base_url: str, request: HttpRequest, timeout_seconds: float = 60) -> HttpResponse:
+    headers = {"Content-Type": request.content_type} if request.content_type else {}
+    http_request = urllib.request.Request(
+        base_url + request.path, data=request.body, method=request.method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(http_request, timeout=timeout_seconds) as response:
+            return HttpResponse(response.status, response.read())
+    except urllib.error.HTTPError as error:
+        return HttpResponse(error.code, error.read())
+
+
+def get_json(base_url: str, path: str):
+    response = send(base_url, HttpRequest("GET", path))
+    assert response.status == 200, response
+    return response.json()
+
+
+def wait_until_serving(process: subprocess.Popen, base_url: str, timeout_seconds: float) -> None:
+    """Wait until the server answers /stats; fail at once if its process ended."""
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited with {process.returncode}")
+        try:
+            get_json(base_url, "/stats")
+        except OSError:
+            return False
+        return True
+
+    wait_until(serving, timeout_seconds, interval_seconds=0.2, message=f"{base_url} to serve the app")
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    """Events to track, and the requests that carry them: a quarter as single
+    GETs, a quarter as form POSTs, the rest as JSON batches."""
+
+    events: list[tuple[str, str]]
+
+    @classmethod
+    def random(cls, count: int, item_count: int, seed: int) -> EventPlan:
+        rng = random.Random(seed)
+        items = [f"item-{n:03}" for n in range(item_count)]
+        return cls([(rng.choice(("click", "view")), rng.choice(items)) for _ in range(count)])
+
+    def requests(self) -> list[HttpRequest]:
+        quarter = len(self.events) // 4
+        gets, posts, batched = self.events[:quarter], self.events[quarter : 2 * quarter], self.events[2 * quarter :]
+        requests = [HttpRequest("GET", "/track?" + urllib.parse.urlencode({"type": t, "item": i})) for t, i in gets]
+        requests += [
+            HttpRequest(
+                "POST",
+                "/track",
+                urllib.parse.urlencode({"type": t, "item": i}).encode(),
+                "application/x-www-form-urlencoded",
+            )
+            for t, i in posts
+        ]
+        for start in range(0, len(batched), JSON_BATCH_SIZE):
+            events = [{"type": t, "item": i} for t, i in batched[start : start + JSON_BATCH_SIZE]]
+            requests.append(HttpRequest("POST", "/track", json.dumps({"events": events}).encode(), "application/json"))
+        return requests
+
+    def expected_totals(self) -> dict[str, int]:
+        by_type = Counter(event_type for event_type, _ in self.events)
+        return {"click": by_type["click"], "view": by_type["view"]}
+
+    def expected_items(self) -> list[dict[str, object]]:
+        """As /stats lists them: most events first, then by item."""
+        counted = Counter(self.events)
+        items = sorted({item for _, item in self.events})
+        entries = [{"item": item, "click": counted["click", item], "view": counted["view", item]} for item in items]
+        return sorted(entries, key=lambda entry: -(entry["click"] + entry["view"]))
+
+
+def send_concurrently(base_url: str, requests: list[HttpRequest], clients: int) -> Counter[int]:
+    """Send every request from ``clients`` threads at once; return how many got each status."""
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        return Counter(response.status for response in pool.map(lambda r: send(base_url, r), requests))
+
+
+def wait_for_counts(base_url: str, plan: EventPlan, timeout_seconds: float) -> dict:
+    """Poll /stats until it shows exactly the plan's counts; return those stats."""
+
+    def counts_are_exact():
+        stats = get_json(base_url, "/stats")
+        if stats["totals"] == plan.expected_totals() and stats["items"] == plan.expected_items():
+            return stats
+        return None
+
+    return wait_until(
+        counts_are_exact, timeout_seconds, interval_seconds=0.2, message=f"/stats to show {plan.expected_totals()}"
+    )

@@ -1,0 +1,463 @@
+"""Queue behaviour, one behaviour per test, on every backend (see ``cache_client``)."""
+
+import pickle
+
+import pytest
+from conftest import PauseAfterIncr
+
+from clickqueue import (
+    MAX_CLAIM_ITEMS,
+    MAX_MESSAGE_BYTES,
+    CorruptStateError,
+    InvalidArgumentError,
+    MessageEncodingError,
+    MessageTooLargeError,
+    Queue,
+    QueueKeys,
+    ShardMismatchError,
+)
+from clickqueue.codec import TOMBSTONE
+
+
+def drain(queue, max_items=100):
+    received = []
+    while batch := queue.read_multi(max_items):
+        received += batch
+    return received
+
+
+# -- writing and reading ---------------------------------------------------------------------
+
+
+def test_read_of_an_empty_queue_is_none(make_queue):
+    assert make_queue().read() is None
+    assert make_queue().read_multi() == []
+
+
+def test_written_message_is_read_once(make_queue):
+    queue = make_queue()
+    queue.write({"id": 1})
+    assert queue.read() == {"id": 1}
+    assert queue.read() is None
+
+
+def test_single_shard_reads_in_write_order(make_queue):
+    queue = make_queue()
+    for n in range(5):
+        queue.write(n)
+    queue.write_multi([5, 6, 7])
+    assert queue.read_multi(100) == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_read_multi_returns_at_most_max_items(make_queue):
+    queue = make_queue()
+    queue.write_multi(list(range(25)))
+    assert queue.read_multi(10) == list(range(10))
+    assert queue.read_multi(10) == list(range(10, 20))
+    assert queue.read_multi(10) == list(range(20, 25))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [None, True, 0, -7, 2.5, "", "clicks ✓ ünïcode", [], [1, [2, {"a": None}]], {"type": "click", "item": "x"}],
+)
+def test_json_values_round_trip(make_queue, message):
+    queue = make_queue()
+    queue.write(message)
+    assert queue.read_multi() == [message]
+
+
+def test_queues_with_different_names_are_separate(make_queue):
+    clicks, views = make_queue("clicks"), make_queue("views")
+    clicks.write("c")
+    views.write("v")
+    assert views.read_multi() == ["v"]
+    assert clicks.read_multi() == ["c"]
+
+
+def test_sharded_queue_spreads_writes_and_reads_every_shard(make_queue, cache):
+    queue = make_queue(shards=4)
+    for n in range(8):
+        queue.write(n)
+    counters = cache.get_multi([queue.keys.write_counter(shard) for shard in range(4)])
+    assert sorted(int(value) for value in counters.values()) == [2, 2, 2, 2]
+    assert sorted(queue.read_multi(100)) == list(range(8))
+
+
+def test_messages_within_one_shard_keep_their_order(make_queue):
+    queue = make_queue(shards=3)
+    queue.write_multi(list(range(50)))
+    assert queue.read_multi(100) == list(range(50))
+
+
+def test_requeued_messages_come_back_and_are_counted(make_queue):
+    queue = make_queue()
+    queue.write_multi(["a", "b"])
+    taken = queue.read_multi()
+    queue.requeue(taken)
+    assert queue.read_multi() == ["a", "b"]
+    assert queue.stats().requeued == 2
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (object(), MessageEncodingError),
+        ({1, 2}, MessageEncodingError),
+        (b"bytes", MessageEncodingError),
+        (float("nan"), MessageEncodingError),
+        ({"x": float("inf")}, MessageEncodingError),
+        ("x" * (MAX_MESSAGE_BYTES + 1), MessageTooLargeError),
+        (["é" * (MAX_MESSAGE_BYTES // 2)], MessageTooLargeError),
+    ],
+)
+def test_bad_message_is_refused_and_nothing_is_written(make_queue, cache, message, error):
+    queue = make_queue()
+    with pytest.raises(error) as raised:
+        queue.write_multi(["good", message])
+    assert isinstance(raised.value, ValueError)
+    assert cache.calls == {}
+    assert queue.read() is None
+
+
+def test_message_of_exactly_the_limit_is_accepted(make_queue):
+    queue = make_queue()
+    message = "x" * (MAX_MESSAGE_BYTES - 2)  # two quote characters make the limit
+    queue.write(message)
+    assert queue.read() == message
+
+
+@pytest.mark.parametrize(
+    ("options", "argument"),
+    [
+        ({"name": ""}, "queue name"),
+        ({"name": "has space"}, "queue name"),
+        ({"name": "x" * 101}, "queue name"),
+        ({"name": "new\nline"}, "queue name"),
+        ({"shards": 0}, "shards"),
+        ({"shards": 65}, "shards"),
+        ({"max_write_seconds": 0}, "max_write_seconds"),
+        ({"max_write_seconds": 10, "tombstone_seconds": 10}, "max_write_seconds"),
+    ],
+)
+def test_invalid_queue_options_are_refused(cache, options, argument):
+    options = {"name": "q", **options}
+    with pytest.raises(InvalidArgumentError) as raised:
+        Queue(options.pop("name"), cache, **options)
+    assert raised.value.argument == argument
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda queue: queue.read_multi(0), "max_items"),
+        (lambda queue: queue.read_multi(MAX_CLAIM_ITEMS + 1), "max_items"),
+        (lambda queue: queue.lease(0), "max_items"),
+        (lambda queue: queue.lease(10, seconds=0), "seconds"),
+        (lambda queue: queue.lease(10, seconds=86401), "seconds"),
+    ],
+)
+def test_invalid_read_arguments_are_refused(make_queue, call, argument):
+    queue = make_queue()
+    queue.write("kept")
+    with pytest.raises(InvalidArgumentError) as raised:
+        call(queue)
+    assert raised.value.argument == argument
+    assert queue.read() == "kept"
+
+
+def test_a_pickle_in_a_slot_is_never_unpickled(make_queue, cache, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    queue = make_queue()
+    queue.write_multi(["before", "placeholder", "after"])
+    slot = queue.keys.slot(0, 2)
+    cache.delete_multi([slot])
+    cache.add_multi({slot: pickle.dumps(Exploit())})
+    assert queue.read_multi() == ["before", "after"]
+    assert not marker.exists()
+    assert queue.stats().skipped == 1
+
+
+def test_corrupt_state_raises_a_typed_error_with_its_key(make_queue, cache):
+    queue = make_queue()
+    queue.write("x")
+    cache.delete_multi([queue.keys.state])
+    cache.add_multi({queue.keys.state: b"not json"})
+    with pytest.raises(CorruptStateError) as raised:
+        queue.read()
+    assert raised.value.key == "cq:q:state"
+
+
+def test_queues_must_agree_on_the_shard_count(make_queue):
+    make_queue(shards=2).write("x")
+    with pytest.raises(ShardMismatchError) as raised:
+        make_queue(shards=3).read()
+    assert (raised.value.stored_shards, raised.value.shards) == (2, 3)
+
+
+def test_keys_are_prefixed_by_the_queue_name():
+    keys = QueueKeys("clicks")
+    assert [keys.state, keys.write_counter(1), keys.slot(1, 7), keys.stat("skipped")] == [
+        "cq:clicks:state",
+        "cq:clicks:w:1",
+        "cq:clicks:m:1:7",
+        "cq:clicks:stat:skipped",
+    ]
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_leased_messages_are_not_read_again_while_the_lease_holds(make_queue):
+    queue = make_queue()
+    queue.write_multi([1, 2, 3])
+    lease = queue.lease(10, seconds=30)
+    assert lease.messages == [1, 2, 3]
+    assert queue.lease(10, seconds=30).messages == []
+    assert queue.read_multi() == []
+
+
+def test_leased_messages_stay_stored_until_ack(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi([1, 2])
+    lease = queue.lease(10, seconds=30)
+    assert len(cache.get_multi(lease.message_keys)) == 2
+    assert lease.ack() is True
+    assert cache.get_multi(lease.message_keys) == {}
+    assert queue.stats().leased == 0
+
+
+def test_expired_lease_is_delivered_again_with_the_same_id(make_queue, clock):
+    queue = make_queue()
+    queue.write_multi(["a", "b"])
+    first = queue.lease(10, seconds=30)
+    clock.advance(31)
+    second = queue.lease(10, seconds=30)
+    assert (second.lease_id, second.attempt, second.messages) == (first.lease_id, 2, ["a", "b"])
+
+
+def test_lease_is_not_delivered_again_before_its_deadline(make_queue, clock):
+    queue = make_queue()
+    queue.write("a")
+    queue.lease(10, seconds=30)
+    clock.advance(29)
+    assert not queue.lease(10, seconds=30)
+
+
+def test_expired_leases_go_out_before_new_messages(make_queue, clock):
+    queue = make_queue()
+    queue.write("old")
+    first = queue.lease(10, seconds=30)
+    queue.write("new")
+    clock.advance(31)
+    assert queue.lease(10, seconds=30).lease_id == first.lease_id
+    assert queue.lease(10, seconds=30).messages == ["new"]
+
+
+def test_released_lease_is_delivered_again_at_once(make_queue):
+    queue = make_queue()
+    queue.write_multi(["a", "b"])
+    lease = queue.lease(10, seconds=30)
+    assert lease.release() is True
+    again = queue.lease(10, seconds=30)
+    assert (again.lease_id, again.attempt, again.messages) == (lease.lease_id, 2, ["a", "b"])
+    assert queue.stats().requeued == 2
+
+
+def test_ack_of_a_lease_taken_over_after_expiry_reports_false_to_the_second_holder(make_queue, clock):
+    queue = make_queue()
+    queue.write("a")
+    slow = queue.lease(10, seconds=30)
+    clock.advance(31)
+    fast = queue.lease(10, seconds=30)
+    assert slow.ack() is True
+    assert fast.ack() is False
+    assert queue.stats().leased == 0
+
+
+def test_release_by_a_holder_whose_lease_was_taken_over_does_nothing(make_queue, clock):
+    queue = make_queue()
+    queue.write("a")
+    slow = queue.lease(10, seconds=30)
+    clock.advance(31)
+    queue.lease(10, seconds=30)
+    assert slow.release() is False
+    assert not queue.lease(10, seconds=30)
+
+
+def test_with_block_acks_on_success(make_queue):
+    queue = make_queue()
+    queue.write_multi([1, 2])
+    with queue.lease(10, seconds=30) as batch:
+        assert list(batch) == [1, 2]
+    assert queue.stats().leased == 0
+    assert not queue.lease(10, seconds=30)
+
+
+def test_with_block_releases_on_exception_and_reraises(make_queue):
+    queue = make_queue()
+    queue.write_multi([1, 2])
+    with pytest.raises(RuntimeError, match="processing failed"), queue.lease(10, seconds=30) as batch:
+        lease_id = batch.lease_id
+        raise RuntimeError("processing failed")
+    again = queue.lease(10, seconds=30)
+    assert (again.lease_id, again.messages) == (lease_id, [1, 2])
+
+
+def test_empty_lease_is_falsy_and_its_ack_does_nothing(make_queue, cache):
+    lease = make_queue().lease(10, seconds=30)
+    assert not lease and lease.lease_id is None and len(lease) == 0
+    cache.calls.clear()
+    assert lease.ack() is False
+    assert cache.calls == {}
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+def test_stats_count_written_read_and_depth(make_queue):
+    queue = make_queue(shards=2)
+    queue.write_multi(list(range(10)))
+    queue.write("one more")
+    queue.read_multi(4)
+    queue.lease(3, seconds=30)
+    stats = queue.stats().as_dict()
+    assert stats == {
+        "depth": 4,
+        "written": 11,
+        "read": 7,
+        "requeued": 0,
+        "skipped": 0,
+        "lost": 0,
+        "retried": 0,
+        "collided": 0,
+        "leased": 3,
+        "resets": 0,
+    }
+
+
+# -- in-flight writes (a reader reaches a slot before its writer stores it) --------------------
+
+
+def test_writer_whose_slot_was_tombstoned_retries_and_nothing_is_lost(make_queue, cache, clock):
+    reader = make_queue()
+    reader.write("first")
+    seen_by_reader_meanwhile = []
+    writer = Queue("q", PauseAfterIncr(cache, lambda: seen_by_reader_meanwhile.append(reader.read_multi())), clock=clock)
+    writer.write("in flight")
+    assert seen_by_reader_meanwhile == [["first"]]
+    assert cache.get_multi([reader.keys.slot(0, 2)]) == {reader.keys.slot(0, 2): TOMBSTONE}
+    assert reader.read_multi() == ["in flight"]
+    stats = reader.stats()
+    assert (stats.skipped, stats.retried, stats.lost, stats.written, stats.read) == (1, 1, 0, 2, 2)
+
+
+def test_writer_stalled_past_max_write_seconds_takes_a_fresh_slot(make_queue, cache, clock):
+    reader = make_queue()
+    reader.write("first")
+    writer = Queue("q", PauseAfterIncr(cache, lambda: clock.advance(61)), clock=clock, max_write_seconds=60)
+    writer.write("late")
+    assert reader.read_multi() == ["first", "late"]
+    stats = reader.stats()
+    assert (stats.skipped, stats.retried, stats.lost) == (1, 1, 0)
+
+
+def test_message_stored_after_the_reader_got_an_empty_slot_wins_the_add_race(make_queue, cache):
+    """The reader sees slot 1 empty, the writer stores, then the reader's tombstone add loses."""
+    queue = make_queue()
+    queue.write("placeholder")
+    slot = queue.keys.slot(0, 1)
+    value = cache.get_multi([slot])[slot]
+    cache.delete_multi([slot])
+
+    class StoreBeforeTombstone:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def add_multi(self, values, expire_seconds=0):
+            if slot in values:
+                self.inner.add_multi({slot: value})
+            return self.inner.add_multi(values, expire_seconds)
+
+    reader = Queue("q", StoreBeforeTombstone(cache))
+    assert reader.read_multi() == ["placeholder"]
+    assert reader.stats().skipped == 0
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+
+def calls_of(cache, operation):
+    cache.calls.clear()
+    operation()
+    return dict(cache.calls)
+
+
+def test_single_write_takes_two_cache_calls(make_queue, cache):
+    queue = make_queue()
+    queue.write("warm up")
+    assert calls_of(cache, lambda: queue.write("x")) == {"incr": 1, "add_multi": 1}
+
+
+def test_write_multi_of_a_hundred_takes_two_cache_calls(make_queue, cache):
+    queue = make_queue(shards=4)
+    queue.write("warm up")
+    assert calls_of(cache, lambda: queue.write_multi(range(100))) == {"incr": 1, "add_multi": 1}
+
+
+def test_read_multi_takes_four_cache_calls(make_queue, cache):
+    queue = make_queue(shards=4)
+    queue.write_multi(range(400))
+    assert calls_of(cache, lambda: queue.read_multi(100)) == {
+        "gets_multi": 1,
+        "cas": 1,
+        "get_multi": 1,
+        "delete_multi": 1,
+    }
+
+
+def test_read_of_an_empty_queue_takes_one_cache_call(make_queue, cache):
+    queue = make_queue()
+    queue.write("x")
+    queue.read()
+    assert calls_of(cache, queue.read_multi) == {"gets_multi": 1}
+
+
+def test_write_and_read_cycle_of_a_hundred_takes_six_cache_calls(make_queue, cache):
+    queue = make_queue()
+    queue.write("warm up")
+    queue.read()
+    cache.calls.clear()
+    queue.write_multi(range(100))
+    assert queue.read_multi(100) == list(range(100))
+    assert cache.total() == 6
+
+
+def test_lease_and_ack_take_three_cache_calls_each(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(range(100))
+    lease = None
+
+    def take():
+        nonlocal lease
+        lease = queue.lease(100, seconds=30)
+
+    assert calls_of(cache, take) == {"gets_multi": 1, "cas": 1, "get_multi": 1}
+    assert calls_of(cache, lease.ack) == {"gets_multi": 1, "cas": 1, "delete_multi": 1}
+
+
+def test_stats_take_one_cache_call(make_queue, cache):
+    queue = make_queue(shards=4)
+    queue.write("x")
+    assert calls_of(cache, queue.stats) == {"get_multi": 1}

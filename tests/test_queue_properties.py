@@ -1,0 +1,156 @@
+"""Property-based tests (hypothesis): the encoding, and random interleavings of
+queue operations on the App Engine memcache stub checked against a model."""
+
+import json
+
+from conftest import APP_ID, FakeClock, PauseAfterIncr
+from google.appengine.api import memcache
+from google.appengine.ext import testbed as testbed_module
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from clickqueue import MessageEncodingError, Queue, wrap_client
+from clickqueue.codec import TOMBSTONE, decode_message, encode_message
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_every_json_value_round_trips_through_the_encoding(value):
+    assert decode_message(encode_message(value)) == value
+
+
+@given(json_values)
+def test_encoding_is_compact_json_and_never_a_tombstone(value):
+    encoded = encode_message(value)
+    assert encoded == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert encoded != TOMBSTONE and not encoded.startswith(b"\x00")
+
+
+@given(st.one_of(st.sets(st.integers(), min_size=1), st.binary(min_size=1), st.just(float("nan")), st.builds(object)))
+def test_values_that_are_not_json_are_refused(value):
+    try:
+        encode_message(value)
+    except MessageEncodingError:
+        return
+    raise AssertionError(f"{value!r} was accepted")
+
+
+LEASE_SECONDS = 60
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """Random writes, reads, leases, acks, releases, expiries, in-flight writes and
+    lost counters. Model: each message belongs to at most one read or one lease id,
+    and at the end every message written has been delivered."""
+
+    def __init__(self):
+        super().__init__()
+        self.bed = testbed_module.Testbed()
+        self.bed.activate()
+        self.bed.setup_env(app_id=APP_ID, overwrite=True)
+        self.bed.init_memcache_stub()
+        self.clock = FakeClock()
+        self.queue = Queue("prop", shards=2, clock=self.clock)
+        self.next_id = 0
+        self.written: set[int] = set()
+        self.owner: dict[int, str] = {}
+        self.outstanding = []
+        self.reads = 0
+
+    def teardown(self):
+        try:
+            self.check_everything_is_delivered()
+        finally:
+            self.bed.deactivate()
+
+    def new_messages(self, count):
+        messages = list(range(self.next_id, self.next_id + count))
+        self.next_id += count
+        return messages
+
+    def deliver(self, messages, owner):
+        for message in messages:
+            assert self.owner.get(message, owner) == owner, f"message {message} went to {self.owner[message]} and {owner}"
+            self.owner[message] = owner
+
+    def read_some(self, max_items):
+        self.reads += 1
+        self.deliver(self.queue.read_multi(max_items), f"read-{self.reads}")
+
+    @rule(count=st.integers(1, 6))
+    def write_multi(self, count):
+        messages = self.new_messages(count)
+        self.queue.write_multi(messages)
+        self.written.update(messages)
+
+    @rule()
+    def write(self):
+        (message,) = self.new_messages(1)
+        self.queue.write(message)
+        self.written.add(message)
+
+    @rule(max_items=st.integers(1, 5))
+    def write_while_a_reader_reaches_the_slot(self, max_items):
+        writer = Queue("prop", PauseAfterIncr(wrap_client(None), lambda: self.read_some(max_items)), shards=2)
+        (message,) = self.new_messages(1)
+        writer.write(message)
+        self.written.add(message)
+
+    @rule(max_items=st.integers(1, 8))
+    def read_multi(self, max_items):
+        self.read_some(max_items)
+
+    @rule(max_items=st.integers(1, 8))
+    def lease(self, max_items):
+        lease = self.queue.lease(max_items, seconds=LEASE_SECONDS)
+        if lease:
+            self.deliver(lease.messages, lease.lease_id)
+            self.outstanding.append(lease)
+
+    @precondition(lambda self: self.outstanding)
+    @rule(data=st.data())
+    def ack(self, data):
+        lease = self.outstanding.pop(data.draw(st.integers(0, len(self.outstanding) - 1)))
+        lease.ack()
+
+    @precondition(lambda self: self.outstanding)
+    @rule(data=st.data())
+    def release(self, data):
+        lease = self.outstanding.pop(data.draw(st.integers(0, len(self.outstanding) - 1)))
+        lease.release()
+
+    @rule()
+    def leases_expire(self):
+        self.clock.advance(LEASE_SECONDS + 1)
+
+    @rule(shard=st.integers(0, 1))
+    def write_counter_is_lost(self, shard):
+        memcache.delete(self.queue.keys.write_counter(shard))
+
+    @invariant()
+    def nothing_is_lost(self):
+        assert self.queue.stats().lost == 0
+
+    def check_everything_is_delivered(self):
+        for lease in self.outstanding:
+            lease.ack()
+        self.clock.advance(LEASE_SECONDS + 1)
+        while True:
+            lease = self.queue.lease(8, seconds=LEASE_SECONDS)
+            if not lease:
+                break
+            self.deliver(lease.messages, lease.lease_id)
+            lease.ack()
+        self.read_some(1000)
+        assert set(self.owner) == self.written
+
+
+class TestQueueInterleavings(QueueMachine.TestCase):
+    settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
