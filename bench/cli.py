@@ -21,15 +21,24 @@ import bench
 from bench import servers
 from bench.calls import count_calls
 from bench.http_load import APPS, Gunicorn, HttpLoad, track_vs_noop
-from bench.multiproc import run_sharded
+from bench.multiproc import Workload, run_sharded
 from bench.report import plot, render_text, targets, throughput_rows
 from bench.single import run_group
 from bench.workload import Throughput, median_runs
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_DEFAULTS = {
-    "messages": 300, "case_seconds": 0.1, "slice_seconds": 0.02, "repeats": 1, "shards": [1, 2], "writers": 1, "readers": 1,
-    "mp_messages": 600, "mp_seconds": 2.0, "http_seconds": 1, "http_connections": 4,
+    "messages": 300,
+    "case_seconds": 0.1,
+    "slice_seconds": 0.02,
+    "repeats": 1,
+    "shards": [1, 2],
+    "writers": 1,
+    "readers": 1,
+    "mp_messages": 600,
+    "mp_seconds": 2.0,
+    "http_seconds": 1,
+    "http_connections": 4,
 }
 """``--quick``: a smoke run of every part in well under a minute; explicit options still win."""
 
@@ -42,21 +51,27 @@ def int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=bench.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=bench.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout (table on stderr)")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "results.json", help="JSON results file")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "throughput.png", help="PNG plot file")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="rounds of the multi-process and HTTP measurements; the median is reported")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds of the multi-process and HTTP measurements; the median is reported",
+    )
     single = parser.add_argument_group("single process")
     single.add_argument("--batches", type=int_list, default=[1, 10, 100], help="batch sizes")
     single.add_argument("--message-sizes", type=int_list, default=[100, 1000], help="message sizes in bytes of JSON")
     single.add_argument("--messages", type=int, default=60000, help="most messages one case moves (and prefill)")
     single.add_argument("--case-seconds", type=float, default=2.0, help="most seconds one case runs, in slices")
-    single.add_argument("--slice-seconds", type=float, default=0.05,
-                        help="the cases of one batch and size run in turns of this long")
+    single.add_argument(
+        "--slice-seconds", type=float, default=0.05, help="the cases of one batch and size run in turns of this long"
+    )
     multi = parser.add_argument_group("multi-process (one memcached)")
     multi.add_argument("--writers", type=int, default=2, help="writer processes")
     multi.add_argument("--readers", type=int, default=2, help="reader processes")
@@ -113,20 +128,34 @@ def measure_single_process(
         for batch in args.batches:
             group = run_group(batch, size, clients, args.messages, args.case_seconds, args.slice_seconds)
             results += group
-            progress.step(f"batch {batch}, {size} B: " + ", ".join(f"{run.case} {run.per_second:,.0f}" for run in group)
-                          + " msg/s")
+            progress.step(
+                f"batch {batch}, {size} B: "
+                + ", ".join(f"{run.case} {run.per_second:,.0f}" for run in group)
+                + " msg/s"
+            )
     return results
 
 
-def measure_multiprocess(args: argparse.Namespace, address: tuple[str, int], progress: Progress) -> list[dict[str, Any]]:
+def measure_multiprocess(
+    args: argparse.Namespace, address: tuple[str, int], progress: Progress
+) -> list[dict[str, Any]]:
     """Every shard count, in ``repeats`` rounds; the median run of each counts."""
+    workload = Workload(
+        args.writers,
+        args.readers,
+        args.mp_write_batch,
+        args.mp_read_batch,
+        args.mp_message_bytes,
+        args.mp_messages,
+        args.mp_seconds,
+    )
     runs = []
     for _ in range(args.repeats):
         for shards in args.shards:
-            runs.append(run_sharded(address, shards, args.writers, args.readers, args.mp_write_batch,
-                                    args.mp_read_batch, args.mp_message_bytes, args.mp_messages, args.mp_seconds))
-            progress.step(f"{args.writers} writers + {args.readers} readers, {shards} shards: "
-                          f"{runs[-1]['per_second']:,.0f} msg/s")
+            runs.append(run_sharded(address, shards, workload))
+            progress.step(
+                f"{args.writers} writers + {args.readers} readers, {shards} shards: {runs[-1]['per_second']:,.0f} msg/s"
+            )
     return median_runs(runs, lambda run: run["shards"], lambda run: run["per_second"])
 
 
@@ -146,8 +175,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         calls = count_calls(clients[0])
         progress.step(f"cache calls: {calls['write']:g} per write, {calls['cycle_100']:g} per cycle of 100")
         multiprocess = measure_multiprocess(args, memcached.address, progress)
-        http = track_vs_noop(memcached.address, Gunicorn(args.http_workers, args.http_threads),
-                             HttpLoad(args.http_seconds, args.http_connections), args.repeats, progress.step)
+        http = track_vs_noop(
+            memcached.address,
+            Gunicorn(args.http_workers, args.http_threads),
+            HttpLoad(args.http_seconds, args.http_connections),
+            args.repeats,
+            progress.step,
+        )
     document["machine"]["load_average_at_end"] = os.getloadavg()[0]
     document.update(
         parameters={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},

@@ -47,8 +47,12 @@ class Gunicorn:
 def run_wrk(url: str, load: HttpLoad) -> dict[str, Any]:
     """Run wrk against ``url``; requests/s, total requests and non-2xx answers and socket errors."""
     command = [
-        servers.require_binary("wrk"), f"--threads={load.threads}", f"--connections={load.connections}",
-        f"--duration={load.seconds}s", "--latency", url,
+        servers.require_binary("wrk"),
+        f"--threads={load.threads}",
+        f"--connections={load.connections}",
+        f"--duration={load.seconds}s",
+        "--latency",
+        url,
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=load.seconds + 30).stdout
     requests = re.search(r"(\d+) requests in", output)

@@ -41,15 +41,30 @@ class KeyCountingCache(CountingCache):
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    address: tuple[str, int]
-    queue_name: str
-    shards: int
+class Workload:
+    """What the processes do: ``messages`` written in all, for ``max_seconds`` at most."""
+
+    writers: int
+    readers: int
     write_batch: int
     read_batch: int
     message_bytes: int
-    messages_per_writer: int
+    messages: int
     max_seconds: float
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every process of one run gets."""
+
+    address: tuple[str, int]
+    queue_name: str
+    shards: int
+    workload: Workload
+
+    @property
+    def messages_per_writer(self) -> int:
+        return max(self.workload.write_batch, self.workload.messages // self.workload.writers)
 
 
 @dataclass
@@ -63,8 +78,9 @@ class WorkerReport:
     incr_by_key: dict[str, int] = field(default_factory=dict)
 
 
-def _open_queue(config: RunConfig) -> tuple[Queue, KeyCountingCache]:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this process by PID
+def _start_worker(config: RunConfig) -> tuple[Queue, KeyCountingCache]:
+    """Leave Ctrl-C to the parent (it ends workers by PID); open the queue on a client of our own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cache = KeyCountingCache(wrap_client(Client(config.address)))
     return Queue(config.queue_name, cache, shards=config.shards), cache
 
@@ -76,12 +92,12 @@ def _finish(report: WorkerReport, cache: KeyCountingCache, reports: multiprocess
 
 def writer(config: RunConfig, start: Barrier, reports: multiprocessing.Queue) -> None:
     """Write ``messages_per_writer`` messages in batches, or for ``max_seconds``."""
-    queue, cache = _open_queue(config)
-    messages = make_messages(config.write_batch, config.message_bytes)
+    queue, cache = _start_worker(config)
+    messages = make_messages(config.workload.write_batch, config.workload.message_bytes)
     report = WorkerReport("writer")
     start.wait(timeout=START_TIMEOUT_SECONDS)
     report.started = time.monotonic()
-    deadline = report.started + config.max_seconds
+    deadline = report.started + config.workload.max_seconds
     while report.messages < config.messages_per_writer and time.monotonic() < deadline:
         queue.write_multi(messages)
         report.messages += len(messages)
@@ -92,14 +108,14 @@ def writer(config: RunConfig, start: Barrier, reports: multiprocessing.Queue) ->
 
 def reader(config: RunConfig, start: Barrier, writers_done: Event, reports: multiprocessing.Queue) -> None:
     """Read until the writers are done and the queue is empty."""
-    queue, cache = _open_queue(config)
+    queue, cache = _start_worker(config)
     report = WorkerReport("reader")
     start.wait(timeout=START_TIMEOUT_SECONDS)
     report.started = report.finished = time.monotonic()
-    deadline = report.started + config.max_seconds + READER_GRACE_SECONDS
+    deadline = report.started + config.workload.max_seconds + READER_GRACE_SECONDS
     while time.monotonic() < deadline:
         done = writers_done.is_set()
-        read = queue.read_multi(config.read_batch)
+        read = queue.read_multi(config.workload.read_batch)
         report.operations += 1
         if read:
             report.messages += len(read)
@@ -111,8 +127,9 @@ def reader(config: RunConfig, start: Barrier, writers_done: Event, reports: mult
     _finish(report, cache, reports)
 
 
-def run_processes(config: RunConfig, writers: int, readers: int) -> list[WorkerReport]:
+def run_processes(config: RunConfig) -> list[WorkerReport]:
     """Start the processes together (spawned, each its own client) and collect their reports."""
+    writers, readers = config.workload.writers, config.workload.readers
     context = multiprocessing.get_context("spawn")
     start, writers_done, reports = context.Barrier(writers + readers), context.Event(), context.Queue()
     processes = [context.Process(target=writer, args=(config, start, reports)) for _ in range(writers)]
@@ -121,7 +138,7 @@ def run_processes(config: RunConfig, writers: int, readers: int) -> list[WorkerR
     try:
         for process in processes:
             process.start()
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS + config.max_seconds + READER_GRACE_SECONDS
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS + config.workload.max_seconds + READER_GRACE_SECONDS
         while len(collected) < len(processes):
             try:
                 collected.append(reports.get(timeout=1))
@@ -161,8 +178,8 @@ def summarize(config: RunConfig, reports: list[WorkerReport]) -> dict[str, Any]:
         "shards": config.shards,
         "writers": len(writer_reports),
         "readers": len(reader_reports),
-        "write_batch": config.write_batch,
-        "read_batch": config.read_batch,
+        "write_batch": config.workload.write_batch,
+        "read_batch": config.workload.read_batch,
         "messages_written": written,
         "messages_read": read,
         "seconds": round(seconds, 3),
@@ -176,11 +193,8 @@ def summarize(config: RunConfig, reports: list[WorkerReport]) -> dict[str, Any]:
     }
 
 
-def run_sharded(
-    address: tuple[str, int], shards: int, writers: int, readers: int, write_batch: int, read_batch: int,
-    message_bytes: int, messages: int, max_seconds: float,
-) -> dict[str, Any]:
-    """One multi-process run on an emptied memcached: ``messages`` split over the writers.
+def run_sharded(address: tuple[str, int], shards: int, workload: Workload) -> dict[str, Any]:
+    """One multi-process run on an emptied memcached.
 
     The queue's own counts (``retried``: writers that lost a slot to a reader's
     tombstone, ``lost``) come from ``Queue.stats()`` afterwards.
@@ -188,9 +202,8 @@ def run_sharded(
     client = Client(address)
     try:
         client.flush_all(noreply=False)
-        config = RunConfig(address, f"bench-mp-{shards}", shards, write_batch, read_batch, message_bytes,
-                           max(write_batch, messages // writers), max_seconds)
-        summary = summarize(config, run_processes(config, writers, readers))
+        config = RunConfig(address, f"bench-mp-{shards}", shards, workload)
+        summary = summarize(config, run_processes(config))
         stats = Queue(config.queue_name, client, shards=shards).stats()
     finally:
         client.close()

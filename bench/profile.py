@@ -31,10 +31,15 @@ from bench.single import CASES, CaseContext
 
 CYCLE_CASES = ("raw_memcached", "queue_cycle", "redis_list")
 MODULE_GROUPS = ("clickqueue", "pymemcache", "redis", "json", "webapp2", "webob", "google")
-SOCKET_CALLS = ("<method 'sendall' of '_socket.socket' objects>", "<method 'recv' of '_socket.socket' objects>",
-                "<method 'recv_into' of '_socket.socket' objects>")
-TRACK_PARTS = {"Queue.write": ("clickqueue/queue.py", "write"),
-               "taskqueue.add (SDK stub)": ("handlers/processing.py", "schedule_processing")}
+SOCKET_CALLS = (
+    "<method 'sendall' of '_socket.socket' objects>",
+    "<method 'recv' of '_socket.socket' objects>",
+    "<method 'recv_into' of '_socket.socket' objects>",
+)
+TRACK_PARTS = {
+    "Queue.write": ("clickqueue/queue.py", "write"),
+    "taskqueue.add (SDK stub)": ("handlers/processing.py", "schedule_processing"),
+}
 
 
 def timed(action: Callable[[], object], repeats: int, rounds: int = 3) -> tuple[float, float]:
@@ -72,13 +77,17 @@ def by_group(stats: dict) -> dict[str, float]:
 
 def top_functions(stats: dict, count: int, group: str | None = None) -> list[tuple[str, float]]:
     """The ``count`` functions (of ``group``, if given) with the most own time, as ("file:line(name)", seconds)."""
-    rows = sorted(((function, row) for function, row in stats.items() if group in (None, group_of(function))),
-                  key=lambda item: -item[1][2])[:count]
+    rows = sorted(
+        ((function, row) for function, row in stats.items() if group in (None, group_of(function))),
+        key=lambda item: -item[1][2],
+    )[:count]
     return [(f"{function[0].rsplit('/', 1)[-1]}:{function[1]}({function[2]})", row[2]) for function, row in rows]
 
 
 def cumulative(stats: dict, file_suffix: str, function_name: str) -> float:
-    return sum(row[3] for function, row in stats.items() if function[0].endswith(file_suffix) and function[2] == function_name)
+    return sum(
+        row[3] for function, row in stats.items() if function[0].endswith(file_suffix) and function[2] == function_name
+    )
 
 
 def profile_cycle(batch: int, message_bytes: int, repeats: int) -> None:
@@ -90,13 +99,22 @@ def profile_cycle(batch: int, message_bytes: int, repeats: int) -> None:
             with CASES[name](context) as step:
                 wall, cpu = timed(step, repeats)
                 stats = profiled(step, repeats)
-            print(f"{name} batch {batch}, {message_bytes} B: {batch / wall:,.0f} msg/s, "
-                  f"{wall * 1e6:,.0f} us wall and {cpu * 1e6:,.0f} us client CPU per batch")
-            print("  profiled own time per batch: " + ", ".join(f"{group} {seconds / repeats * 1e6:,.0f} us"
-                                                           for group, seconds in by_group(stats).items()))
+            print(
+                f"{name} batch {batch}, {message_bytes} B: {batch / wall:,.0f} msg/s, "
+                f"{wall * 1e6:,.0f} us wall and {cpu * 1e6:,.0f} us client CPU per batch"
+            )
+            print(
+                "  profiled own time per batch: "
+                + ", ".join(f"{group} {seconds / repeats * 1e6:,.0f} us" for group, seconds in by_group(stats).items())
+            )
             for label, group in (("top functions", None), ("top clickqueue functions", "clickqueue")):
-                print(f"  {label}: " + ", ".join(f"{where} {seconds / repeats * 1e6:,.0f} us"
-                                                 for where, seconds in top_functions(stats, 8, group)))
+                print(
+                    f"  {label}: "
+                    + ", ".join(
+                        f"{where} {seconds / repeats * 1e6:,.0f} us"
+                        for where, seconds in top_functions(stats, 8, group)
+                    )
+                )
 
 
 def profile_track(repeats: int) -> None:
@@ -110,6 +128,7 @@ def profile_track(repeats: int) -> None:
                 environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/track", "QUERY_STRING": "type=click&item=x"}
                 setup_testing_defaults(environ)
                 b"".join(app(environ, lambda status, headers, exc_info=None: None))
+
             return call
 
         for name, app in apps.items():
@@ -119,14 +138,19 @@ def profile_track(repeats: int) -> None:
         stats = profiled(request(apps["/track"]), repeats)
         total = sum(row[2] for row in stats.values())
         parts = {label: cumulative(stats, *where) for label, where in TRACK_PARTS.items()}
-        print("  /track profiled, per request: " + ", ".join(
-            f"{label} {seconds / repeats * 1e6:,.0f} us ({seconds / total:.0%})"
-            for label, seconds in {"whole": total, **parts}.items()))
+        print(
+            "  /track profiled, per request: "
+            + ", ".join(
+                f"{label} {seconds / repeats * 1e6:,.0f} us ({seconds / total:.0%})"
+                for label, seconds in {"whole": total, **parts}.items()
+            )
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--message-bytes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=300, help="calls per timing round and for the profile")

@@ -17,7 +17,8 @@ PLOTTED_CASES = {
     RAW_CASE: ("raw memcached set+get+delete", "tab:gray"),
     REDIS_CASE: ("Redis LPUSH+RPOP count", "tab:red"),
 }
-"""Plotted case: (legend label, colour); line style tells the message size apart."""
+"""Plotted case: (legend label, colour); the line style tells the message size apart."""
+SIZE_STYLES = ("-o", "--s", ":^")
 
 
 def ratio(results: list[Throughput], case: str, reference: str, batch: int, size: int) -> float | None:
@@ -28,8 +29,10 @@ def ratio(results: list[Throughput], case: str, reference: str, batch: int, size
 
 
 def throughput_rows(results: list[Throughput]) -> list[dict[str, Any]]:
-    return [{**run.as_dict(), "to_raw_memcached": ratio(results, run.case, RAW_CASE, run.batch, run.message_bytes)}
-            for run in results]
+    return [
+        {**run.as_dict(), "to_raw_memcached": ratio(results, run.case, RAW_CASE, run.batch, run.message_bytes)}
+        for run in results
+    ]
 
 
 @dataclass(frozen=True)
@@ -48,34 +51,52 @@ class Target:
         return self.value >= self.limit if self.at_least else self.value <= self.limit
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "limit": self.limit,
-                "at_least": self.at_least, "stretch": self.stretch, "met": self.met}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "at_least": self.at_least,
+            "stretch": self.stretch,
+            "met": self.met,
+        }
 
 
 def targets(results: list[Throughput], calls: dict[str, Any], http: dict[str, Any]) -> list[Target]:
     """Issue 4's targets; throughput ratios at the largest batch measured, for each message size."""
     largest = max(run.batch for run in results)
     sizes = sorted({run.message_bytes for run in results})
-    found = []
-    for size in sizes:
-        found.append(Target(f"queue cycle / raw memcached, batch {largest}, {size} B",
-                            ratio(results, CYCLE_CASE, RAW_CASE, largest, size), 0.8, at_least=True))
-    found += [
+
+    def cycle_versus(reference: str, label: str, limit: float, stretch: bool) -> list[Target]:
+        return [
+            Target(
+                f"queue cycle / {label}, batch {largest}, {size} B",
+                ratio(results, CYCLE_CASE, reference, largest, size),
+                limit,
+                at_least=True,
+                stretch=stretch,
+            )
+            for size in sizes
+        ]
+
+    return [
+        *cycle_versus(RAW_CASE, "raw memcached", 0.8, stretch=False),
         Target("cache calls per write", calls["write"], 2, at_least=False),
         Target("cache calls per read_multi(100)", calls["read_multi_100"], 4, at_least=False),
         Target("cache calls per write_multi+read_multi of 100", calls["cycle_100"], 6, at_least=False),
         Target("/track req/s / no-op req/s", http["track_to_noop"], 0.7, at_least=True),
+        *cycle_versus(REDIS_CASE, "Redis", 0.5, stretch=True),
     ]
-    for size in sizes:
-        found.append(Target(f"queue cycle / Redis, batch {largest}, {size} B",
-                            ratio(results, CYCLE_CASE, REDIS_CASE, largest, size), 0.5, at_least=True, stretch=True))
-    return found
 
 
 def _format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                       for column, (cell, width) in enumerate(zip(row, widths))) for row in [header, *rows]]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if column == 0 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -91,39 +112,92 @@ def render_text(document: dict[str, Any]) -> str:
             if row["message_bytes"] == size:
                 share = row["to_raw_memcached"]
                 cells.setdefault(row["case"], {})[row["batch"]] = (
-                    f"{row['per_second']:,.0f} ({share:.2f}x)" if share is not None else f"{row['per_second']:,.0f}")
-        table = _format_table([f"{size} B messages, msg/s (x raw)", *(f"batch {b}" for b in batches)],
-                              [[case, *(cells[case].get(b, "-") for b in batches)] for case in CASES if case in cells])
+                    f"{row['per_second']:,.0f} ({share:.2f}x)" if share is not None else f"{row['per_second']:,.0f}"
+                )
+        table = _format_table(
+            [f"{size} B messages, msg/s (x raw)", *(f"batch {b}" for b in batches)],
+            [[case, *(cells[case].get(b, "-") for b in batches)] for case in CASES if case in cells],
+        )
         sections.append(table)
     calls = document["cache_calls"]
-    sections.append(_format_table(
-        ["cache calls (CountingCache)", "per operation"],
-        [[name, f"{value:g}"] for name, value in calls.items() if isinstance(value, (int, float))]
-        + [["cycle_100 by method", ", ".join(f"{m} {v:g}" for m, v in calls["cycle_100_by_method"].items())]]))
-    sections.append(_format_table(
-        ["shards", "writers+readers", "msg/s", "write msg/s", "incr/msg", "incr per counter key", "max key incr/s",
-         "cas/read", "retried", "lost", "read=written"],
-        [[str(run["shards"]), f"{run['writers']}+{run['readers']}", f"{run['per_second']:,.0f}",
-          f"{run['write_per_second']:,.0f}", f"{run['incr_per_message']:.3f}",
-          "/".join(str(count) for count in run["incr_per_counter_key"]),
-          f"{run['max_counter_key_incr_per_second']:,.0f}", f"{run['cas_per_read_multi']:.2f}",
-          str(run["retried"]), str(run["lost"]),
-          "yes" if run["messages_read"] == run["messages_written"] else
-          f"NO {run['messages_read']}/{run['messages_written']}"]
-         for run in document["multiprocess"]]))
+    sections.append(
+        _format_table(
+            ["cache calls (CountingCache)", "per operation"],
+            [[name, f"{value:g}"] for name, value in calls.items() if isinstance(value, (int, float))],
+        )
+        + "\ncycle_100 by method: "
+        + ", ".join(f"{method} {count:g}" for method, count in calls["cycle_100_by_method"].items())
+    )
+    sections.append(
+        _format_table(
+            [
+                "shards",
+                "writers+readers",
+                "msg/s",
+                "write msg/s",
+                "incr/msg",
+                "incr per counter key",
+                "max key incr/s",
+                "cas/read",
+                "retried",
+                "lost",
+                "read=written",
+            ],
+            [
+                [
+                    str(run["shards"]),
+                    f"{run['writers']}+{run['readers']}",
+                    f"{run['per_second']:,.0f}",
+                    f"{run['write_per_second']:,.0f}",
+                    f"{run['incr_per_message']:.3f}",
+                    "/".join(str(count) for count in run["incr_per_counter_key"]),
+                    f"{run['max_counter_key_incr_per_second']:,.0f}",
+                    f"{run['cas_per_read_multi']:.2f}",
+                    str(run["retried"]),
+                    str(run["lost"]),
+                    "yes"
+                    if run["messages_read"] == run["messages_written"]
+                    else f"NO {run['messages_read']}/{run['messages_written']}",
+                ]
+                for run in document["multiprocess"]
+            ],
+        )
+    )
     http = document["http"]
-    sections.append(_format_table(
-        ["HTTP GET /track?type=click&item=x", "req/s", "requests", "non-2xx", "socket errors", "p99"],
-        [[name, f"{http[name]['per_second']:,.0f}", str(http[name]["requests"]), str(http[name]["non_2xx"]),
-          str(http[name]["socket_errors"]), str(http[name]["latency_p99"])] for name in ("noop", "noop_wrapped", "track")]
-        + [["/track / no-op", f"{http['track_to_noop']:.2f}x", "", "", "", ""],
-           ["/track / no-op wrapped", f"{http['track_to_noop_wrapped']:.2f}x", "", "", "", ""]]))
-    sections.append(_format_table(
-        ["target", "value", "limit", "result"],
-        [[target["name"] + (" (stretch)" if target["stretch"] else ""),
-          "-" if target["value"] is None else f"{target['value']:g}",
-          (">= " if target["at_least"] else "<= ") + f"{target['limit']:g}",
-          "met" if target["met"] else "MISSED"] for target in document["targets"]]))
+    sections.append(
+        _format_table(
+            ["HTTP GET /track?type=click&item=x", "req/s", "requests", "non-2xx", "socket errors", "p99"],
+            [
+                [
+                    name,
+                    f"{http[name]['per_second']:,.0f}",
+                    str(http[name]["requests"]),
+                    str(http[name]["non_2xx"]),
+                    str(http[name]["socket_errors"]),
+                    str(http[name]["latency_p99"]),
+                ]
+                for name in ("noop", "noop_wrapped", "track")
+            ]
+            + [
+                ["/track / no-op", f"{http['track_to_noop']:.2f}x", "", "", "", ""],
+                ["/track / no-op wrapped", f"{http['track_to_noop_wrapped']:.2f}x", "", "", "", ""],
+            ],
+        )
+    )
+    sections.append(
+        _format_table(
+            ["target", "value", "limit", "result"],
+            [
+                [
+                    target["name"] + (" (stretch)" if target["stretch"] else ""),
+                    "-" if target["value"] is None else f"{target['value']:g}",
+                    (">= " if target["at_least"] else "<= ") + f"{target['limit']:g}",
+                    "met" if target["met"] else "MISSED",
+                ]
+                for target in document["targets"]
+            ],
+        )
+    )
     return "\n\n".join(sections) + "\n"
 
 
@@ -137,10 +211,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = pyplot.subplots(figsize=(8, 5))
     sizes = sorted({row["message_bytes"] for row in rows})
     for case, (label, colour) in PLOTTED_CASES.items():
-        for size, style in zip(sizes, ("-o", "--s", ":^")):
-            points = sorted((row["batch"], row["per_second"]) for row in rows
-                            if row["case"] == case and row["message_bytes"] == size)
-            axes.plot(*zip(*points), style, color=colour, label=f"{label}, {size} B")
+        for index, size in enumerate(sizes):
+            points = sorted(
+                (row["batch"], row["per_second"])
+                for row in rows
+                if row["case"] == case and row["message_bytes"] == size
+            )
+            batches, rates = zip(*points, strict=True)
+            axes.plot(batches, rates, SIZE_STYLES[index % len(SIZE_STYLES)], color=colour, label=f"{label}, {size} B")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xticks(sorted({row["batch"] for row in rows}))

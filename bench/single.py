@@ -119,7 +119,9 @@ def raw_memcached(context: CaseContext) -> Iterator[Step]:
         nonlocal next_key
         keys = [f"raw:{number}" for number in range(next_key, next_key + len(messages))]
         next_key += len(messages)
-        client.set_many({key: encode_message(message) for key, message in zip(keys, messages)}, noreply=False)
+        client.set_many(
+            {key: encode_message(message) for key, message in zip(keys, messages, strict=True)}, noreply=False
+        )
         received = [decode_message(value) for value in client.get_many(keys).values()]
         client.delete_many(keys, noreply=False)
         return len(received)
@@ -169,11 +171,16 @@ batch 1, and ``write_multi`` at the other batch sizes."""
 
 
 def cases_at(batch: int) -> list[str]:
-    return [name for name in CASES if not (name == "write" and batch > 1 or name == "write_multi" and batch == 1)]
+    single_message = batch == 1
+    return [name for name in CASES if (name, single_message) not in {("write", False), ("write_multi", True)}]
 
 
 def run_group(
-    batch: int, message_bytes: int, clients: tuple[Client, redis.Redis], max_messages: int, max_seconds: float,
+    batch: int,
+    message_bytes: int,
+    clients: tuple[Client, redis.Redis],
+    max_messages: int,
+    max_seconds: float,
     slice_seconds: float,
 ) -> list[Throughput]:
     """Every case at one batch and message size: set up together on emptied servers
@@ -184,11 +191,19 @@ def run_group(
     with ExitStack() as stack:
         steps = {
             name: stack.enter_context(
-                CASES[name](CaseContext(name, batch, message_bytes, max_messages, memcached, redis_client)))
+                CASES[name](CaseContext(name, batch, message_bytes, max_messages, memcached, redis_client))
+            )
             for name in cases_at(batch)
         }
         tallies = interleave(steps, max_messages, max_seconds, slice_seconds)
     return [
-        Throughput(name, batch, message_bytes, tally.messages, tally.seconds, statistics.median(tally.rates) if tally.rates else 0.0)
+        Throughput(
+            name,
+            batch,
+            message_bytes,
+            tally.messages,
+            tally.seconds,
+            statistics.median(tally.rates) if tally.rates else 0.0,
+        )
         for name, tally in tallies.items()
     ]

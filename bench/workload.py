@@ -67,9 +67,7 @@ class Tally:
             self.rates.append(moved / seconds)
 
 
-def interleave(
-    steps: dict[str, Step], max_messages: int, max_seconds: float, slice_seconds: float
-) -> dict[str, Tally]:
+def interleave(steps: dict[str, Step], max_messages: int, max_seconds: float, slice_seconds: float) -> dict[str, Tally]:
     """Run the steps in turns of ``slice_seconds`` until each has moved ``max_messages``,
     run ``max_seconds`` or run dry. Other load on the machine then falls on every
     step alike, and the median slice rate ignores its bursts."""

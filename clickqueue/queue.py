@@ -365,7 +365,11 @@ class Queue:
         if not self._change_state(record_gap):
             return  # the state vanished meanwhile: the next incr starts over
         if self.cache.add_multi({counter_key: str(gap.last).encode()}):
-            self._change_state(forget_gap)  # another party reseeded it first
+            # Another party reseeded first. Its gap is above ours (we keep ours:
+            # never handed out) or below it (ours would be handed out: forget it).
+            winner = self.cache.get_multi([counter_key]).get(counter_key)
+            if winner is not None and int(winner) < gap.first:
+                self._change_state(forget_gap)
             return
         self._count("resets", 1)
 

@@ -79,13 +79,17 @@ def read_messages(queue: Queue, writers_done: Callable[[], bool], seed: int) -> 
 
 
 def writer_process(
-    address: tuple[str, int], shards: int, writer_index: int, count: int, store_delay_seconds: float = 0
+    address: tuple[str, int], shards: int, writer_index: int, count: int, store_delay_seconds: float, start
 ) -> None:
+    start.wait()
     queue = memcached_queue(address, shards, store_delay_seconds=store_delay_seconds)
     write_messages(queue, writer_index, count, seed=writer_index)
 
 
-def reader_process(address: tuple[str, int], shards: int, reader_index: int, done_flag: str, out: str) -> None:
+def reader_process(
+    address: tuple[str, int], shards: int, reader_index: int, done_flag: str, out: str, start
+) -> None:
+    start.wait()
     received = read_messages(memcached_queue(address, shards), Path(done_flag).exists, seed=1000 + reader_index)
     Path(out).write_text(json.dumps(received))
 
@@ -102,23 +106,26 @@ def run_on_memcached(
 ) -> list[str]:
     """Run writer and reader processes on one memcached; return every id the readers got.
 
-    ``during``, if given, runs in this process once a third of the messages are written.
+    Every process waits until all have started; ``during``, if given, runs in
+    this process once a third of the messages are written.
     """
     context = multiprocessing.get_context("spawn")
+    start = context.Barrier(writers + readers + 1)
     done_flag = work_dir / "writers-done"
     outputs = [work_dir / f"reader-{index}.json" for index in range(readers)]
     writer_processes = [
-        context.Process(target=writer_process, args=(address, shards, index, per_writer, store_delay_seconds))
+        context.Process(target=writer_process, args=(address, shards, index, per_writer, store_delay_seconds, start))
         for index in range(writers)
     ]
     reader_processes = [
-        context.Process(target=reader_process, args=(address, shards, index, str(done_flag), str(out)))
+        context.Process(target=reader_process, args=(address, shards, index, str(done_flag), str(out), start))
         for index, out in enumerate(outputs)
     ]
     processes = writer_processes + reader_processes
     try:
         for process in processes:
             process.start()
+        start.wait(timeout=120)
         if during is not None:
             observer = memcached_queue(address, shards)
             deadline = time.monotonic() + 120

@@ -13,7 +13,13 @@ import sys
 from conftest import REPO_ROOT, skip_or_fail_in_ci
 
 THROUGHPUT_CASES = {
-    "write", "write_multi", "read_multi", "lease_ack", "queue_cycle", "raw_memcached", "redis_list",
+    "write",
+    "write_multi",
+    "read_multi",
+    "lease_ack",
+    "queue_cycle",
+    "raw_memcached",
+    "redis_list",
     "appengine_stub_cycle",
 }
 
@@ -24,9 +30,26 @@ def test_quick_run_reports_every_part(tmp_path):
             skip_or_fail_in_ci(f"{tool} is not installed (the benchmark starts its own)")
     plot = tmp_path / "throughput.png"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", "--batches", "1,10", "--message-sizes", "100",
-         "--results", str(tmp_path / "results.json"), "--plot", str(plot)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--json",
+            "--batches",
+            "1,10",
+            "--message-sizes",
+            "100",
+            "--results",
+            str(tmp_path / "results.json"),
+            "--plot",
+            str(plot),
+        ],
+        cwd=REPO_ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
@@ -42,8 +65,16 @@ def test_quick_run_reports_every_part(tmp_path):
     assert [row["batch"] for row in rows if row["case"] == "write"] == [1]
 
     calls = document["cache_calls"]
-    for name in ("write", "write_multi_100", "read_multi_100", "read_multi_empty", "lease_ack_100", "cycle_100",
-                 "incr_per_message_batch_1", "incr_per_message_batch_100"):
+    for name in (
+        "write",
+        "write_multi_100",
+        "read_multi_100",
+        "read_multi_empty",
+        "lease_ack_100",
+        "cycle_100",
+        "incr_per_message_batch_1",
+        "incr_per_message_batch_100",
+    ):
         assert calls[name] > 0, name
     assert sum(calls["cycle_100_by_method"].values()) == calls["cycle_100"]
 
@@ -59,6 +90,9 @@ def test_quick_run_reports_every_part(tmp_path):
     assert http["track_messages_written"] > 0
 
     assert {target["name"] for target in document["targets"]} >= {
-        "cache calls per write", "cache calls per read_multi(100)", "/track req/s / no-op req/s"}
+        "cache calls per write",
+        "cache calls per read_multi(100)",
+        "/track req/s / no-op req/s",
+    }
     assert all(isinstance(target["met"], bool) for target in document["targets"])
     assert plot.stat().st_size > 0

@@ -152,5 +152,5 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 class TestQueueInterleavings(QueueMachine.TestCase):
-    settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+    settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 
