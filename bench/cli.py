@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=3,
+        default=5,
         help="rounds of the multi-process and HTTP measurements; the median is reported",
     )
     single = parser.add_argument_group("single process")
@@ -82,8 +82,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     multi.add_argument("--mp-messages", type=int, default=30000, help="messages written per shard count")
     multi.add_argument("--mp-seconds", type=float, default=5.0, help="most seconds the writers run")
     http = parser.add_argument_group("HTTP (gunicorn + wrk)")
-    http.add_argument("--http-seconds", type=int, default=3, help="wrk duration per app and round")
-    http.add_argument("--http-connections", type=int, default=16, help="wrk connections")
+    http.add_argument("--http-seconds", type=int, default=2, help="wrk duration per app and round")
+    http.add_argument(
+        "--http-connections",
+        type=int,
+        default=64,
+        help="wrk connections, kept alive: enough that neither gunicorn worker ends up with most of them",
+    )
     http.add_argument("--http-workers", type=int, default=2, help="gunicorn workers (app.yaml: 2)")
     http.add_argument("--http-threads", type=int, default=8, help="gunicorn threads per worker (app.yaml: 8)")
     known, _ = parser.parse_known_args(argv)

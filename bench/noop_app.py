@@ -12,6 +12,8 @@ from google.appengine.api import wrap_wsgi_app
 
 
 class NoopHandler(webapp2.RequestHandler):
+    """Answers 204 No Content, as /track does, and nothing else."""
+
     def get(self) -> None:
         self.response.status_int = 204
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from wsgiref.types import WSGIApplication
 
 from google.appengine.ext import testbed
 from pymemcache.client.base import PooledClient
@@ -30,7 +31,7 @@ def memcached_address() -> tuple[str, int]:
     return host, int(port)
 
 
-def create_bench_app():
+def create_bench_app() -> WSGIApplication:
     """Stubs first (``wrap_wsgi_app`` copies the environment), then the app."""
     bed = testbed.Testbed()
     bed.activate()

@@ -25,8 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def schedule_processing(settings: Settings) -> bool:
-    """Ask for this slot's processing task, due when the slot ends; True if this call created it."""
+    """Ask for this slot's processing task, due when the slot ends; True if this call created it.
+
+    Each process asks once per slot: later requests of the slot skip the RPC.
+    """
     slot = int(settings.clock() // settings.slot_seconds)
+    if settings.scheduled_slot.slot == slot:
+        return False
     try:
         taskqueue.add(
             name=f"process-{settings.queue.name}-{slot}",
@@ -35,7 +40,9 @@ def schedule_processing(settings: Settings) -> bool:
             eta=datetime.fromtimestamp((slot + 1) * settings.slot_seconds, tz=UTC),
         )
     except (taskqueue.TaskAlreadyExistsError, taskqueue.TombstonedTaskError):
+        settings.scheduled_slot.slot = slot
         return False  # the slot's task is queued already, or has run after these events were written
+    settings.scheduled_slot.slot = slot
     return True
 
 

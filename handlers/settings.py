@@ -28,6 +28,13 @@ def default_queue(clock: Callable[[], float] = time.time) -> Queue:
     return Queue("events", shards=4, clock=clock)
 
 
+@dataclass
+class ScheduledSlot:
+    """The last time slot whose processing task this process has asked for."""
+
+    slot: int | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """The queue, the aggregation step, and the knobs of processing."""
@@ -42,6 +49,7 @@ class Settings:
     slot_seconds: float = 1.0
     """Events tracked in one slot of this length share one processing task."""
     clock: Callable[[], float] = time.time
+    scheduled_slot: ScheduledSlot = field(default_factory=ScheduledSlot)
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= counters.MAX_EVENTS_PER_COMMIT:
