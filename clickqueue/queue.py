@@ -371,10 +371,10 @@ class Queue:
         if not self._change_state(record_gap):
             return  # the state vanished meanwhile: the next incr starts over
         if self.cache.add_multi({counter_key: str(gap.last).encode()}):
-            # Another party reseeded first. Its gap is above ours (we keep ours:
-            # never handed out) or below it (ours would be handed out: forget it).
+            # Another party set the counter first. Only a later reseed puts it past
+            # our whole gap (ours is then never handed out); otherwise forget ours.
             winner = self.cache.get_multi([counter_key]).get(counter_key)
-            if winner is not None and int(winner) < gap.first:
+            if winner is None or int(winner) < gap.last:
                 self._change_state(forget_gap)
             return
         self._count("resets", 1)

@@ -59,6 +59,11 @@ def write_messages(queue: Queue, writer_index: int, count: int, seed: int) -> No
         position += len(batch)
 
 
+EMPTY_POLL_SECONDS = 0.001
+"""A reader that found nothing polls again after this, as real consumers do
+(spinning on an empty queue would tombstone every slot the moment it is taken)."""
+
+
 def read_messages(queue: Queue, writers_done: Callable[[], bool], seed: int) -> list[str]:
     """Read by ``read_multi`` and by ``lease`` + ack at random until writers are done
     and the queue gives nothing three times running."""
@@ -75,6 +80,8 @@ def read_messages(queue: Queue, writers_done: Callable[[], bool], seed: int) -> 
                 batch = list(lease)
         received += [message["id"] for message in batch]
         empty_rounds = empty_rounds + 1 if (not batch and done_before_read) else 0
+        if not batch:
+            time.sleep(EMPTY_POLL_SECONDS)
     return received
 
 
