@@ -657,7 +657,8 @@ class Lease:
         return self.lease_id is not None and self.queue._settle_lease(self, acknowledge=True)
 
     def release(self) -> bool:
-        """Give the batch back now, to be delivered again under the same id: 2 cache calls."""
+        """Give the batch back now, to be delivered again under the same id: 3 cache calls
+        (``gets_multi``, ``cas``, and the ``requeued`` count)."""
         return self.lease_id is not None and self.queue._settle_lease(self, acknowledge=False)
 
     def __enter__(self) -> Lease:
