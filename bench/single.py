@@ -8,6 +8,8 @@ memcached and Redis.
 
 from __future__ import annotations
 
+import json
+
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -19,7 +21,7 @@ from pymemcache.client.base import Client
 
 from bench.workload import Step, Throughput, interleave, make_messages
 from clickqueue import Queue
-from clickqueue.codec import decode_message, encode_message
+from clickqueue.codec import encode_message
 
 PREFILL_BATCH = 100
 APPENGINE_APP_ID = "dev~clickqueue-bench"
@@ -122,7 +124,7 @@ def raw_memcached(context: CaseContext) -> Iterator[Step]:
         client.set_many(
             {key: encode_message(message) for key, message in zip(keys, messages, strict=True)}, noreply=False
         )
-        received = [decode_message(value) for value in client.get_many(keys).values()]
+        received = [json.loads(value) for value in client.get_many(keys).values()]
         client.delete_many(keys, noreply=False)
         return len(received)
 
@@ -136,7 +138,7 @@ def redis_list(context: CaseContext) -> Iterator[Step]:
 
     def step() -> int:
         client.lpush(key, *(encode_message(message) for message in messages))
-        return len([decode_message(value) for value in client.rpop(key, len(messages)) or []])
+        return len([json.loads(value) for value in client.rpop(key, len(messages)) or []])
 
     yield step
 

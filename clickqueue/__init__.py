@@ -1,15 +1,18 @@
 """clickqueue: a lockless queue on memcache (App Engine memcache or memcached).
 
 Writers take slots from an atomic counter and ``add`` messages into them;
-readers claim slots by CAS, tombstone slots still empty, and either take the
-messages (``read_multi``) or lease them until acknowledged (``lease``). The
-protocol and its invariants are in ``clickqueue.queue``.
+readers claim slots by compare-and-set on one state key, tombstone slots still
+empty, and take each message by compare-and-set on its slot, either for good
+(``read_multi``) or under a lease until acknowledged (``lease``). The protocol,
+its fault model, guarantees and limits are in ``clickqueue.queue``.
 """
 
-from clickqueue.cache import Cache, CountingCache, wrap_client
+from clickqueue.cache import Applied, Cache, CountingCache, wrap_client
 from clickqueue.codec import MAX_MESSAGE_BYTES
 from clickqueue.errors import (
+    BatchTooLargeError,
     CacheUnavailableError,
+    ContentionError,
     CorruptStateError,
     InvalidArgumentError,
     MessageEncodingError,
@@ -18,14 +21,21 @@ from clickqueue.errors import (
     ShardMismatchError,
     TooManyLeasesError,
     WriteFailedError,
+    WriteIncompleteError,
 )
-from clickqueue.queue import MAX_CLAIM_ITEMS, Lease, Queue, QueueKeys, QueueStats
+from clickqueue.keys import QueueKeys
+from clickqueue.queue import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_CLAIM_ITEMS, Lease, Queue, QueueStats
 
 __all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_MESSAGES",
     "MAX_CLAIM_ITEMS",
     "MAX_MESSAGE_BYTES",
+    "Applied",
+    "BatchTooLargeError",
     "Cache",
     "CacheUnavailableError",
+    "ContentionError",
     "CorruptStateError",
     "CountingCache",
     "InvalidArgumentError",
@@ -39,5 +49,6 @@ __all__ = [
     "ShardMismatchError",
     "TooManyLeasesError",
     "WriteFailedError",
+    "WriteIncompleteError",
     "wrap_client",
 ]

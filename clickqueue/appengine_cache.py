@@ -2,61 +2,184 @@
 
 Runs against production memcache on App Engine and against the SDK's
 ``MemcacheServiceStub`` locally (testbed, dev_appserver). Differences ironed out:
-CAS ids live on a ``memcache.Client`` object, so every ``gets_multi`` uses a
-fresh Client and hands it out as the token (threads never share CAS ids); the
-module-level ``delete_multi`` answers True even when every key was missing, so
-per-key statuses come from ``delete_multi_async``; counters read back as ints
-are returned as their decimal bytes, like memcached.
+
+* The API answers "nothing" on an RPC error (``{}``, every key not stored,
+  ``None``): every call here makes its own RPC object and checks it, so an
+  error raises ``CacheUnavailableError`` (reads, incr, delete) or answers
+  ``None`` per key (add, cas), and a per-key ``ERROR`` status is ``None`` too.
+* The API unpickles any value stored with the pickle flag. The client here
+  is built with an unpickler that reads nothing and hands back a marker, so a
+  planted pickle is a foreign value, never code that runs.
+* CAS ids live on a ``memcache.Client`` object: every ``gets_multi`` uses a
+  fresh Client and hands it out as the token.
+* One call carries at most 32 MB: writes are sent in parts under that, at
+  once; a read that fails is retried in halves, down to one key, in case it
+  was its size that failed it.
+* Counters (stored as ints) read back as their decimal bytes, like memcached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from google.appengine.api import memcache
+from google.appengine.api.memcache.memcache_service_pb2 import MemcacheIncrementResponse
+from google.appengine.runtime import apiproxy_errors
 
+from clickqueue.cache import Applied
 from clickqueue.errors import CacheUnavailableError
+
+MAX_CALL_BYTES = 30_000_000
+"""Bytes of values sent in one RPC (App Engine refuses calls over 32 MB)."""
+
+FOREIGN_VALUE = b"\x00foreign:appengine"
+"""What a value App Engine could only have unpickled (or a bool) reads as."""
+
+_FOREIGN = object()
+
+
+class _RefusingUnpickler:
+    """Stands where ``pickle.Unpickler`` would: reads nothing, returns a marker."""
+
+    def __init__(self, _file: Any) -> None:
+        pass
+
+    def load(self) -> object:
+        return _FOREIGN
 
 
 def _as_bytes(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
-    if isinstance(value, int):
-        return str(value).encode()
     if isinstance(value, str):
         return value.encode()
-    raise TypeError(f"unexpected memcache value type {type(value).__name__}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value).encode()
+    return FOREIGN_VALUE
+
+
+def _client() -> memcache.Client:
+    return memcache.Client(unpickler=_RefusingUnpickler)
+
+
+def _call(operation: str, key: str, start: Callable[..., Any]) -> Any:
+    """Run one RPC started by ``start(rpc=...)``; raise if the RPC itself failed."""
+    rpc = memcache.create_rpc()
+    start(rpc=rpc)
+    rpc.wait()
+    try:
+        rpc.check_success()
+    except apiproxy_errors.Error as error:
+        raise CacheUnavailableError(key, operation) from error
+    return rpc.get_result()
+
+
+def _parts(values: Mapping[str, bytes]) -> list[dict[str, bytes]]:
+    """``values`` split so that no part carries more than ``MAX_CALL_BYTES``."""
+    parts: list[dict[str, bytes]] = [{}]
+    part_bytes = 0
+    for key, value in values.items():
+        if parts[-1] and part_bytes + len(value) > MAX_CALL_BYTES:
+            parts.append({})
+            part_bytes = 0
+        parts[-1][key] = value
+        part_bytes += len(value)
+    return parts
 
 
 class AppEngineMemcache:
-    """One round trip per call; namespaces are left to the key prefix."""
+    """One RPC per call (more only past 32 MB); namespaces are left to the key prefix."""
 
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
-        found = memcache.get_multi(list(keys))
+        found = self._read(list(keys), _client(), for_cas=False)
         return {key: _as_bytes(value) for key, value in found.items()}
 
     def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, memcache.Client]]:
-        client = memcache.Client()
-        found = client.get_multi(list(keys), for_cas=True)
+        client = _client()
+        found = self._read(list(keys), client, for_cas=True)
         return {key: (_as_bytes(value), client) for key, value in found.items()}
 
-    def cas(self, key: str, value: bytes, token: memcache.Client) -> bool:
-        return bool(token.cas(key, value))
+    def _read(self, keys: list[str], client: memcache.Client, for_cas: bool) -> dict[str, object]:
+        if not keys:
+            return {}
+        try:
+            return _call("get", keys[0], lambda rpc: client.get_multi_async(keys, for_cas=for_cas, rpc=rpc))
+        except CacheUnavailableError:
+            if len(keys) == 1:
+                raise
+        middle = len(keys) // 2
+        return {**self._read(keys[:middle], client, for_cas), **self._read(keys[middle:], client, for_cas)}
 
-    def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> list[str]:
-        if not values:
-            return []
-        return list(memcache.add_multi(dict(values), time=expire_seconds))
+    def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
+        client = _client()
+        return self._store(values, lambda part, rpc: client.add_multi_async(part, time=expire_seconds, rpc=rpc))
 
-    def incr(self, key: str, delta: int, initial_value: int | None = None) -> int | None:
-        return memcache.incr(key, delta, initial_value=initial_value)
+    def cas_multi(
+        self, values: Mapping[str, tuple[bytes, memcache.Client]], expire_seconds: int = 0
+    ) -> dict[str, Applied]:
+        by_client: dict[memcache.Client, dict[str, bytes]] = defaultdict(dict)
+        for key, (value, client) in values.items():
+            by_client[client][key] = value
+        applied: dict[str, Applied] = {}
+        for client, client_values in by_client.items():
+            applied.update(
+                self._store(
+                    client_values,
+                    lambda part, rpc, client=client: client.cas_multi_async(part, time=expire_seconds, rpc=rpc),
+                )
+            )
+        return applied
 
-    def delete_multi(self, keys: Sequence[str]) -> list[str]:
+    def _store(self, values: Mapping[str, bytes], start: Callable[[dict[str, bytes], Any], Any]) -> dict[str, Applied]:
+        """Send each part as its own RPC, all in flight at once; map statuses to Applied."""
+        applied: dict[str, Applied] = {}
+        rpcs = []
+        for part in _parts(values) if values else []:
+            rpc = memcache.create_rpc()
+            start(part, rpc)
+            rpcs.append((part, rpc))
+        for part, rpc in rpcs:
+            rpc.wait()
+            try:
+                rpc.check_success()
+            except apiproxy_errors.Error:
+                applied.update(dict.fromkeys(part))
+                continue
+            statuses = rpc.get_result() or {}
+            applied.update({key: _applied(statuses.get(key)) for key in part})
+        return applied
+
+    def incr(self, key: str, delta: int) -> int | None:
+        # BatchIncrement answers per key (the single Increment fails the RPC on a
+        # missing key, which would look like an outage).
+        rpc = memcache.create_rpc()
+        _client().offset_multi_async({key: delta}, rpc=rpc)
+        rpc.wait()
+        try:
+            rpc.check_success()
+        except apiproxy_errors.Error as error:
+            raise CacheUnavailableError(key, "incr") from error
+        (item,) = rpc.response.item
+        if item.increment_status == MemcacheIncrementResponse.OK:
+            return item.new_value
+        if item.increment_status == MemcacheIncrementResponse.NOT_CHANGED:
+            return None  # missing, or not a number
+        raise CacheUnavailableError(key, "incr")
+
+    def delete_multi(self, keys: Sequence[str]) -> None:
         keys = list(keys)
         if not keys:
-            return []
-        statuses = memcache.Client().delete_multi_async(keys).get_result()
-        for key, status in zip(keys, statuses):
-            if status == memcache.DELETE_NETWORK_FAILURE:
-                raise CacheUnavailableError(key, "delete")
-        return [key for key, status in zip(keys, statuses) if status == memcache.DELETE_ITEM_MISSING]
+            return
+        statuses = _call("delete", keys[0], lambda rpc: _client().delete_multi_async(keys, rpc=rpc))
+        if statuses is None or memcache.DELETE_NETWORK_FAILURE in statuses:
+            raise CacheUnavailableError(keys[0], "delete")
+
+
+def _applied(status: int | None) -> Applied:
+    if status == memcache.STORED:
+        return True
+    if status in (memcache.NOT_STORED, memcache.EXISTS):
+        return False
+    return None  # ERROR, or no status at all

@@ -2,46 +2,54 @@
 
 The queue speaks only these six calls; one adapter per backend maps them onto
 its client (``appengine_cache`` for App Engine memcache, ``pymemcache_cache``
-for memcached) and irons out where the backends disagree. Each call is one
-cache round trip (per server, for a client spread over several servers).
+for memcached) and makes both fail the same way:
+
+* reads (``get_multi``, ``gets_multi``) and ``incr``/``delete_multi`` raise
+  ``CacheUnavailableError`` when the cache fails (App Engine's API answers
+  "nothing" instead, pymemcache raises its own errors: adapters tell);
+* writes that may fail per key (``add_multi``, ``cas_multi``) answer per key
+  ``True`` (applied), ``False`` (refused: for add the key was present, for cas
+  the value changed or is gone) or ``None`` (unknown: an error, or a reply lost
+  after it was applied).
+
+Each call is one round trip per cache server it touches.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 CasToken = Any
 """Opaque: whatever the backend needs to compare-and-set the value it came with."""
 
+Applied = bool | None
+"""True: applied; False: refused; None: unknown (may or may not have been applied)."""
 
-@runtime_checkable
+
 class Cache(Protocol):
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Values of the keys present; counters come back as their decimal bytes."""
 
     def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, CasToken]]:
-        """Like ``get_multi``, each value with the token ``cas`` needs."""
+        """Like ``get_multi``, each value with the token ``cas_multi`` needs."""
 
-    def cas(self, key: str, value: bytes, token: CasToken) -> bool:
-        """Store ``value`` if ``key`` is unchanged since the ``gets`` that gave ``token``.
+    def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
+        """Store each value whose key is absent."""
 
-        False when someone changed it in between, or it is gone.
-        """
+    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
+        """Store each value if its key is unchanged since the ``gets_multi`` that gave its token."""
 
-    def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> list[str]:
-        """Store each value whose key is absent; return the keys NOT stored."""
+    def incr(self, key: str, delta: int) -> int | None:
+        """Add ``delta`` atomically and return the new value; None if the key is
+        missing or does not hold a decimal number."""
 
-    def incr(self, key: str, delta: int, initial_value: int | None = None) -> int | None:
-        """Add ``delta`` atomically and return the new value.
+    def delete_multi(self, keys: Sequence[str]) -> None:
+        """Delete the keys (those missing are fine)."""
 
-        A missing key gives None, or with ``initial_value`` is created as
-        ``initial_value + delta``.
-        """
 
-    def delete_multi(self, keys: Sequence[str]) -> list[str]:
-        """Delete the keys; return those that were not there."""
+CACHE_METHODS = ("get_multi", "gets_multi", "add_multi", "cas_multi", "incr", "delete_multi")
 
 
 class CountingCache:
@@ -65,17 +73,17 @@ class CountingCache:
         self.calls["gets_multi"] += 1
         return self.inner.gets_multi(keys)
 
-    def cas(self, key, value, token):
-        self.calls["cas"] += 1
-        return self.inner.cas(key, value, token)
-
     def add_multi(self, values, expire_seconds=0):
         self.calls["add_multi"] += 1
         return self.inner.add_multi(values, expire_seconds)
 
-    def incr(self, key, delta, initial_value=None):
+    def cas_multi(self, values, expire_seconds=0):
+        self.calls["cas_multi"] += 1
+        return self.inner.cas_multi(values, expire_seconds)
+
+    def incr(self, key, delta):
         self.calls["incr"] += 1
-        return self.inner.incr(key, delta, initial_value)
+        return self.inner.incr(key, delta)
 
     def delete_multi(self, keys):
         self.calls["delete_multi"] += 1
@@ -84,7 +92,8 @@ class CountingCache:
 
 def wrap_client(client: object | None) -> Cache:
     """The Cache for ``client``: None is App Engine memcache, pymemcache clients
-    are wrapped, and an object that already is a Cache is used as it is."""
+    are wrapped, and any object with the six Cache methods is used as it is
+    (checked by name, so delegating wrappers and proxies count too)."""
     if client is None:
         from clickqueue.appengine_cache import AppEngineMemcache
 
@@ -93,9 +102,11 @@ def wrap_client(client: object | None) -> Cache:
         from clickqueue.pymemcache_cache import PymemcacheCache
 
         return PymemcacheCache(client)
-    if isinstance(client, Cache):
-        return client
+    missing = [name for name in CACHE_METHODS if not callable(getattr(client, name, None))]
+    if not missing:
+        return client  # type: ignore[return-value]
     raise TypeError(
-        f"unsupported cache client {type(client).__name__}: pass None (App Engine memcache), "
-        "a pymemcache Client/HashClient/PooledClient, or a clickqueue.cache.Cache"
+        f"unsupported cache client {type(client).__name__} (no {', '.join(missing)}): pass None "
+        "(App Engine memcache), a pymemcache Client/HashClient/PooledClient, or an object with the "
+        f"clickqueue.cache.Cache methods {', '.join(CACHE_METHODS)}"
     )

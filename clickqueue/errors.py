@@ -11,16 +11,17 @@ class InvalidArgumentError(QueueError, ValueError):
     """An argument outside what the queue accepts (a queue name, a batch size...)."""
 
     def __init__(self, argument: str, value: object, requirement: str) -> None:
-        super().__init__(f"invalid {argument} {value!r}: {requirement}")
+        shown = repr(value)
+        super().__init__(f"invalid {argument} {shown[:80]}{'...' if len(shown) > 80 else ''}: {requirement}")
         self.argument = argument
         self.value = value
 
 
 class MessageEncodingError(QueueError, ValueError):
-    """A message that is not JSON-serialisable (or holds NaN/Infinity)."""
+    """A message that is not JSON-serialisable, holds NaN/Infinity, or nests too deep."""
 
     def __init__(self, message: object, reason: str) -> None:
-        super().__init__(f"message is not JSON-serialisable: {reason}")
+        super().__init__(f"message is not storable JSON: {reason}")
         self.message = message
 
 
@@ -33,15 +34,59 @@ class MessageTooLargeError(QueueError, ValueError):
         self.limit_bytes = limit_bytes
 
 
-class WriteFailedError(QueueError):
-    """A write that could not store its message after many fresh slots.
+class BatchTooLargeError(QueueError, ValueError):
+    """A ``write_multi`` batch over what one cache call carries; nothing was written."""
 
-    Only a cache that refuses every ``add`` (or loses every counter) gets here.
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"batch has {size} {what}; one write_multi takes at most {limit}: split it")
+        self.size = size
+        self.limit = limit
+
+
+class CacheUnavailableError(QueueError):
+    """The cache failed a call (network, server or RPC error).
+
+    From ``write``/``write_multi`` it means nothing of the batch was stored, so
+    the call can be retried; a failure after part of a batch may have been
+    stored raises ``WriteIncompleteError`` instead.
     """
 
-    def __init__(self, key: str, attempts: int) -> None:
-        super().__init__(f"gave up storing a message after {attempts} attempts; last slot {key!r}")
+    def __init__(self, key: str, operation: str) -> None:
+        super().__init__(f"cache {operation} of {key!r} failed")
         self.key = key
+        self.operation = operation
+
+
+class WriteIncompleteError(QueueError):
+    """``write_multi`` stored only part of its batch, or cannot tell which part.
+
+    ``stored`` and ``unknown`` are indices into the batch: messages stored for
+    sure, and messages that may or may not be. The others were not stored, so
+    writing just those again cannot duplicate anything.
+    """
+
+    def __init__(
+        self, key: str, stored: list[int], unknown: list[int], total: int, reason: str = "the cache failed mid-batch"
+    ) -> None:
+        super().__init__(
+            f"write_multi stored {len(stored)} of {total} messages ({len(unknown)} unknown): {reason}; "
+            f"last key {key!r}"
+        )
+        self.key = key
+        self.stored = stored
+        self.unknown = unknown
+        self.total = total
+
+
+class WriteFailedError(WriteIncompleteError):
+    """A write that kept finding its fresh slots taken and gave up.
+
+    Only readers that tombstone every slot the moment it is handed out (or a
+    cache that refuses every ``add``) get here.
+    """
+
+    def __init__(self, key: str, attempts: int, stored: list[int], total: int) -> None:
+        super().__init__(key, stored, [], total, f"gave up after {attempts} attempts found their slots taken")
         self.attempts = attempts
 
 
@@ -56,7 +101,7 @@ class ShardMismatchError(QueueError):
 
 
 class CorruptStateError(QueueError):
-    """A queue state value that is not the JSON this module writes."""
+    """A queue state value that is not the JSON this module writes (the claim replaces it)."""
 
     def __init__(self, key: str) -> None:
         super().__init__(f"{key!r} does not hold a clickqueue state")
@@ -64,18 +109,22 @@ class CorruptStateError(QueueError):
 
 
 class TooManyLeasesError(QueueError):
-    """The state already holds the most outstanding leases it can carry."""
+    """The state already holds as many outstanding leases as one memcache value can carry."""
 
     def __init__(self, key: str, limit: int) -> None:
-        super().__init__(f"{key!r} already holds {limit} outstanding leases; ack or release some")
+        super().__init__(f"{key!r} holds {limit} outstanding leases, as many as it can carry; ack or release some")
         self.key = key
         self.limit = limit
 
 
-class CacheUnavailableError(QueueError):
-    """The cache answered that a call failed on the network side."""
+class ContentionError(QueueError):
+    """A claim lost its compare-and-set to other readers too many times in one call.
 
-    def __init__(self, key: str, operation: str) -> None:
-        super().__init__(f"cache {operation} of {key!r} failed on the network")
+    Lock-free means some reader always progresses, not every one: this bounds
+    one call. Calling again is safe.
+    """
+
+    def __init__(self, key: str, attempts: int) -> None:
+        super().__init__(f"gave up after {attempts} compare-and-set attempts on {key!r}: other readers kept winning")
         self.key = key
-        self.operation = operation
+        self.attempts = attempts

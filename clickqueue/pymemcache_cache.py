@@ -1,29 +1,49 @@
 """memcached through pymemcache as a clickqueue Cache.
 
 Takes a pymemcache ``Client``, ``PooledClient`` or ``HashClient`` (several
-servers: Memorystore for Memcached, or your own). Differences ironed out:
-pymemcache defaults to ``noreply=True``, under which ``add`` always reports
-success, so every call here asks for the reply; it has no ``add_many`` and its
-``delete_many`` reports nothing per key, so both are sent as one pipelined
-batch per server through the client's own command writer (``_store_cmd`` /
-``_misc_cmd`` of pymemcache 4.0, the methods its ``set_many`` and
-``delete_many`` use); ``cas`` on a missing key answers None, made False here;
-``incr`` has no initial value, so one is added with ``add`` when asked for.
+servers: Memorystore for Memcached, or your own). Reads use pymemcache's
+``get_many``/``gets_many``. Writes are sent as memcached meta commands (``ms``
+in add or compare-and-set mode, ``md``, ``ma``; memcached 1.6+), pipelined in
+one batch per server, and every key gets its own answer. pymemcache has no
+public call for that: its multi-key stores raise at the first error line after
+storing the keys before it, it has no ``add_many``, and ``raw_command`` (4.0)
+loses bytes when a reply spans two socket reads. So batches are written to and
+read from the client's own socket here (``sock``, ``_connect``; a pooled client
+lends one of its clients), and a failure closes that connection.
 
-A client with a serde of its own (pickle, for one) is refused: clickqueue
-stores JSON bytes and never lets a cache value be unpickled.
+With a ``HashClient``, keys are routed by its ring (``_get_client``, which also
+brings dead servers back) and every call runs through its ``_safely_run_func``,
+so its retry and dead-server settings apply as they do to its own calls; these
+two private methods are the only way to get that. A server that is failing,
+or being waited on before a retry, fails the call (``CacheUnavailableError``,
+or an unknown outcome per key) instead of passing for a miss.
+
+A client with a serde of its own (pickle, for one) or a key prefix is refused:
+clickqueue stores JSON bytes under its own keys and never lets a cache value be
+unpickled. Give clients a ``timeout``/``connect_timeout``: without one a hung
+server blocks a call.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheError
 from pymemcache.serde import LegacyWrappingSerde
+
+from clickqueue.cache import Applied, CasToken
+from clickqueue.errors import CacheUnavailableError
+
+_NOT_RUN = object()
+"""What ``HashClient._safely_run_func`` hands back when it skipped a failing server."""
+
+_STORED, _NOT_STORED, _EXISTS, _NOT_FOUND = b"HD", b"NS", b"EX", b"NF"
+_RECV_BYTES = 65536
 
 
 def _node_clients(client: Any) -> list[Any]:
@@ -38,14 +58,44 @@ def _reads_raw_bytes(node: Any) -> bool:
 
 
 @contextmanager
-def _base_client(node: Any) -> Iterator[Client]:
-    """The plain ``Client`` behind ``node``, borrowed from its pool if it has one."""
-    pool = getattr(node, "client_pool", None)
+def _connection(server: Any) -> Iterator[Client]:
+    """The plain ``Client`` behind ``server``, borrowed from its pool if it has one."""
+    pool = getattr(server, "client_pool", None)
     if pool is None:
-        yield node
+        yield server
     else:
         with pool.get_and_release(destroy_on_fail=True) as client:
             yield client
+
+
+class _Replies:
+    """Reads reply lines from a socket, however the bytes arrive."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            chunk = self.sock.recv(_RECV_BYTES)
+            if not chunk:
+                raise ConnectionResetError("memcached closed the connection mid-reply")
+            self.buffer += chunk
+        line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+        return line
+
+
+def _pipeline(server: Any, payload: bytes, read: Callable[[_Replies], Any]) -> Any:
+    """Send ``payload`` on one connection of ``server`` and ``read`` the replies."""
+    with _connection(server) as client:
+        if client.sock is None:
+            client._connect()
+        try:
+            client.sock.sendall(payload)
+            return read(_Replies(client.sock))
+        except OSError:
+            client.close()  # a half-read reply must not reach the next call
+            raise
 
 
 class PymemcacheCache:
@@ -55,46 +105,113 @@ class PymemcacheCache:
         nodes = _node_clients(client)
         if not all(_reads_raw_bytes(node) for node in nodes):
             raise TypeError("pass a pymemcache client without serde/serializer: clickqueue stores JSON bytes")
+        if any(getattr(node, "key_prefix", b"") for node in nodes):
+            raise TypeError("pass a pymemcache client without key_prefix: the queue prefixes its own keys")
         self.client = client
+        self._ring = client if isinstance(client, HashClient) else None
 
-    def _by_node(self, keys: Sequence[str]) -> dict[Any, list[str]]:
-        if not isinstance(self.client, HashClient):
+    # -- routing and failures ------------------------------------------------------
+
+    def _by_server(self, keys: Sequence[str]) -> dict[Any, list[str]]:
+        if self._ring is None:
             return {self.client: list(keys)}
         batches: dict[Any, list[str]] = defaultdict(list)
         for key in keys:
-            batches[self.client._get_client(key)].append(key)
+            try:
+                server = self._ring._get_client(key)
+            except MemcacheError as error:  # every server is marked dead
+                raise CacheUnavailableError(key, "route") from error
+            if server is None:
+                raise CacheUnavailableError(key, "route")
+            batches[server].append(key)
         return batches
 
+    def _run(self, server: Any, operation: str, key: str, function: Callable, *args: Any) -> Any:
+        """Run one server's part of a call; any failure becomes ``CacheUnavailableError``."""
+        try:
+            result = function(*args) if self._ring is None else self._ring._safely_run_func(server, function, _NOT_RUN, *args)
+        except (OSError, MemcacheError) as error:
+            result = _NOT_RUN
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if result is _NOT_RUN:
+            raise CacheUnavailableError(key, operation) from failure
+        return result
+
+    def _meta(self, server: Any, operation: str, keys: list[str], commands: list[bytes]) -> list[bytes]:
+        """Send ``commands`` (one per key) as one pipeline; return the reply line of each."""
+        payload = b"".join(commands)
+        return self._run(server, operation, keys[0], _pipeline, server, payload, lambda replies: [replies.line() for _ in commands])
+
+    # -- the Cache interface -------------------------------------------------------
+
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
-        return self.client.get_many(list(keys))
+        found: dict[str, bytes] = {}
+        if not keys:
+            return found
+        for server, server_keys in self._by_server(keys).items():
+            found.update(self._run(server, "get", server_keys[0], server.get_many, server_keys))
+        return found
 
-    def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, bytes]]:
-        return self.client.gets_many(list(keys))
+    def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, CasToken]]:
+        found: dict[str, tuple[bytes, CasToken]] = {}
+        if not keys:
+            return found
+        for server, server_keys in self._by_server(keys).items():
+            found.update(self._run(server, "gets", server_keys[0], server.gets_many, server_keys))
+        return found
 
-    def cas(self, key: str, value: bytes, token: bytes) -> bool:
-        return self.client.cas(key, value, token, noreply=False) is True
+    def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
+        return self._store(
+            "add", {key: b" T%d ME" % expire_seconds for key in values}, values, {_STORED: True, _NOT_STORED: False}
+        )
 
-    def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> list[str]:
-        not_stored: list[str] = []
-        for node, keys in self._by_node(list(values)).items():
-            with _base_client(node) as client:
-                stored = client._store_cmd(b"add", {key: values[key] for key in keys}, expire_seconds, noreply=False)
-            not_stored += [key for key in keys if not stored[key]]
-        return not_stored
+    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
+        return self._store(
+            "cas",
+            {key: b" T%d C%s" % (expire_seconds, token) for key, (_value, token) in values.items()},
+            {key: value for key, (value, _token) in values.items()},
+            {_STORED: True, _EXISTS: False, _NOT_FOUND: False},
+        )
 
-    def incr(self, key: str, delta: int, initial_value: int | None = None) -> int | None:
-        value = self.client.incr(key, delta, noreply=False)
-        if value is not None or initial_value is None:
-            return value
-        if self.client.add(key, str(initial_value + delta).encode(), noreply=False):
-            return initial_value + delta
-        return self.client.incr(key, delta, noreply=False)
+    def _store(
+        self, operation: str, flags: dict[str, bytes], values: Mapping[str, bytes], answers: dict[bytes, bool]
+    ) -> dict[str, Applied]:
+        """``ms`` each value with its flags; a reply outside ``answers`` (an error) is unknown."""
+        applied: dict[str, Applied] = {}
+        if not values:
+            return applied
+        for server, keys in self._by_server(list(values)).items():
+            commands = [
+                b"ms %s %d%s\r\n%s\r\n" % (key.encode(), len(values[key]), flags[key], values[key]) for key in keys
+            ]
+            try:
+                replies = self._meta(server, operation, keys, commands)
+            except CacheUnavailableError:
+                applied.update(dict.fromkeys(keys))
+                continue
+            applied.update({key: answers.get(reply.split(b" ", 1)[0]) for key, reply in zip(keys, replies)})
+        return applied
 
-    def delete_multi(self, keys: Sequence[str]) -> list[str]:
-        missing: list[str] = []
-        for node, node_keys in self._by_node(keys).items():
-            with _base_client(node) as client:
-                commands = [b"delete " + client.check_key(key, client.key_prefix) + b"\r\n" for key in node_keys]
-                replies = client._misc_cmd(commands, b"delete", False)
-            missing += [key for key, reply in zip(node_keys, replies) if reply != b"DELETED"]
-        return missing
+    def incr(self, key: str, delta: int) -> int | None:
+        (server,) = self._by_server([key])
+
+        def read(replies: _Replies) -> int | None:
+            head = replies.line()
+            if head.startswith(b"VA "):
+                value = replies.line()
+                return int(value) if value.isdigit() else None
+            if head == _NOT_FOUND or head.startswith(b"CLIENT_ERROR"):
+                return None  # missing, or not a number
+            raise CacheUnavailableError(key, "incr")
+
+        return self._run(server, "incr", key, _pipeline, server, b"ma %s D%d v\r\n" % (key.encode(), delta), read)
+
+    def delete_multi(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        for server, server_keys in self._by_server(keys).items():
+            replies = self._meta(server, "delete", server_keys, [b"md %s\r\n" % key.encode() for key in server_keys])
+            if any(reply not in (_STORED, _NOT_FOUND) for reply in replies):
+                raise CacheUnavailableError(server_keys[0], "delete")

@@ -1,236 +1,183 @@
-"""A lockless queue on memcache: exactly-once reads, leases, and counted loss.
+"""A lockless queue on memcache: a message is delivered once, and loss is counted.
 
 Protocol
 --------
-Keys, all prefixed ``cq:<name>:`` and built only by ``QueueKeys``:
+Keys (all ``cq:<name>:``, built only by ``QueueKeys``): ``w:<s>`` the write
+counter of shard ``s``; ``m:<s>:<n>`` slot ``n`` of shard ``s``; ``state`` the
+read state (JSON, changed only by compare-and-set); ``gen:<k>`` four copies of
+the state's generation number. Slot values are messages (JSON) or NUL-prefixed
+marks (``clickqueue.codec``): TOMBSTONE, GAP_TOMBSTONE, TAKEN, and LEASED(id).
 
-* ``w:<s>``      write counter of shard ``s`` (memcache ``incr``); slots start at 1.
-* ``m:<s>:<n>``  slot ``n`` of shard ``s``: a message (JSON), or a tombstone.
-* ``state``      the read state, changed only by compare-and-set (CAS):
-  ``claimed[s]`` (last slot handed to a reader), ``seen[s]`` (highest write
-  counter a reader saw), the outstanding ``leases`` (id -> slot ranges,
-  deadline, attempt) and ``gaps`` (slot ranges skipped by a reseeded counter).
-* ``stat:<x>``   counters of rare events, for ``stats()``.
+Write. ``incr(w:<s>, k)`` hands out slots ``n-k+1..n`` of a shard taken in
+turn; ``add_multi`` stores each message in its slot. A slot whose ``add`` is
+refused or unanswered is read back: holding our bytes, the message is stored
+(the reply was lost); a tombstone means a reader got there first and the
+message goes to a fresh slot; anything else means the counter went back (it is
+repaired above every stored slot) and the message goes to a fresh slot. A
+writer that took longer than ``max_write_seconds`` between ``incr`` and
+``add`` takes a fresh slot instead.
 
-Write: ``incr(w:<s>, k)`` reserves slots ``n-k+1..n`` of a shard taken in turn;
-``add`` stores each message in its slot. An ``add`` that fails found the slot
-taken (by a reader's tombstone, normally): the message is retried in a fresh slot.
+Claim. A reader ``gets_multi`` the state and every write counter in one call,
+moves ``claimed[s]`` forward over at most ``max_items`` slots below the
+counters it saw (and, for a lease, adds the lease record: id, slot ranges,
+deadline, attempt), and compare-and-sets the state. An expired lease is taken
+over instead, whole, under the same id with ``attempt + 1``, by a ``lease()``
+whose ``max_items`` is at least its slot count.
 
-Claim: ``gets`` the state and every write counter in one call, then CAS the
-state forward to ``claimed[s]' <= w:<s>`` (at most ``MAX_CLAIM_ITEMS`` slots),
-adding a lease record in the same CAS for ``lease()``. Read: ``get`` the
-claimed slots. A slot still empty (its writer is between ``incr`` and ``add``,
-died there, or the message was evicted) gets ``add``-ed a reader tombstone:
-whichever ``add`` wins owns the slot, so either the reader sees the message or
-the writer retries elsewhere. Nobody waits. ``read_multi`` then deletes the
-slots and returns only messages whose delete it won; a lease leaves them
-stored until ``ack`` (CAS the lease out, then delete the slots). A lease whose
-deadline passed is taken over by the next ``lease()`` call: CAS bumps its
-deadline and attempt, keeping its id, and the slots are read again.
+Read. The claimed slots are read with ``gets_multi``. A slot still empty (its
+writer is between ``incr`` and ``add``, died there, or the message was evicted)
+gets a tombstone by ``add`` (GAP_TOMBSTONE inside a gap): whichever ``add``
+wins owns the slot. Each message is then taken by compare-and-set on its slot:
+to TAKEN (expiring in a second) by ``read_multi``, to LEASED(id) by ``lease``.
+A message is returned only to the reader whose compare-and-set won, or read
+again later as LEASED(id) by a holder of that same lease id. ``ack`` removes
+the lease from the state by compare-and-set, then deletes its slots.
 
-Invariants, and why they hold:
+Counts live in the state, changed in the same CAS as what they count:
+``skipped`` (claimed slots outside gaps that gave no message) and ``gapped``
+(inside gaps), counted before the reader tombstones anything, corrected after;
+``retried`` (slots a writer left for a tombstone, counted once its message is
+stored elsewhere); ``resets``. From these and the counters, ``stats()`` derives
+``lost = skipped - retried`` and ``written == read + lost + depth + leased``.
 
-1. Each slot is claimed once. The state's CAS token changes with every write,
-   so of the readers holding one version exactly one moves it on; ``claimed``
-   only grows, and a claim never passes a write counter the reader saw.
-2. Each message sits in exactly one slot: ``add`` stores nothing when it fails,
-   and a writer moves on only after a failed ``add``.
-3. A claimed empty slot is settled by one ``add`` race, and tombstones outlive
-   any write that is still allowed to land (``max_write_seconds`` is checked
-   between ``incr`` and ``add``; a slower writer takes a fresh slot).
-   With 1-3, a message is returned by exactly one read or lease (a lease can
-   come back only after its deadline, under the same id, or after ``release``).
-4. Lock-free: no key is a lock and nobody waits holding anything. A CAS
-   fails only when another party's succeeded, and a writer retries only
-   after a reader's tombstone won its slot (it gives up, with
-   ``WriteFailedError``, after ``MAX_WRITE_ATTEMPTS`` slots). A dead reader
-   holds nothing but a lease that expires.
-5. Lost counters: a slot number is never handed out twice. A party whose
-   ``incr`` (or claim) finds no counter reseeds it above every slot already
-   used: the last stored slot above ``max(claimed, seen)`` (scanned for), plus
-   ``MAX_CLAIM_ITEMS``, since one claim may rest on a counter value read just
-   before it vanished. The skipped slots are recorded in ``gaps`` first, so
-   readers count them apart from lost ones. A new state is added before its
-   counters, so nobody sees counters without a state unless the state was
-   lost. A reader that finds no state recreates it at the write counters
-   (never re-reading: no duplicates), counts the messages it skips over as
-   lost and reset-tombstones the empty slots there, so writes still in
-   flight to them move up. ``resets`` counts each lost counter or state.
-6. Loss is counted: ``skipped`` counts claimed slots found empty,
-   ``retried`` the writers that hit a reader tombstone, so
-   ``lost = skipped - retried`` is the messages whose slot held nothing:
-   evicted, or their writer died between ``incr`` and ``add``.
+Invariants, and why they hold
+-----------------------------
+1. A slot number is handed out once. ``incr`` is atomic; a lost, foreign or
+   regressed counter is put back above every slot in use (the state's
+   ``used_through`` and a bounded search for the last stored slot) plus
+   ``REPAIR_MARGIN``, and the margin is recorded as a gap.
+2. Each message sits in one slot: a writer moves on only from a slot that
+   does not hold its bytes, and ``add`` never overwrites.
+3. A message is delivered at most once, under every fault below, because
+   exclusivity lives in the slot, not in the state: delivery needs a won
+   compare-and-set on the slot's message, which only one party can win, and
+   LEASED(id) can only be read back by a holder of ``id``. Losing the state,
+   a counter, or seeing two versions of a key on two servers can make readers
+   claim a slot twice; it cannot make them take it twice.
+4. A claimed empty slot is settled by one ``add`` race; tombstones outlive any
+   write still allowed to land (``max_write_seconds < tombstone_seconds``).
+5. Lock-free, and every call bounded: no key is a lock; a CAS fails only when
+   another party's succeeded; retries, claim rounds and searches are capped by
+   named constants, and a call that hits one raises or returns empty.
+6. Loss is counted: a message that is never delivered left its slot empty or
+   foreign when claimed (counted in ``skipped`` before the tombstone that
+   could turn its writer away), and ``retried`` is counted only for messages
+   that were stored elsewhere.
+
+Fault model (any of these, at any moment, in any combination)
+-------------------------------------------------------------
+Eviction of any key; ``flush_all``; a server restarting empty, or marked dead
+by one client so its keys map elsewhere for a while; an error on any call,
+before or after it was applied (lost replies), including part of a multi-key
+call; foreign values in any queue key (pickles, garbage, NUL-prefixed bytes,
+deeply nested JSON, non-numeric counters, a corrupt state); a process killed
+between any two calls; clocks a few seconds apart; values over 1 MB, calls
+over 32 MB (App Engine), expiries over 30 days.
+
+Guarantees
+----------
+* No message is returned by two ``read_multi`` calls or two leases; the only
+  repeat is the same lease id, ``attempt + 1``, after expiry or ``release``.
+* While the state survives, every message not delivered is in ``lost``, and
+  the counts above hold exactly between quiescent points. A write that raised
+  ``CacheUnavailableError`` stored nothing (``WriteIncompleteError`` names what
+  it may have stored).
+* Nothing read from a cache is unpickled; foreign values are skipped and
+  counted once; a batch too big for one call is refused before it is written.
+* After the faults stop, new messages are delivered and writers do not give up.
+
+Limits (what cannot be promised)
+--------------------------------
+* A lost or foreign state is a reset (``resets``, also in a new process when a
+  counter or generation marker survived; after ``flush_all`` only a process
+  that had used the queue can tell). The new state starts ``RECOVERY_SLOTS``
+  below the counters: older unread messages, and leases the state held, are
+  dropped uncounted, and an ack of a forgotten lease returns False. After a
+  reset, ``lost`` is a lower bound.
+* ``read_multi`` that dies or raises after its claim leaves those messages
+  unread (counted as read); use ``lease`` when every message matters.
+* Counts are exact only if the writes in flight when a counter is lost fit in
+  ``REPAIR_MARGIN`` slots; beyond that two writers can share a slot (both
+  messages are still stored, one elsewhere) and ``retried`` can exceed
+  what it balances.
+* A foreign value that is valid JSON cannot be told from a message; a foreign
+  value in a slot counts as one lost message. A counter pushed far ahead makes
+  readers walk (and count as lost) the empty range, a bounded step per call.
+* A lost reply on a claim, or on a ``read_multi`` take, is resolved
+  conservatively: the slots are read by whoever wins them, and what cannot be
+  told counts as skipped.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import random
 import re
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from clickqueue.cache import Cache, wrap_client
-from clickqueue.codec import RESET_TOMBSTONE, TOMBSTONE, decode_message, encode_message, is_tombstone
+from clickqueue.codec import (
+    GAP_TOMBSTONE,
+    LEASE_PREFIX,
+    TAKEN,
+    TOMBSTONE,
+    SlotKind,
+    SlotValue,
+    encode_message,
+    leased_value,
+    read_slot,
+)
 from clickqueue.errors import (
+    BatchTooLargeError,
+    CacheUnavailableError,
+    ContentionError,
     CorruptStateError,
     InvalidArgumentError,
-    ShardMismatchError,
     TooManyLeasesError,
     WriteFailedError,
+    WriteIncompleteError,
 )
+from clickqueue.keys import QueueKeys
+from clickqueue.recovery import Recovery, decimal
+from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, LeaseRecord, ReadState, SlotRange, StateStore
 
 logger = logging.getLogger(__name__)
 
 MAX_CLAIM_ITEMS = 1000
-"""Most slots one claim takes; also the margin a reseeded write counter skips."""
+"""Most slots one claim takes."""
 
-MAX_LEASES = 1000
-"""Most outstanding leases the state carries (it must stay one memcache value)."""
+MAX_BATCH_MESSAGES = 10_000
+MAX_BATCH_BYTES = 30_000_000
+"""One ``write_multi`` is one ``add_multi``: App Engine takes at most 32 MB per call."""
 
 MAX_WRITE_ATTEMPTS = 100
+"""Fresh slots a write takes for a message before it gives up (``WriteFailedError``)."""
+
+MAX_EMPTY_ROUNDS = 4
+"""Claims one ``read_multi``/``lease`` makes that yield nothing before it returns
+empty (each after the first also settles up to ``MAX_CLAIM_ITEMS`` empty slots)."""
+
+TAKEN_SECONDS = 1
+"""A TAKEN mark only has to win the compare-and-set; then it may vanish."""
+
+MAX_EXPIRY_SECONDS = 30 * 86400
+"""Both backends read a longer relative expiry as an absolute (past) time."""
+
 QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,100}")
-STAT_NAMES = ("skipped", "retried", "collided", "gapped", "requeued", "resets")
-
-
-@dataclass(frozen=True)
-class QueueKeys:
-    """Every memcache key of one queue."""
-
-    name: str
-
-    @property
-    def prefix(self) -> str:
-        return f"cq:{self.name}:"
-
-    @property
-    def state(self) -> str:
-        return f"{self.prefix}state"
-
-    def write_counter(self, shard: int) -> str:
-        return f"{self.prefix}w:{shard}"
-
-    def slot(self, shard: int, number: int) -> str:
-        return self.slots(shard, [number])[0]
-
-    def slots(self, shard: int, numbers: Iterable[int]) -> list[str]:
-        """The keys of slots ``numbers`` of ``shard``, built fast: reads and writes take hundreds."""
-        shard_prefix = f"{self.prefix}m:{shard}:"
-        return [f"{shard_prefix}{number}" for number in numbers]
-
-    def stat(self, stat_name: str) -> str:
-        return f"{self.prefix}stat:{stat_name}"
-
-
-@dataclass(frozen=True)
-class SlotRange:
-    """Slots ``first..last`` (inclusive) of one shard."""
-
-    shard: int
-    first: int
-    last: int
-
-    def numbers(self) -> range:
-        return range(self.first, self.last + 1)
-
-
-@dataclass
-class LeaseRecord:
-    ranges: list[SlotRange]
-    deadline: float
-    attempt: int
-
-
-@dataclass
-class ReadState:
-    """The value under ``QueueKeys.state``: what readers have claimed and leased."""
-
-    claimed: list[int]
-    seen: list[int]
-    leases: dict[str, LeaseRecord] = field(default_factory=dict)
-    gaps: list[SlotRange] = field(default_factory=list)
-
-    @classmethod
-    def starting_at(cls, claimed: list[int]) -> ReadState:
-        return cls(claimed=list(claimed), seen=list(claimed))
-
-    @classmethod
-    def from_bytes(cls, key: str, raw: bytes) -> ReadState:
-        try:
-            data = json.loads(raw)
-            return cls(
-                claimed=[int(n) for n in data["claimed"]],
-                seen=[int(n) for n in data["seen"]],
-                leases={
-                    lease_id: LeaseRecord(
-                        ranges=[SlotRange(*bounds) for bounds in record["ranges"]],
-                        deadline=float(record["deadline"]),
-                        attempt=int(record["attempt"]),
-                    )
-                    for lease_id, record in data["leases"].items()
-                },
-                gaps=[SlotRange(*bounds) for bounds in data["gaps"]],
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            raise CorruptStateError(key) from error
-
-    def to_bytes(self) -> bytes:
-        data = {
-            "claimed": self.claimed,
-            "seen": self.seen,
-            "leases": {
-                lease_id: {
-                    "ranges": [[r.shard, r.first, r.last] for r in record.ranges],
-                    "deadline": record.deadline,
-                    "attempt": record.attempt,
-                }
-                for lease_id, record in self.leases.items()
-            },
-            "gaps": [[r.shard, r.first, r.last] for r in self.gaps],
-        }
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    def claim(self, write_counters: Sequence[int], max_items: int) -> list[SlotRange]:
-        """Advance ``claimed`` over up to ``max_items`` written slots, fullest shard first."""
-        self.seen = [max(seen, counter) for seen, counter in zip(self.seen, write_counters)]
-        backlog = {
-            shard: counter - self.claimed[shard]
-            for shard, counter in enumerate(write_counters)
-            if counter > self.claimed[shard]
-        }
-        ranges = []
-        remaining = max_items
-        for shard in sorted(backlog, key=backlog.get, reverse=True):
-            if remaining == 0:
-                break
-            taken = min(backlog[shard], remaining)
-            ranges.append(SlotRange(shard, self.claimed[shard] + 1, self.claimed[shard] + taken))
-            self.claimed[shard] += taken
-            remaining -= taken
-        self.gaps = [gap for gap in self.gaps if gap.last > self.claimed[gap.shard]]
-        return ranges
-
-    def used_through(self, shard: int) -> int:
-        """The highest slot of ``shard`` the state knows to have been handed out."""
-        gap_ends = [gap.last for gap in self.gaps if gap.shard == shard]
-        return max(self.claimed[shard], self.seen[shard], *gap_ends)
-
-    def first_expired_lease(self, now: float) -> str | None:
-        expired = [lease_id for lease_id, record in self.leases.items() if record.deadline <= now]
-        return min(expired, key=lambda lease_id: self.leases[lease_id].deadline, default=None)
 
 
 @dataclass(frozen=True)
 class QueueStats:
-    """Counts since the queue's state was created (estimates after a reset).
+    """Counts since the queue's state was created (see the module docstring).
 
-    ``depth`` slots are written but not yet claimed; ``lost`` messages were gone
-    from their slot when read; ``leased`` slots sit in outstanding leases.
+    ``depth`` messages wait unclaimed; ``leased`` slots sit in outstanding
+    leases; ``lost`` messages were gone from their slot (evicted, foreign, or
+    their writer died) and ``written == read + lost + depth + leased``.
     """
 
     depth: int
@@ -238,6 +185,7 @@ class QueueStats:
     read: int
     requeued: int
     skipped: int
+    gapped: int
     lost: int
     retried: int
     collided: int
@@ -248,21 +196,33 @@ class QueueStats:
         return dict(self.__dict__)
 
 
+EMPTY_STATS = QueueStats(**dict.fromkeys(QueueStats.__dataclass_fields__, 0))
+
+
 @dataclass(frozen=True)
 class _Claim:
     ranges: list[SlotRange]
-    gaps: list[SlotRange] = field(default_factory=list)
     lease_id: str | None = None
     attempt: int = 0
+    settled_slots: int = 0
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    message_keys: list[str]
+    messages: list[Any]
+    skipped: int
+    gapped: int
 
 
 class Queue:
     """A named FIFO-per-shard queue of JSON messages on memcache.
 
     ``client`` is None for App Engine memcache, a pymemcache client for
-    memcached, or any ``clickqueue.cache.Cache``. Every process using one queue
-    name must use the same ``shards``. ``clock`` gives lease deadlines and the
-    writers' stall check; ``tombstone_seconds`` must exceed ``max_write_seconds``.
+    memcached, or any object with the ``clickqueue.cache.Cache`` methods.
+    Every process using one queue name must use the same ``shards``. ``clock``
+    gives lease deadlines and the writers' stall check; ``rng`` gives lease ids
+    and the first shard (a seeded one makes a simulation replayable).
     """
 
     def __init__(
@@ -272,6 +232,7 @@ class Queue:
         *,
         shards: int = 1,
         clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
         tombstone_seconds: int = 3600,
         max_write_seconds: float = 60,
     ) -> None:
@@ -279,6 +240,8 @@ class Queue:
             raise InvalidArgumentError("queue name", name, "use 1-100 characters of [A-Za-z0-9._:-]")
         if not 1 <= shards <= 64:
             raise InvalidArgumentError("shards", shards, "use 1 to 64")
+        if not tombstone_seconds <= MAX_EXPIRY_SECONDS:
+            raise InvalidArgumentError("tombstone_seconds", tombstone_seconds, "use at most 30 days (2592000)")
         if not 0 < max_write_seconds < tombstone_seconds:
             raise InvalidArgumentError("max_write_seconds", max_write_seconds, "must be below tombstone_seconds")
         self.name = name
@@ -288,139 +251,58 @@ class Queue:
         self.clock = clock
         self.tombstone_seconds = tombstone_seconds
         self.max_write_seconds = max_write_seconds
-        first_shard = random.randrange(shards)
+        self._rng = rng or random.SystemRandom()
+        first_shard = self._rng.randrange(shards)
         self._writer_shards = itertools.cycle([*range(first_shard, shards), *range(first_shard)])
         self._counter_keys = [self.keys.write_counter(shard) for shard in range(shards)]
-        self._has_seen_queue = False
+        self._store = StateStore(self.cache, self.keys, shards)
+        self._recovery = Recovery(self.cache, self.keys, self._store, seen_before=lambda: self._seen_queue)
+        self._seen_queue = False
 
-    # -- writing ---------------------------------------------------------------
+    # -- writing -------------------------------------------------------------------
 
     def write(self, message: Any) -> None:
-        """Append one message: 2 cache calls (``incr``, ``add``)."""
+        """Append one message: 2 cache calls (``incr``, ``add_multi``)."""
         self.write_multi([message])
 
     def write_multi(self, messages: Iterable[Any]) -> None:
         """Append messages in order: 2 cache calls (``incr``, ``add_multi``) for any number.
 
-        Every message is encoded and checked first, so a bad one writes nothing.
-        A slot lost to a reader's tombstone costs one ``get_multi`` and a retry.
+        Every message is encoded and the batch's size checked first, so a bad
+        one writes nothing. A slot found taken costs a ``get_multi``, a retry,
+        and 2 calls to count it. Raises ``CacheUnavailableError`` if nothing was
+        stored, ``WriteIncompleteError`` if only part may have been.
         """
-        pending = [encode_message(message) for message in messages]
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            if not pending:
-                return
-            shard = next(self._writer_shards)
-            started = self.clock()
-            last = self.cache.incr(self.keys.write_counter(shard), len(pending))
-            if last is None:
-                self._reseed_write_counter(shard)
-                continue
-            self._has_seen_queue = True
-            slots = dict(zip(self.keys.slots(shard, range(last - len(pending) + 1, last + 1)), pending))
-            if self.clock() - started > self.max_write_seconds:
-                self._count("retried", len(slots))
-                continue
-            not_stored = self.cache.add_multi(slots)
-            if not_stored:
-                self._count_lost_slots(not_stored)
-            pending = [slots[key] for key in not_stored]
-        if pending:
-            raise WriteFailedError(self.keys.write_counter(shard), MAX_WRITE_ATTEMPTS)
+        batch = [encode_message(message) for message in messages]
+        if len(batch) > MAX_BATCH_MESSAGES:
+            raise BatchTooLargeError("messages", len(batch), MAX_BATCH_MESSAGES)
+        if (size := sum(map(len, batch))) > MAX_BATCH_BYTES:
+            raise BatchTooLargeError("bytes", size, MAX_BATCH_BYTES)
+        if batch:
+            _BatchWrite(self, batch).run()
 
     def requeue(self, messages: Iterable[Any]) -> None:
-        """Write messages again (after failed processing): 3 cache calls."""
+        """Write messages again (after failed processing): 4 cache calls."""
         messages = list(messages)
         self.write_multi(messages)
-        self._count("requeued", len(messages))
+        self._record_counts(requeued=len(messages))
 
-    def _count_lost_slots(self, keys: list[str]) -> None:
-        """Tell tombstone hits (``retried``) from anything else (``collided``)."""
-        current = self.cache.get_multi(keys)
-        hit_tombstones = sum(1 for key in keys if current.get(key) == TOMBSTONE)
-        self._count("retried", hit_tombstones)
-        self._count("collided", len(keys) - hit_tombstones)
+    def _record_counts(self, **counts: int) -> None:
+        """Add writer-side counts to the state, at most once (a count lost to an
+        error only makes ``lost`` larger)."""
 
-    def _reseed_write_counter(self, shard: int) -> None:
-        """Recreate a lost write counter above every slot number already handed out."""
-        counter_key = self.keys.write_counter(shard)
-        found = self.cache.get_multi([self.keys.state, *self._counter_keys])
-        if self.keys.state not in found:
-            self._recreate_state([int(found[key]) if key in found else None for key in self._counter_keys])
-            return
-        if counter_key in found:
-            return  # another party reseeded it first
-        top = self._last_stored_slot(shard, self._parse_state(found[self.keys.state]).used_through(shard))
-        if top == 0:
-            self.cache.add_multi({counter_key: b"0"})  # nothing was ever written to this shard
-            return
-        gap = None
-
-        def record_gap(state: ReadState) -> bool:
-            nonlocal gap
-            floor = max(state.used_through(shard), top)
-            gap = SlotRange(shard, floor + 1, floor + MAX_CLAIM_ITEMS)
-            state.gaps.append(gap)
+        def add(state: ReadState) -> bool:
+            for name, amount in counts.items():
+                setattr(state.counts, name, getattr(state.counts, name) + amount)
             return True
 
-        def forget_gap(state: ReadState) -> bool:
-            if gap not in state.gaps:
-                return False
-            state.gaps.remove(gap)
-            return True
+        if any(counts.values()):
+            try:
+                self._store.change(add, landed=lambda state: True)
+            except (CacheUnavailableError, ContentionError) as error:
+                logger.warning("queue %s: could not record counts %s: %s", self.name, counts, error)
 
-        if not self._change_state(record_gap):
-            return  # the state vanished meanwhile: the next incr starts over
-        if self.cache.add_multi({counter_key: str(gap.last).encode()}):
-            # Another party set the counter first. Only a later reseed puts it past
-            # our whole gap (ours is then never handed out); otherwise forget ours.
-            winner = self.cache.get_multi([counter_key]).get(counter_key)
-            if winner is None or int(winner) < gap.last:
-                self._change_state(forget_gap)
-            return
-        self._count("resets", 1)
-
-    def _last_stored_slot(self, shard: int, floor: int) -> int:
-        """The highest slot above ``floor`` holding anything (the lost counter's
-        value, give or take writes still in flight), scanning up
-        ``MAX_CLAIM_ITEMS`` slots per call until a window is empty."""
-        top = floor
-        while True:
-            numbers = range(top + 1, top + MAX_CLAIM_ITEMS + 1)
-            window = dict(zip(self.keys.slots(shard, numbers), numbers))
-            stored = self.cache.get_multi(list(window))
-            if not stored:
-                return top
-            top = max(window[key] for key in stored)
-
-    def _create_state(self, claimed: list[int]) -> bool:
-        """Add a state starting after ``claimed``, then any missing write counters.
-
-        Returns whether this call created the state. Nobody can have claimed
-        from a state just created, so counters created with it need no margin.
-        """
-        if self.cache.add_multi({self.keys.state: ReadState.starting_at(claimed).to_bytes()}):
-            return False
-        self.cache.add_multi({key: str(start).encode() for key, start in zip(self._counter_keys, claimed)})
-        return True
-
-    def _change_state(self, change: Callable[[ReadState], bool]) -> bool:
-        """Apply ``change`` to the state by gets + CAS, retrying on contention.
-
-        ``change`` edits the state it is given and returns False to give up.
-        Returns whether a change was stored (False also when there is no state).
-        """
-        while True:
-            found = self.cache.gets_multi([self.keys.state])
-            if self.keys.state not in found:
-                return False
-            raw_state, token = found[self.keys.state]
-            state = self._parse_state(raw_state)
-            if not change(state):
-                return False
-            if self.cache.cas(self.keys.state, state.to_bytes(), token):
-                return True
-
-    # -- claiming and reading --------------------------------------------------
+    # -- claiming and reading ------------------------------------------------------
 
     def read(self) -> Any | None:
         """Take the oldest available message, or None: as ``read_multi(1)``."""
@@ -428,197 +310,431 @@ class Queue:
         return messages[0] if messages else None
 
     def read_multi(self, max_items: int = 100) -> list[Any]:
-        """Take up to ``max_items`` messages: 4 cache calls (``gets_multi``, ``cas``,
-        ``get_multi``, ``delete_multi``); 1 when the queue is empty. Slots that
-        held only tombstones are claimed past without returning an empty list.
+        """Take up to ``max_items`` messages: 4 cache calls (``gets_multi`` and
+        ``cas_multi`` of the state, ``gets_multi`` and ``cas_multi`` of the slots);
+        1 when the queue is empty. Empty slots cost up to 5 more.
 
         Messages are gone once returned: a reader that dies holding them loses
         them. Use ``lease`` when processing must survive the reader.
         """
-        while True:
-            claim = self._claim(max_items, lease_seconds=None)
-            if not claim.ranges:
+        _check_max_items(max_items)
+        for round_number in range(MAX_EMPTY_ROUNDS):
+            claim = self._claim(max_items, lease_seconds=None, settle_empty_runs=round_number > 0)
+            if not claim.ranges and not claim.settled_slots:
                 return []
-            keys, messages = self._fetch(claim)
-            if keys:
-                break
-        not_deleted = set(self.cache.delete_multi(keys))
-        if not_deleted:
-            self._count("skipped", len(not_deleted))
-        return [message for key, message in zip(keys, messages) if key not in not_deleted]
+            if claim.ranges and (fetched := self._fetch(claim)).messages:
+                return fetched.messages
+        return []
 
     def lease(self, max_items: int = 100, seconds: float = 60) -> Lease:
-        """Take up to ``max_items`` messages that stay stored until ``ack``: 3 cache
-        calls (``gets_multi``, ``cas``, ``get_multi``), and ``ack`` 3 more.
+        """Take up to ``max_items`` messages that stay stored until ``ack``: 4 cache
+        calls, 3 to take over an expired lease; ``ack`` 3 more.
 
         A lease not acked within ``seconds`` (its reader died or stalled) is
-        delivered again, with the same ``lease_id``, to a later ``lease`` call;
-        expired leases go out before new messages.
+        delivered again, whole and with the same ``lease_id``, to a later
+        ``lease`` call whose ``max_items`` covers it; expired leases go out
+        before new messages.
         """
+        _check_max_items(max_items)
         if not 0 < seconds <= 86400:
             raise InvalidArgumentError("seconds", seconds, "use more than 0 and at most 86400")
-        while True:
-            claim = self._claim(max_items, lease_seconds=seconds)
+        for round_number in range(MAX_EMPTY_ROUNDS):
+            claim = self._claim(max_items, lease_seconds=seconds, settle_empty_runs=round_number > 0)
             if claim.lease_id is None:
-                return Lease(self, None, 0, [], [])
-            lease = Lease(self, claim.lease_id, claim.attempt, *self._fetch(claim))
+                if claim.settled_slots:
+                    continue
+                break
+            lease = Lease(self, claim.lease_id, claim.attempt, self._fetch(claim))
             if lease.messages:
                 return lease
-            lease.ack()
+            lease.ack()  # nothing in it: settle it now, with its counts
+        return Lease(self, None, 0, _Fetched([], [], 0, 0))
 
-    def _claim(self, max_items: int, lease_seconds: float | None) -> _Claim:
-        if not 1 <= max_items <= MAX_CLAIM_ITEMS:
-            raise InvalidArgumentError("max_items", max_items, f"use 1 to {MAX_CLAIM_ITEMS}")
-        while True:
+    def _claim(self, max_items: int, lease_seconds: float | None, settle_empty_runs: bool = False) -> _Claim:
+        """Move the state forward over the next slots (or take over an expired
+        lease): 2 cache calls, plus repairs of whatever the first one finds
+        missing, plus 2 to settle runs of slots without messages (``_settle_runs``)."""
+        for _ in range(MAX_CAS_ATTEMPTS):
             found = self.cache.gets_multi([self.keys.state, *self._counter_keys])
-            counters = [int(found[key][0]) if key in found else None for key in self._counter_keys]
             if self.keys.state not in found:
-                self._recreate_state(counters)
-                continue
-            lost_counters = [shard for shard, counter in enumerate(counters) if counter is None]
-            if lost_counters:
-                for shard in lost_counters:
-                    self._reseed_write_counter(shard)
+                self._recovery.recreate_state(found)
                 continue
             raw_state, token = found[self.keys.state]
-            state = self._parse_state(raw_state)
-            self._has_seen_queue = True
-            now = self.clock()
-            gaps = list(state.gaps)
-            expired_id = state.first_expired_lease(now) if lease_seconds is not None else None
-            if expired_id is not None:
-                record = state.leases[expired_id]
-                record.deadline, record.attempt = now + lease_seconds, record.attempt + 1
-                claim = _Claim(record.ranges, gaps, expired_id, record.attempt)
-            else:
-                ranges = state.claim(counters, max_items)
-                if not ranges:
-                    return _Claim([])
-                if lease_seconds is None:
-                    claim = _Claim(ranges, gaps)
-                else:
-                    if len(state.leases) >= MAX_LEASES:
-                        raise TooManyLeasesError(self.keys.state, MAX_LEASES)
-                    claim = _Claim(ranges, gaps, uuid.uuid4().hex, 1)
-                    state.leases[claim.lease_id] = LeaseRecord(ranges, now + lease_seconds, 1)
-            if self.cache.cas(self.keys.state, state.to_bytes(), token):
-                return claim
-
-    def _recreate_state(self, counters: list[int | None]) -> None:
-        """Start a missing state at the write counters, so nothing is read twice.
-
-        The messages still stored below the counters are skipped unread (or sat
-        in a lease the state forgot): they are counted as lost, found by reading
-        back ``MAX_CLAIM_ITEMS`` slots per call until a window holds none. Empty
-        slots there get a reset tombstone, so a write still in flight to one of
-        them fails and goes to a fresh slot instead of below the new state.
-        """
-        claimed = [counter or 0 for counter in counters]
-        if not self._create_state(claimed) or not (self._has_seen_queue or any(claimed)):
-            return
-        self._count("resets", 1)
-        for shard, counter in enumerate(claimed):
-            for top in range(counter, 0, -MAX_CLAIM_ITEMS):
-                window = self.keys.slots(shard, range(max(1, top - MAX_CLAIM_ITEMS + 1), top + 1))
-                stored = self.cache.get_multi(window)
-                empty = [key for key in window if key not in stored]
-                stored_meanwhile = self.cache.add_multi(dict.fromkeys(empty, RESET_TOMBSTONE), self.tombstone_seconds)
-                skipped = len(stored_meanwhile) + sum(1 for value in stored.values() if not is_tombstone(value))
-                if not skipped:
-                    break
-                self._count("skipped", skipped)
-
-    def _parse_state(self, raw_state: bytes) -> ReadState:
-        state = ReadState.from_bytes(self.keys.state, raw_state)
-        if len(state.claimed) != self.shards:
-            raise ShardMismatchError(self.keys.state, len(state.claimed), self.shards)
-        return state
-
-    def _fetch(self, claim: _Claim) -> tuple[list[str], list[Any]]:
-        """Read claimed slots in order: 1 ``get_multi``; empty slots cost an
-        ``add_multi`` of tombstones and a ``get_multi`` of the ``add``s lost."""
-        keys = [key for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())]
-        found = self.cache.get_multi(keys)
-        empty = [key for key in keys if key not in found]
-        if empty:
-            written_meanwhile = self.cache.add_multi(dict.fromkeys(empty, TOMBSTONE), self.tombstone_seconds)
-            if written_meanwhile:
-                found.update(self.cache.get_multi(written_meanwhile))
-            in_gaps = {key for gap in claim.gaps for key in self.keys.slots(gap.shard, gap.numbers())}
-            tombstoned = set(empty) - set(written_meanwhile)
-            self._count("gapped", len(tombstoned & in_gaps))
-            self._count("skipped", len(tombstoned - in_gaps))
-        message_keys, messages = [], []
-        for key in keys:
-            value = found.get(key)
-            if value is None or is_tombstone(value):
-                continue
             try:
-                messages.append(decode_message(value))
-            except ValueError:
-                logger.warning("slot %s holds no JSON message; counted as skipped", key)
-                self._count("skipped", 1)
+                state = self._store.parse(raw_state)
+            except CorruptStateError:
+                logger.warning("queue %s: replacing a state it did not write", self.name)
+                self._recovery.replace_corrupt_state(token, found)
                 continue
-            message_keys.append(key)
-        return message_keys, messages
+            counters = [decimal(found[key][0]) if key in found else None for key in self._counter_keys]
+            broken = [shard for shard, counter in enumerate(counters) if counter is None or counter < state.claimed[shard]]
+            if broken:
+                for shard in broken:
+                    self._recovery.repair_counter(shard)
+                continue
+            self._seen_queue = True
+            claim = self._plan_claim(state, counters, max_items, lease_seconds, settle_empty_runs)
+            if not claim.ranges and not claim.settled_slots:
+                return claim
+            encoded = self._store.encode(state)
+            if claim.lease_id is not None and len(encoded) > MAX_STATE_BYTES:
+                raise TooManyLeasesError(self.keys.state, len(state.leases))
+            applied = self.cache.cas_multi({self.keys.state: (encoded, token)})[self.keys.state]
+            if applied or (applied is None and self._claim_landed(claim)):
+                return claim
+        raise ContentionError(self.keys.state, MAX_CAS_ATTEMPTS)
 
-    # -- leases ----------------------------------------------------------------
+    def _plan_claim(
+        self,
+        state: ReadState,
+        counters: list[int],
+        max_items: int,
+        lease_seconds: float | None,
+        settle_empty_runs: bool,
+    ) -> _Claim:
+        now = self.clock()
+        if lease_seconds is not None and (expired_id := state.first_expired_lease(now, max_items)):
+            record = state.leases[expired_id]
+            record.deadline, record.attempt = now + lease_seconds, record.attempt + 1
+            return _Claim(record.ranges, expired_id, record.attempt)
+        settled = self._settle_runs(state, counters, gaps_only=not settle_empty_runs)
+        ranges = state.claim(counters, max_items)
+        if not ranges or lease_seconds is None:
+            return _Claim(ranges, settled_slots=settled)
+        if len(state.leases) >= MAX_LEASES:
+            raise TooManyLeasesError(self.keys.state, MAX_LEASES)
+        lease_id = f"{self._rng.getrandbits(128):032x}"
+        state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1)
+        return _Claim(ranges, lease_id, 1, settled)
 
-    def _settle_lease(self, lease: Lease, acknowledge: bool) -> bool:
-        """CAS the lease out of the state (ack) or make it due now (release).
+    def _settle_runs(self, state: ReadState, counters: list[int], gaps_only: bool) -> int:
+        """Claim in bulk, in this claim's CAS, the next slots that hold no message:
+        runs inside gaps (empty by design) on every claim, and any run after a
+        round that found only empty slots (mass eviction, a counter pushed
+        ahead). Up to ``MAX_CLAIM_ITEMS`` slots are read, the empty ones
+        tombstoned first (so no writer can fill them after), and each shard's
+        run up to its first message or doubtful slot is claimed, counted as
+        skipped or gapped: 2 cache calls instead of claims that walk the run
+        ``max_items`` slots at a time. Returns the slots claimed."""
+        runs = state.runs_to_settle(counters, MAX_CLAIM_ITEMS, gaps_only)
+        if not runs:
+            return 0
+        in_gap = {
+            key: part.in_gap for run in runs for part in run for key in self.keys.slots(part.shard, part.numbers())
+        }
+        found = self.cache.get_multi(list(in_gap))
+        empty = {key: GAP_TOMBSTONE if gap else TOMBSTONE for key, gap in in_gap.items() if key not in found}
+        added = self.cache.add_multi(empty, self.tombstone_seconds) if empty else {}
+        settled_total = 0
+        for run in runs:
+            keys = [key for part in run for key in self.keys.slots(part.shard, part.numbers())]
+            settled = list(
+                itertools.takewhile(
+                    lambda key: added.get(key) is True or (key in found and read_slot(found[key]).kind is not SlotKind.MESSAGE),
+                    keys,
+                )
+            )
+            gapped = sum(1 for key in settled if in_gap[key])
+            state.settle_run(run[0].shard, len(settled) - gapped, gapped)
+            settled_total += len(settled)
+        return settled_total
 
-        Returns whether this lease was still outstanding. An ack deletes the
-        slots even when it was not: the messages were processed.
+    def _claim_landed(self, claim: _Claim) -> bool:
+        """After a claim's CAS went unanswered: does the state show it? (1 call)
+        For ``read_multi``, slots claimed by anyone are fine: the takes decide."""
+        found = self.cache.gets_multi([self.keys.state])
+        if self.keys.state not in found:
+            return False
+        try:
+            state = self._store.parse(found[self.keys.state][0])
+        except CorruptStateError:
+            return False
+        if claim.lease_id is not None:
+            record = state.leases.get(claim.lease_id)
+            return record is not None and record.attempt == claim.attempt
+        return all(r.last <= state.claimed[r.shard] for r in claim.ranges)
+
+    def _fetch(self, claim: _Claim) -> _Fetched:
+        """Read the claimed slots, tombstone the empty ones, take the messages.
+
+        2 cache calls (``gets_multi``, ``cas_multi``); empty slots cost the
+        counts first (2) and their tombstones (1, see ``_tombstone``);
+        ``read_multi`` records what its slots held (2) when not all were messages.
         """
+        slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
+        keys = list(slot_in_gap)
+        found = self.cache.gets_multi(keys)
+        views = {key: read_slot(found[key][0] if key in found else None, claim.lease_id) for key in keys}
+        counted = (0, 0)
+        empty = [key for key in keys if views[key].kind is SlotKind.EMPTY]
+        if empty:
+            counted = self._count_before_tombstones(claim, views, slot_in_gap)
+            self._tombstone(empty, slot_in_gap, views, found, claim.lease_id)
+        won = self._take(claim, views, found)
+        message_keys = [key for key in keys if key in won]
+        fetched = _Fetched(
+            message_keys,
+            [views[key].message for key in message_keys],
+            skipped=sum(1 for key in keys if key not in won and not slot_in_gap[key]),
+            gapped=sum(1 for key in keys if key not in won and slot_in_gap[key]),
+        )
+        if claim.lease_id is None and (fetched.skipped, fetched.gapped) != counted:
+            self._store.change(_add_counts(fetched.skipped - counted[0], fetched.gapped - counted[1]))
+        return fetched
 
-        def settle(state: ReadState) -> bool:
-            record = state.leases.get(lease.lease_id)
-            if record is None or (not acknowledge and record.attempt != lease.attempt):
+    def _tombstone(
+        self,
+        empty: list[str],
+        slot_in_gap: dict[str, bool],
+        views: dict[str, SlotValue],
+        found: dict[str, tuple],
+        lease_id: str | None,
+    ) -> None:
+        """Add a tombstone to each empty slot: 1 call. A slot whose ``add`` lost to its
+        writer is read again (1 call); one whose ``add`` went unanswered and did not
+        land is tried once more, so a late writer is not left to store into it."""
+        for _ in range(2):
+            tombstones = {key: GAP_TOMBSTONE if slot_in_gap[key] else TOMBSTONE for key in empty}
+            added = self.cache.add_multi(tombstones, self.tombstone_seconds)
+            unsettled = [key for key in empty if added.get(key) is not True]
+            if not unsettled:
+                return
+            found.update(self.cache.gets_multi(unsettled))
+            for key in unsettled:
+                views[key] = read_slot(found[key][0] if key in found else None, lease_id)
+            empty = [key for key in unsettled if views[key].kind is SlotKind.EMPTY]
+            if not empty:
+                return
+
+    def _count_before_tombstones(
+        self, claim: _Claim, views: dict[str, SlotValue], slot_in_gap: dict[str, bool]
+    ) -> tuple[int, int]:
+        """Count the slots that hold no message before tombstoning any: a writer
+        turned away by a tombstone counts ``retried``, which must never exceed
+        what readers counted. A lease counts once, in its record."""
+        no_message = [key for key, view in views.items() if view.kind not in (SlotKind.MESSAGE, SlotKind.LEASED_TO_US)]
+        counts = (sum(1 for key in no_message if not slot_in_gap[key]), sum(1 for key in no_message if slot_in_gap[key]))
+        if claim.lease_id is None:
+            self._store.change(_add_counts(*counts))
+            return counts
+
+        def precount(state: ReadState) -> bool:
+            record = state.leases.get(claim.lease_id)
+            if record is None or record.precounted is not None:
                 return False
-            if acknowledge:
-                del state.leases[lease.lease_id]
-            else:
-                record.deadline = 0
+            record.precounted = counts
+            state.counts.add(*counts)
             return True
 
-        held = self._change_state(settle)
-        if acknowledge:
-            if lease.message_keys:
-                self.cache.delete_multi(lease.message_keys)
-        elif held:
-            self._count("requeued", len(lease.messages))
-        return held
+        self._store.change(precount)
+        return counts
 
-    # -- stats -----------------------------------------------------------------
+    def _take(self, claim: _Claim, views: dict[str, SlotValue], found: dict[str, tuple]) -> set[str]:
+        """Compare-and-set each message's slot to TAKEN or LEASED(id): 1 call.
+        Returns the slots won (and those already LEASED to this lease)."""
+        won = {key for key, view in views.items() if view.kind is SlotKind.LEASED_TO_US}
+        messages = {key: view for key, view in views.items() if view.kind is SlotKind.MESSAGE}
+        if not messages:
+            return won
+        if claim.lease_id is None:
+            takes = {key: (TAKEN, found[key][1]) for key in messages}
+            expire_seconds = TAKEN_SECONDS
+        else:
+            takes = {key: (leased_value(claim.lease_id, view.message_bytes), found[key][1]) for key, view in messages.items()}
+            expire_seconds = 0
+        applied = self.cache.cas_multi(takes, expire_seconds)
+        won |= {key for key in takes if applied.get(key) is True}
+        unanswered = [key for key in takes if applied.get(key) is None]
+        if unanswered and claim.lease_id is not None:  # a TAKEN mark cannot say whose it is
+            reread = self.cache.gets_multi(unanswered)
+            won |= {key for key in reread if read_slot(reread[key][0], claim.lease_id).kind is SlotKind.LEASED_TO_US}
+        return won
+
+    # -- leases --------------------------------------------------------------------
+
+    def _ack(self, lease: Lease) -> bool:
+        def settle(state: ReadState) -> bool:
+            record = state.leases.pop(lease.lease_id, None)
+            if record is None:
+                return False
+            precounted_skipped, precounted_gapped = record.precounted or (0, 0)
+            state.counts.add(lease._skipped - precounted_skipped, lease._gapped - precounted_gapped)
+            return True
+
+        settled = self._store.change(settle, landed=lambda state: lease.lease_id not in state.leases)
+        if not lease.message_keys:
+            return settled
+        if not settled:
+            self._clear_own_marks(lease)
+            return False
+        try:
+            self.cache.delete_multi(lease.message_keys)
+        except CacheUnavailableError as error:
+            logger.warning("queue %s: lease %s acked, its slots not deleted: %s", self.name, lease.lease_id, error)
+        return True
+
+    def _clear_own_marks(self, lease: Lease) -> None:
+        """Turn the slots still LEASED to this lease into expiring TAKEN marks
+        (compare-and-set, so nothing else is ever removed): 2 calls."""
+        found = self.cache.gets_multi(lease.message_keys)
+        own = {
+            key: (TAKEN, token)
+            for key, (value, token) in found.items()
+            if value.startswith(LEASE_PREFIX) and read_slot(value, lease.lease_id).kind is SlotKind.LEASED_TO_US
+        }
+        if own:
+            self.cache.cas_multi(own, TAKEN_SECONDS)
+
+    def _release(self, lease: Lease) -> bool:
+        def give_back(state: ReadState) -> bool:
+            record = state.leases.get(lease.lease_id)
+            if record is None or record.attempt != lease.attempt or record.deadline == 0:
+                return False
+            record.deadline = 0
+            state.counts.requeued += len(lease.messages)
+            return True
+
+        def released(state: ReadState) -> bool:
+            record = state.leases.get(lease.lease_id)
+            return record is not None and record.deadline == 0
+
+        return self._store.change(give_back, landed=released)
+
+    # -- stats ---------------------------------------------------------------------
 
     def stats(self) -> QueueStats:
-        """Counts of the queue: 1 cache call."""
-        stat_keys = {name: self.keys.stat(name) for name in STAT_NAMES}
-        found = self.cache.get_multi([self.keys.state, *self._counter_keys, *stat_keys.values()])
-        stat = {name: int(found.get(key, 0)) for name, key in stat_keys.items()}
-        state = (
-            self._parse_state(found[self.keys.state])
-            if self.keys.state in found
-            else ReadState.starting_at([0] * self.shards)
+        """Counts of the queue: 1 cache call. All zero while there is no state."""
+        found = self.cache.get_multi([self.keys.state, *self._counter_keys])
+        if self.keys.state not in found:
+            return EMPTY_STATS
+        try:
+            state = self._store.parse(found[self.keys.state])
+        except CorruptStateError:
+            return EMPTY_STATS
+        allocated = sum(
+            max(decimal(found.get(key)) or 0, state.used_through(shard)) - state.base[shard]
+            for shard, key in enumerate(self._counter_keys)
         )
-        counters = [int(found[key]) if key in found else seen for key, seen in zip(self._counter_keys, state.seen)]
-        allocated, claimed = sum(counters), sum(state.claimed)
+        claimed = sum(claimed - base for claimed, base in zip(state.claimed, state.base))
+        unclaimed_gap = state.unclaimed_gap_slots()
+        leased = state.leased_slots()
+        counts = state.counts
         return QueueStats(
-            depth=max(0, allocated - claimed),
-            written=allocated - stat["retried"] - stat["collided"] - stat["gapped"],
-            read=claimed - stat["skipped"] - stat["gapped"],
-            requeued=stat["requeued"],
-            skipped=stat["skipped"],
-            lost=max(0, stat["skipped"] - stat["retried"]),
-            retried=stat["retried"],
-            collided=stat["collided"],
-            leased=sum(len(r.numbers()) for record in state.leases.values() for r in record.ranges),
-            resets=stat["resets"],
+            depth=allocated - claimed - unclaimed_gap,
+            written=allocated - counts.retried - counts.gapped - unclaimed_gap,
+            read=claimed - leased - counts.skipped - counts.gapped,
+            requeued=counts.requeued,
+            skipped=counts.skipped,
+            gapped=counts.gapped,
+            lost=counts.skipped - counts.retried,
+            retried=counts.retried,
+            collided=counts.collided,
+            leased=leased,
+            resets=counts.resets,
         )
 
-    def _count(self, stat_name: str, amount: int) -> None:
-        if amount:
-            self.cache.incr(self.keys.stat(stat_name), amount, initial_value=0)
+
+def _check_max_items(max_items: int) -> None:
+    if not 1 <= max_items <= MAX_CLAIM_ITEMS:
+        raise InvalidArgumentError("max_items", max_items, f"use 1 to {MAX_CLAIM_ITEMS}")
+
+
+def _add_counts(skipped: int, gapped: int) -> Callable[[ReadState], bool]:
+    def add(state: ReadState) -> bool:
+        state.counts.add(skipped, gapped)
+        return True
+
+    return add
+
+
+class _BatchWrite:
+    """One ``write_multi``: slots taken, adds settled, and what is stored so far."""
+
+    def __init__(self, queue: Queue, batch: list[bytes]) -> None:
+        self.queue = queue
+        self.batch = batch
+        self.stored: list[int] = []
+        self.unknown: list[int] = []
+        self.left_empty: Counter[int] = Counter()
+        """Per message, slots it left that a reader counts as skipped."""
+        self.collided = 0
+        self.last_key = ""
+
+    def run(self) -> None:
+        pending = list(range(len(self.batch)))
+        try:
+            for _ in range(MAX_WRITE_ATTEMPTS):
+                if not pending:
+                    break
+                pending = self._attempt(pending)
+        except CacheUnavailableError as error:
+            self._record_counts()
+            if not self.stored and not self.unknown:
+                raise
+            raise WriteIncompleteError(error.key, sorted(self.stored), sorted(self.unknown), len(self.batch)) from error
+        self._record_counts()
+        if pending:
+            raise WriteFailedError(self.last_key, MAX_WRITE_ATTEMPTS, sorted(self.stored), len(self.batch))
+        if self.unknown:
+            raise WriteIncompleteError(self.last_key, sorted(self.stored), sorted(self.unknown), len(self.batch))
+
+    def _attempt(self, pending: list[int]) -> list[int]:
+        """Take slots for ``pending`` and add them; return the messages to write again."""
+        queue = self.queue
+        shard = next(queue._writer_shards)
+        self.last_key = queue.keys.write_counter(shard)
+        started = queue.clock()
+        last = queue.cache.incr(self.last_key, len(pending))
+        if last is None:
+            queue._recovery.repair_counter(shard)
+            return pending
+        queue._seen_queue = True
+        numbers = range(last - len(pending) + 1, last + 1)
+        slots = dict(zip(queue.keys.slots(shard, numbers), pending))
+        self.last_key = next(iter(slots))
+        if queue.clock() - started > queue.max_write_seconds:
+            self.left_empty.update(pending)  # a reader will tombstone them
+            return pending
+        added = queue.cache.add_multi({key: self.batch[index] for key, index in slots.items()})
+        self.stored += [index for key, index in slots.items() if added.get(key) is True]
+        doubtful = {key: index for key, index in slots.items() if added.get(key) is not True}
+        return self._settle_doubtful(shard, dict(zip(slots, numbers)), doubtful, added) if doubtful else []
+
+    def _settle_doubtful(
+        self, shard: int, number_of: dict[str, int], doubtful: dict[str, int], added: dict[str, bool | None]
+    ) -> list[int]:
+        """Read back slots whose ``add`` was refused or unanswered, and decide each."""
+        unanswered = [index for key, index in doubtful.items() if added.get(key) is None]
+        self.unknown += unanswered
+        current = self.queue.cache.get_multi(list(doubtful))  # raising leaves the unanswered unknown
+        self.unknown = [index for index in self.unknown if index not in unanswered]
+        retry, collided_at = [], []
+        for key, index in doubtful.items():
+            value, mine = current.get(key), self.batch[index]
+            if added.get(key) is None and (value == mine or _leased_copy_of(value, mine)):
+                self.stored.append(index)  # stored; only the reply was lost
+            elif added.get(key) is None and value == TAKEN:
+                self.unknown.append(index)  # stored and already taken, or someone else's: cannot tell
+            elif value is None or value == TOMBSTONE:
+                self.left_empty[index] += 1
+                retry.append(index)
+            elif value == GAP_TOMBSTONE:
+                retry.append(index)
+            else:
+                collided_at.append(number_of[key])
+                retry.append(index)
+        if collided_at:
+            self.collided += len(collided_at)
+            self.queue._recovery.repair_counter(shard, stored_at=max(collided_at))
+        return retry
+
+    def _record_counts(self) -> None:
+        retried = sum(self.left_empty[index] for index in self.stored)
+        self.queue._record_counts(retried=retried, collided=self.collided)
+
+
+def _leased_copy_of(value: bytes | None, message_bytes: bytes) -> bool:
+    return value is not None and value.startswith(LEASE_PREFIX) and value.endswith(b":" + message_bytes)
 
 
 class Lease:
@@ -630,14 +746,14 @@ class Lease:
     An empty lease (nothing to read) is falsy and its ack/release do nothing.
     """
 
-    def __init__(
-        self, queue: Queue, lease_id: str | None, attempt: int, message_keys: list[str], messages: list[Any]
-    ) -> None:
+    def __init__(self, queue: Queue, lease_id: str | None, attempt: int, fetched: _Fetched) -> None:
         self.queue = queue
         self.lease_id = lease_id
         self.attempt = attempt
-        self.message_keys = message_keys
-        self.messages = messages
+        self.message_keys = fetched.message_keys
+        self.messages = fetched.messages
+        self._skipped = fetched.skipped
+        self._gapped = fetched.gapped
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.messages)
@@ -652,14 +768,15 @@ class Lease:
         return f"Lease({self.lease_id!r}, attempt={self.attempt}, messages={len(self.messages)})"
 
     def ack(self) -> bool:
-        """Done with the batch: 3 cache calls. False if it had expired and was
-        already taken over or acked elsewhere (this processing was a repeat)."""
-        return self.lease_id is not None and self.queue._settle_lease(self, acknowledge=True)
+        """Done with the batch: 3 cache calls. True if this call settled the lease;
+        False if a holder of the same id settled it first (after a takeover), or
+        the queue forgot it (a reset): then only its own marks are cleared (2 calls)."""
+        return self.lease_id is not None and self.queue._ack(self)
 
     def release(self) -> bool:
-        """Give the batch back now, to be delivered again under the same id: 3 cache calls
-        (``gets_multi``, ``cas``, and the ``requeued`` count)."""
-        return self.lease_id is not None and self.queue._settle_lease(self, acknowledge=False)
+        """Give the batch back now, to be delivered again under the same id: 2 cache
+        calls. False if this holder's attempt is no longer the current one."""
+        return self.lease_id is not None and self.queue._release(self)
 
     def __enter__(self) -> Lease:
         return self

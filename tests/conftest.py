@@ -66,11 +66,21 @@ def stop_process(process: subprocess.Popen, timeout_seconds: float = 10) -> None
         process.wait(timeout=timeout_seconds)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the test process dies, however it
+    dies (mutmut's timeout, kill -9), so no memcached is left behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @dataclass
 class MemcachedServer:
     host: str
     port: int
     process: subprocess.Popen
+    memory_mb: int
 
     @property
     def address(self) -> tuple[str, int]:
@@ -81,16 +91,31 @@ class MemcachedServer:
 
         return Client(self.address, **kwargs)
 
+    def restart(self) -> None:
+        """Kill the server (as an OOM kill or a crash would) and start it again, empty, on its port."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = _start_memcached(self.memory_mb, self.port).process
 
-def _start_memcached(memory_mb: int) -> MemcachedServer:
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def _start_memcached(memory_mb: int, port: int | None = None) -> MemcachedServer:
     binary = shutil.which("memcached")
     if binary is None:
         skip_or_fail_in_ci("memcached is not installed (Debian package: memcached)")
-    port = free_port()
+    port = port or free_port()
     command = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", str(memory_mb), "-t", "2"]
     if os.geteuid() == 0:
         command += ["-u", "root"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
 
     def accepting() -> bool:
         if process.poll() is not None:
@@ -106,7 +131,7 @@ def _start_memcached(memory_mb: int) -> MemcachedServer:
     except BaseException:
         stop_process(process)
         raise
-    return MemcachedServer("127.0.0.1", port, process)
+    return MemcachedServer("127.0.0.1", port, process, memory_mb)
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +139,7 @@ def memcached_server() -> Iterator[MemcachedServer]:
     """One real memcached for the session; tests flush it through ``memcached_client``."""
     server = _start_memcached(memory_mb=256)
     yield server
-    stop_process(server.process)
+    server.stop()
 
 
 @pytest.fixture
@@ -131,7 +156,16 @@ def small_memcached() -> Iterator[MemcachedServer]:
     """A memcached of its own with ``-m 8``: small enough to evict under load."""
     server = _start_memcached(memory_mb=8)
     yield server
-    stop_process(server.process)
+    server.stop()
+
+
+@pytest.fixture
+def memcached_cluster() -> Iterator[list[MemcachedServer]]:
+    """Three memcached servers of the test's own, which it may restart."""
+    servers = [_start_memcached(memory_mb=64) for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
@@ -158,11 +192,11 @@ def second_memcached_server() -> Iterator[MemcachedServer]:
     """Another memcached, so HashClient spreads keys over two servers."""
     server = _start_memcached(memory_mb=64)
     yield server
-    stop_process(server.process)
+    server.stop()
 
 
 class PauseAfterIncr:
-    """A Cache that runs ``between`` once, right after the next ``incr`` of a write counter.
+    """A Cache that runs ``between`` once, right after the next ``incr`` that hands out slots.
 
     It stands for a writer paused between taking its slot and storing its message.
     """
@@ -173,12 +207,20 @@ class PauseAfterIncr:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def incr(self, key, delta, initial_value=None):
-        value = self.inner.incr(key, delta, initial_value)
-        if ":w:" in key and self.between is not None:
+    def incr(self, key, delta):
+        value = self.inner.incr(key, delta)
+        if ":w:" in key and value is not None and self.between is not None:
             between, self.between = self.between, None
             between()
         return value
+
+
+def drain(queue, max_items: int = 100) -> list:
+    """Every message ``read_multi`` hands out until it returns nothing."""
+    received = []
+    while batch := queue.read_multi(max_items):
+        received += batch
+    return received
 
 
 class FakeClock:
@@ -307,3 +349,69 @@ def server_log(tmp_path) -> Iterator[Path]:
     yield log_path
     if log_path.exists():
         print(log_path.read_text(errors="replace")[-4000:])
+
+
+# -- faults injected into real backends ----------------------------------------
+
+
+class MemcacheRpcFaults:
+    """Makes App Engine memcache RPCs fail, as production does, through a pre-call
+    hook on the API proxy: the hook swaps the RPC's stub for one that raises,
+    before the real stub runs or after it has applied the call (a lost reply)."""
+
+    def __init__(self) -> None:
+        self.planned: list[list] = []
+        self.max_response_bytes: int | None = None
+        self.failed: list[str] = []
+
+    def fail_next(
+        self, method: str | None = None, *, key: str | None = None, after_applying: bool = False, skip: int = 0
+    ) -> None:
+        """Fail the next RPC of ``method`` ("Get", "Set", "Delete", "BatchIncrement",
+        or any) that names ``key`` (if given), after letting ``skip`` of them
+        through; after applying it if ``after_applying`` (a lost reply)."""
+        self.planned.append([method, after_applying, skip, key])
+
+    def hook(self, service, call, request, response, rpc) -> None:
+        if self.planned and self.planned[0][0] in (None, call) and self._names(request, self.planned[0][3]):
+            if self.planned[0][2]:
+                self.planned[0][2] -= 1
+                return
+            _method, after_applying, _skip, _key = self.planned.pop(0)
+            rpc.stub = _FailingStub(rpc.stub, after_applying, None)
+            self.failed.append(call)
+        elif self.max_response_bytes is not None:
+            rpc.stub = _FailingStub(rpc.stub, True, self.max_response_bytes)
+
+    @staticmethod
+    def _names(request, key: str | None) -> bool:
+        if key is None:
+            return True
+        keys = list(getattr(request, "key", [])) + [item.key for item in getattr(request, "item", [])]
+        return key.encode() in keys
+
+
+class _FailingStub:
+    def __init__(self, real, after_applying: bool, max_response_bytes: int | None) -> None:
+        self.real, self.after_applying, self.max_response_bytes = real, after_applying, max_response_bytes
+
+    def MakeSyncCall(self, service, call, request, response):
+        from google.appengine.runtime import apiproxy_errors
+
+        if self.after_applying:
+            self.real.MakeSyncCall(service, call, request, response)
+        if self.max_response_bytes is None:
+            raise apiproxy_errors.DeadlineExceededError(f"injected: {call} failed")
+        if response.ByteSize() > self.max_response_bytes:
+            raise apiproxy_errors.ResponseTooLargeError(f"injected: {call} answer over {self.max_response_bytes} bytes")
+
+
+@pytest.fixture
+def memcache_rpc_faults(testbed) -> Iterator[MemcacheRpcFaults]:
+    from google.appengine.api import apiproxy_stub_map
+
+    faults = MemcacheRpcFaults()
+    hooks = apiproxy_stub_map.apiproxy.GetPreCallHooks()
+    hooks.Append("clickqueue-test-faults", faults.hook, "memcache")
+    yield faults
+    hooks.Clear()

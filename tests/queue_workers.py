@@ -2,6 +2,9 @@
 
 They run as threads (App Engine stub) or as processes (memcached); each makes
 its own Queue and, on memcached, its own pymemcache client, as real workers do.
+Readers record every delivery with its owner (a lease id, or one read_multi
+call), so a message delivered to two owners shows; writers record the messages
+whose write had an unknown outcome, which may or may not arrive.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import multiprocessing
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from clickqueue import Queue, wrap_client
+from clickqueue import CacheUnavailableError, ContentionError, Queue, QueueKeys, WriteIncompleteError, wrap_client
 
 
 class SlowStores:
@@ -31,10 +35,26 @@ class SlowStores:
         return self.inner.add_multi(values, expire_seconds)
 
 
-def memcached_queue(address: tuple[str, int], shards: int, name: str = "load", store_delay_seconds: float = 0) -> Queue:
+def memcached_client(addresses: list[tuple[str, int]]):
+    """A Client for one server; for several, a HashClient that takes a failing
+    server out of its ring for a second (so keys remap, then map back)."""
     from pymemcache.client.base import Client
+    from pymemcache.client.hash import HashClient
 
-    cache = wrap_client(Client(tuple(address)))
+    if len(addresses) == 1:
+        return Client(tuple(addresses[0]), connect_timeout=2, timeout=5)
+    return HashClient(
+        [tuple(address) for address in addresses],
+        connect_timeout=1,
+        timeout=2,
+        retry_attempts=1,
+        retry_timeout=0.05,
+        dead_timeout=1,
+    )
+
+
+def memcached_queue(client, shards: int, name: str = "load", store_delay_seconds: float = 0) -> Queue:
+    cache = wrap_client(client)
     if store_delay_seconds:
         cache = SlowStores(cache, store_delay_seconds, seed=random.randrange(1 << 30))
     return Queue(name, cache, shards=shards)
@@ -44,19 +64,35 @@ def message_ids(writer_index: int, count: int) -> list[str]:
     return [f"w{writer_index}-{n}" for n in range(count)]
 
 
-def write_messages(queue: Queue, writer_index: int, count: int, seed: int) -> None:
-    """Write ``count`` messages, each alone or in batches of 2-50 at random."""
+RETRY_PAUSE_SECONDS = 0.01
+"""How long a worker waits after the cache failed a call (a node restarting)."""
+
+
+def write_messages(queue: Queue, writer_index: int, count: int, seed: int) -> list[str]:
+    """Write ``count`` messages, each alone or in batches of 2-50 at random.
+
+    A write the cache failed is tried again for the messages not stored; those
+    whose outcome is unknown are not (that could duplicate them) and are returned.
+    """
     rng = random.Random(seed)
     ids = message_ids(writer_index, count)
+    unknown: list[str] = []
     position = 0
     while position < count:
-        size = 1 if rng.random() < 0.3 else rng.randint(2, 50)
-        batch = [{"id": message_id} for message_id in ids[position : position + size]]
-        if len(batch) == 1:
-            queue.write(batch[0])
-        else:
-            queue.write_multi(batch)
+        batch = [{"id": message_id} for message_id in ids[position : position + (1 if rng.random() < 0.3 else rng.randint(2, 50))]]
         position += len(batch)
+        while batch:
+            try:
+                queue.write(batch[0]) if len(batch) == 1 else queue.write_multi(batch)
+                batch = []
+            except WriteIncompleteError as error:
+                unknown += [batch[index]["id"] for index in error.unknown]
+                done = set(error.stored) | set(error.unknown)
+                batch = [message for index, message in enumerate(batch) if index not in done]
+                time.sleep(RETRY_PAUSE_SECONDS)
+            except (CacheUnavailableError, ContentionError):
+                time.sleep(RETRY_PAUSE_SECONDS)
+    return unknown
 
 
 EMPTY_POLL_SECONDS = 0.001
@@ -64,45 +100,83 @@ EMPTY_POLL_SECONDS = 0.001
 (spinning on an empty queue would tombstone every slot the moment it is taken)."""
 
 
-def read_messages(queue: Queue, writers_done: Callable[[], bool], seed: int) -> list[str]:
-    """Read by ``read_multi`` and by ``lease`` + ack at random until writers are done
-    and the queue gives nothing three times running."""
+@dataclass(frozen=True)
+class Delivery:
+    message_id: str
+    owner: str
+    """The lease id, or ``read:<reader>:<call>`` for one read_multi call."""
+    attempt: int
+
+
+def read_messages(
+    queue: Queue, writers_done: Callable[[], bool], seed: int, lease_only: bool = False, idle_rounds: int = 3
+) -> list[Delivery]:
+    """Read by ``read_multi`` and by ``lease`` + ack at random (leases only if
+    ``lease_only``) until writers are done and the queue gives nothing
+    ``idle_rounds`` times running. A call the cache fails is made again later."""
     rng = random.Random(seed)
-    received: list[str] = []
-    empty_rounds = 0
-    while empty_rounds < 3:
+    deliveries: list[Delivery] = []
+    empty_rounds = calls = 0
+    while empty_rounds < idle_rounds:
         done_before_read = writers_done()
-        max_items = rng.choice([1, 7, 50, 100])
-        if rng.random() < 0.5:
-            batch = queue.read_multi(max_items)
-        else:
-            with queue.lease(max_items, seconds=300) as lease:
-                batch = list(lease)
-        received += [message["id"] for message in batch]
-        empty_rounds = empty_rounds + 1 if (not batch and done_before_read) else 0
-        if not batch:
+        calls += 1
+        try:
+            got = _read_once(queue, rng, lease_only, f"read:{seed}:{calls}", deliveries)
+        except (CacheUnavailableError, ContentionError):
+            time.sleep(RETRY_PAUSE_SECONDS)
+            empty_rounds = 0
+            continue
+        empty_rounds = empty_rounds + 1 if (not got and done_before_read) else 0
+        if not got:
             time.sleep(EMPTY_POLL_SECONDS)
-    return received
+    return deliveries
 
 
-def writer_process(
-    address: tuple[str, int], shards: int, writer_index: int, count: int, store_delay_seconds: float, start
-) -> None:
+def _read_once(queue: Queue, rng: random.Random, lease_only: bool, read_owner: str, deliveries: list[Delivery]) -> int:
+    """One read_multi, or one lease and its ack; records what it delivered; returns how many."""
+    max_items = rng.choice([1, 7, 50, 100])
+    if not lease_only and rng.random() < 0.5:
+        got = [Delivery(message["id"], read_owner, 1) for message in queue.read_multi(max_items)]
+        deliveries += got
+        return len(got)
+    lease = queue.lease(max_items, seconds=5 if lease_only else 300)
+    deliveries += [Delivery(message["id"], lease.lease_id, lease.attempt) for message in lease.messages]
+    if lease:
+        lease.ack()  # if this fails the lease expires and comes back under its id
+    return len(lease.messages)
+
+
+def writer_process(addresses, shards: int, writer_index: int, count: int, store_delay_seconds: float, out: str, start) -> None:
     start.wait()
-    queue = memcached_queue(address, shards, store_delay_seconds=store_delay_seconds)
-    write_messages(queue, writer_index, count, seed=writer_index)
+    client = memcached_client(addresses)
+    queue = memcached_queue(client, shards, store_delay_seconds=store_delay_seconds)
+    unknown = write_messages(queue, writer_index, count, seed=writer_index)
+    Path(out).write_text(json.dumps(unknown))
+    client.close()
 
 
-def reader_process(
-    address: tuple[str, int], shards: int, reader_index: int, done_flag: str, out: str, start
-) -> None:
+def reader_process(addresses, shards: int, reader_index: int, done_flag: str, out: str, lease_only: bool, start) -> None:
     start.wait()
-    received = read_messages(memcached_queue(address, shards), Path(done_flag).exists, seed=1000 + reader_index)
-    Path(out).write_text(json.dumps(received))
+    client = memcached_client(addresses)
+    deliveries = read_messages(
+        memcached_queue(client, shards), Path(done_flag).exists, seed=1000 + reader_index, lease_only=lease_only
+    )
+    Path(out).write_text(json.dumps([[d.message_id, d.owner, d.attempt] for d in deliveries]))
+    client.close()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    deliveries: list[Delivery]
+    unknown_writes: list[str]
+
+    @property
+    def received(self) -> list[str]:
+        return [delivery.message_id for delivery in self.deliveries]
 
 
 def run_on_memcached(
-    address: tuple[str, int],
+    addresses: list[tuple[str, int]],
     work_dir: Path,
     shards: int,
     writers: int,
@@ -110,8 +184,9 @@ def run_on_memcached(
     per_writer: int,
     store_delay_seconds: float = 0.0,
     during: Callable[[], None] | None = None,
-) -> list[str]:
-    """Run writer and reader processes on one memcached; return every id the readers got.
+    lease_only: bool = False,
+) -> RunResult:
+    """Run writer and reader processes on memcached; return every delivery.
 
     Every process waits until all have started; ``during``, if given, runs in
     this process once a third of the messages are written.
@@ -119,14 +194,17 @@ def run_on_memcached(
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(writers + readers + 1)
     done_flag = work_dir / "writers-done"
-    outputs = [work_dir / f"reader-{index}.json" for index in range(readers)]
+    writer_outputs = [work_dir / f"writer-{index}.json" for index in range(writers)]
+    reader_outputs = [work_dir / f"reader-{index}.json" for index in range(readers)]
     writer_processes = [
-        context.Process(target=writer_process, args=(address, shards, index, per_writer, store_delay_seconds, start))
-        for index in range(writers)
+        context.Process(
+            target=writer_process, args=(addresses, shards, index, per_writer, store_delay_seconds, str(out), start)
+        )
+        for index, out in enumerate(writer_outputs)
     ]
     reader_processes = [
-        context.Process(target=reader_process, args=(address, shards, index, str(done_flag), str(out), start))
-        for index, out in enumerate(outputs)
+        context.Process(target=reader_process, args=(addresses, shards, index, str(done_flag), str(out), lease_only, start))
+        for index, out in enumerate(reader_outputs)
     ]
     processes = writer_processes + reader_processes
     try:
@@ -134,9 +212,8 @@ def run_on_memcached(
             process.start()
         start.wait(timeout=120)
         if during is not None:
-            observer = memcached_queue(address, shards)
             deadline = time.monotonic() + 120
-            while observer.stats().written < writers * per_writer // 3:
+            while _slots_handed_out(addresses, shards) < writers * per_writer // 3:
                 assert time.monotonic() < deadline, "writers made no progress"
                 time.sleep(0.005)
             during()
@@ -152,6 +229,20 @@ def run_on_memcached(
             if process.is_alive():
                 process.kill()
                 process.join()
-    received = [json.loads(out.read_text()) for out in outputs]
-    assert all(received), "every reader took part"
-    return [message_id for ids in received for message_id in ids]
+    deliveries = [Delivery(*entry) for out in reader_outputs for entry in json.loads(out.read_text())]
+    unknown = [message_id for out in writer_outputs for message_id in json.loads(out.read_text())]
+    return RunResult(deliveries, unknown)
+
+
+def _slots_handed_out(addresses, shards: int) -> int:
+    """The write counters' sum: a progress probe that reads no queue state."""
+    from pymemcache.exceptions import MemcacheError
+
+    client = memcached_client(addresses)
+    keys = [QueueKeys("load").write_counter(shard) for shard in range(shards)]
+    try:
+        return sum(int(value) for value in client.get_many(keys).values() if value.isdigit())
+    except (OSError, MemcacheError):  # a server mid-restart: look again
+        return 0
+    finally:
+        client.close()

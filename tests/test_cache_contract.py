@@ -1,14 +1,94 @@
 """The Cache contract, run against every backend adapter.
 
 What the queue relies on from a cache, proven on App Engine's memcache stub,
-one memcached through pymemcache, and two memcached servers through HashClient.
+one memcached through pymemcache, and two memcached servers through HashClient
+— including how each fails: an error before a call is applied, and a reply
+lost after it was (App Engine: an RPC error injected through the API proxy;
+memcached: a TCP proxy that cuts the connection).
 """
 
-import pytest
+import pickle
+from contextlib import closing
 
-from clickqueue import wrap_client
+import pytest
+from conftest import skip_or_fail_in_ci
+from fault_proxy import FaultProxy
+
+from clickqueue import CacheUnavailableError, CountingCache, wrap_client
 
 KEYS = [f"contract:{n}" for n in range(20)]
+
+
+class ProxyFaults:
+    """The memcached side of ``cache_faults``: the proxies of the servers holding
+    ``keys`` fail their next call."""
+
+    def __init__(self, proxies: list[FaultProxy], client) -> None:
+        self.proxies = proxies
+        self.client = client
+
+    def fail_next(self, keys: list[str], *, after_applying: bool = False) -> None:
+        servers = {self.client._get_client(key).server for key in keys} if len(self.proxies) > 1 else None
+        for proxy in self.proxies:
+            if servers is not None and proxy.address not in servers:
+                continue
+            if after_applying:
+                proxy.lose_replies = 1
+            else:
+                proxy.forward_request_bytes = 0
+
+
+class RpcFaults:
+    """The App Engine side of ``cache_faults``."""
+
+    def __init__(self, faults) -> None:
+        self.faults = faults
+
+    def fail_next(self, keys: list[str], *, after_applying: bool = False) -> None:
+        self.faults.fail_next(after_applying=after_applying)
+
+
+@pytest.fixture(params=["appengine", "memcached", "memcached-hash"])
+def backend(request):
+    """(cache, faults, raw client) for each backend; memcached is reached through fault proxies."""
+    if request.param == "appengine":
+        faults = request.getfixturevalue("memcache_rpc_faults")
+        yield CountingCache(wrap_client(None)), RpcFaults(faults), None
+        return
+    from pymemcache.client.base import Client
+    from pymemcache.client.hash import HashClient
+
+    servers = [request.getfixturevalue("memcached_server")]
+    if request.param == "memcached-hash":
+        servers.append(request.getfixturevalue("second_memcached_server"))
+    for server in servers:
+        with closing(server.client()) as client:
+            client.flush_all(noreply=False)
+    proxies = [FaultProxy(server.address) for server in servers]
+    options = {"connect_timeout": 5, "timeout": 5}
+    if len(proxies) == 1:
+        client = Client(proxies[0].address, **options)
+    else:
+        # A failed server is retried at once (not taken out of the ring), so a
+        # test can look at what the failed call left behind.
+        client = HashClient([proxy.address for proxy in proxies], retry_attempts=5, retry_timeout=0, **options)
+    yield CountingCache(wrap_client(client)), ProxyFaults(proxies, client), client
+    client.close()
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def cache(backend):
+    return backend[0]
+
+
+@pytest.fixture
+def cache_faults(backend):
+    return backend[1]
+
+
+# -- what each call does ---------------------------------------------------------------
 
 
 def test_get_multi_returns_only_present_keys(cache):
@@ -19,21 +99,30 @@ def test_get_multi_returns_only_present_keys(cache):
     }
 
 
-def test_add_multi_stores_absent_keys_and_returns_the_ones_present(cache):
-    assert cache.add_multi({"contract:a": b"old"}) == []
-    assert cache.add_multi({"contract:a": b"new", "contract:b": b"fresh"}) == ["contract:a"]
+def test_add_multi_stores_absent_keys_and_refuses_present_ones(cache):
+    assert cache.add_multi({"contract:a": b"old"}) == {"contract:a": True}
+    assert cache.add_multi({"contract:a": b"new", "contract:b": b"fresh"}) == {
+        "contract:a": False,
+        "contract:b": True,
+    }
     assert cache.get_multi(["contract:a", "contract:b"]) == {"contract:a": b"old", "contract:b": b"fresh"}
 
 
 def test_add_multi_of_many_keys_is_one_call(cache):
-    assert cache.add_multi({key: key.encode() for key in KEYS}) == []
+    assert cache.add_multi({key: key.encode() for key in KEYS}) == dict.fromkeys(KEYS, True)
     assert cache.calls["add_multi"] == 1
     assert cache.get_multi(KEYS) == {key: key.encode() for key in KEYS}
 
 
 def test_add_multi_with_expiry_stores(cache):
-    assert cache.add_multi({"contract:t": b"x"}, expire_seconds=60) == []
+    assert cache.add_multi({"contract:t": b"x"}, expire_seconds=60) == {"contract:t": True}
     assert cache.get_multi(["contract:t"]) == {"contract:t": b"x"}
+
+
+def test_binary_values_round_trip(cache):
+    value = bytes(range(256)) + b"\r\nMN\r\nEND\r\n"
+    assert cache.add_multi({"contract:bin": value}) == {"contract:bin": True}
+    assert cache.get_multi(["contract:bin"]) == {"contract:bin": value}
 
 
 def test_incr_on_a_missing_key_is_none(cache):
@@ -41,84 +130,239 @@ def test_incr_on_a_missing_key_is_none(cache):
     assert cache.get_multi(["contract:counter"]) == {}
 
 
-def test_incr_with_initial_value_creates_the_counter(cache):
-    assert cache.incr("contract:counter", 5, initial_value=0) == 5
-    assert cache.incr("contract:counter", 2, initial_value=0) == 7
-
-
-def test_counters_read_back_as_decimal_bytes(cache):
-    cache.incr("contract:counter", 42, initial_value=0)
+def test_incr_adds_to_a_counter_and_returns_the_new_value(cache):
+    cache.add_multi({"contract:counter": b"40"})
+    assert cache.incr("contract:counter", 2) == 42
     assert cache.get_multi(["contract:counter"]) == {"contract:counter": b"42"}
-    value, _token = cache.gets_multi(["contract:counter"])["contract:counter"]
-    assert value == b"42"
 
 
-def test_cas_stores_when_the_value_is_unchanged(cache):
+def test_incr_on_a_value_that_is_not_a_number_is_none(cache):
+    cache.add_multi({"contract:counter": b"not a number"})
+    assert cache.incr("contract:counter", 1) is None
+    assert cache.get_multi(["contract:counter"]) == {"contract:counter": b"not a number"}
+
+
+def test_gets_multi_returns_present_keys_with_a_token(cache):
+    cache.add_multi({"contract:a": b"1"})
+    found = cache.gets_multi(["contract:a", "contract:missing"])
+    assert list(found) == ["contract:a"]
+    assert found["contract:a"][0] == b"1"
+
+
+def test_cas_multi_stores_when_the_value_is_unchanged(cache):
     cache.add_multi({"contract:a": b"1"})
     _value, token = cache.gets_multi(["contract:a"])["contract:a"]
-    assert cache.cas("contract:a", b"2", token) is True
+    assert cache.cas_multi({"contract:a": (b"2", token)}) == {"contract:a": True}
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"2"}
 
 
-def test_cas_fails_after_another_write(cache):
+def test_cas_multi_refuses_after_another_write(cache):
     cache.add_multi({"contract:a": b"1"})
     _value, token = cache.gets_multi(["contract:a"])["contract:a"]
     _value, other_token = cache.gets_multi(["contract:a"])["contract:a"]
-    assert cache.cas("contract:a", b"other", other_token) is True
-    assert cache.cas("contract:a", b"mine", token) is False
+    assert cache.cas_multi({"contract:a": (b"other", other_token)}) == {"contract:a": True}
+    assert cache.cas_multi({"contract:a": (b"mine", token)}) == {"contract:a": False}
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"other"}
 
 
-def test_cas_on_a_deleted_key_is_false(cache):
+def test_cas_multi_refuses_a_deleted_key(cache):
     cache.add_multi({"contract:a": b"1"})
     _value, token = cache.gets_multi(["contract:a"])["contract:a"]
     cache.delete_multi(["contract:a"])
-    assert cache.cas("contract:a", b"2", token) is False
+    assert cache.cas_multi({"contract:a": (b"2", token)}) == {"contract:a": False}
     assert cache.get_multi(["contract:a"]) == {}
 
 
-def test_delete_multi_returns_the_keys_that_were_missing(cache):
+def test_cas_multi_answers_each_key_with_tokens_from_different_reads(cache):
+    cache.add_multi({key: b"0" for key in KEYS})
+    first = cache.gets_multi(KEYS[:10])
+    second = cache.gets_multi(KEYS[10:])
+    cache.add_multi({})  # nothing: no call needed, no error
+    cache.cas_multi({KEYS[0]: (b"changed", first[KEYS[0]][1])})
+    values = {key: (b"1", token) for key, (_value, token) in {**first, **second}.items()}
+    applied = cache.cas_multi(values)
+    assert applied == {**dict.fromkeys(KEYS, True), KEYS[0]: False}
+    assert cache.get_multi(KEYS[:2]) == {KEYS[0]: b"changed", KEYS[1]: b"1"}
+
+
+def test_delete_multi_deletes_and_ignores_missing_keys(cache):
     cache.add_multi({"contract:a": b"1", "contract:b": b"2"})
-    assert cache.delete_multi(["contract:a", "contract:missing", "contract:b"]) == ["contract:missing"]
-    assert cache.delete_multi(["contract:a"]) == ["contract:a"]
+    cache.delete_multi(["contract:a", "contract:missing", "contract:b"])
     assert cache.get_multi(["contract:a", "contract:b"]) == {}
 
 
-def test_gets_multi_returns_only_present_keys(cache):
+def test_a_pickle_stored_by_the_backend_comes_back_as_bytes_and_never_runs(backend, tmp_path):
+    cache, _faults, client = backend
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    if client is None:
+        from google.appengine.api import memcache
+
+        memcache.set("contract:pickle", Exploit())  # stored with App Engine's pickle flag
+    else:
+        client.set("contract:pickle", pickle.dumps(Exploit()), noreply=False)
+    (value,) = cache.get_multi(["contract:pickle"]).values()
+    assert isinstance(value, bytes)
+    assert value[:1] == b"\x00" or value == pickle.dumps(Exploit())
+    assert not marker.exists()
+
+
+# -- how each call fails ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get_multi", "gets_multi"])
+def test_a_failed_read_raises(cache, cache_faults, method):
     cache.add_multi({"contract:a": b"1"})
-    assert set(cache.gets_multi(["contract:a", "contract:missing"])) == {"contract:a"}
+    cache_faults.fail_next(["contract:a"])
+    with pytest.raises(CacheUnavailableError) as raised:
+        getattr(cache, method)(["contract:a"])
+    assert raised.value.key == "contract:a"
+    assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}, "the next call works again"
 
 
-@pytest.mark.parametrize("serde_option", ["pickle_serde", "serializer"])
-def test_pymemcache_client_with_a_serde_is_refused(memcached_server, serde_option):
-    from pymemcache import serde
+def test_an_add_that_failed_before_it_was_applied_is_unknown_and_stored_nothing(cache, cache_faults):
+    cache_faults.fail_next(["contract:a", "contract:b"])
+    assert cache.add_multi({"contract:a": b"1", "contract:b": b"2"}) == {"contract:a": None, "contract:b": None}
+    assert cache.get_multi(["contract:a", "contract:b"]) == {}
+
+
+def test_an_add_whose_reply_was_lost_is_unknown_and_stored(cache, cache_faults):
+    cache_faults.fail_next(["contract:a", "contract:b"], after_applying=True)
+    assert cache.add_multi({"contract:a": b"1", "contract:b": b"2"}) == {"contract:a": None, "contract:b": None}
+    assert cache.get_multi(["contract:a", "contract:b"]) == {"contract:a": b"1", "contract:b": b"2"}
+
+
+def test_a_cas_whose_reply_was_lost_is_unknown_and_stored(cache, cache_faults):
+    cache.add_multi({"contract:a": b"1"})
+    token = cache.gets_multi(["contract:a"])["contract:a"][1]
+    cache_faults.fail_next(["contract:a"], after_applying=True)
+    assert cache.cas_multi({"contract:a": (b"2", token)}) == {"contract:a": None}
+    assert cache.get_multi(["contract:a"]) == {"contract:a": b"2"}
+
+
+def test_a_failed_incr_raises_even_when_it_was_applied(cache, cache_faults):
+    cache.add_multi({"contract:counter": b"1"})
+    cache_faults.fail_next(["contract:counter"], after_applying=True)
+    with pytest.raises(CacheUnavailableError):
+        cache.incr("contract:counter", 1)
+    assert cache.get_multi(["contract:counter"]) == {"contract:counter": b"2"}
+
+
+def test_a_failed_delete_raises(cache, cache_faults):
+    cache.add_multi({"contract:a": b"1"})
+    cache_faults.fail_next(["contract:a"])
+    with pytest.raises(CacheUnavailableError):
+        cache.delete_multi(["contract:a"])
+    assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}
+
+
+# -- backend specifics -----------------------------------------------------------------
+
+
+def test_memcached_server_error_mid_batch_fails_only_that_key(memcached_server, memcached_client):
+    """memcached refuses a value over its item size with SERVER_ERROR; the keys
+    around it must still get their own answers (pymemcache's own pipelined store
+    raises at the error, after storing the keys before it)."""
+    cache = wrap_client(memcached_client)
+    values = {"contract:a": b"1", "contract:b": b"2", "contract:big": b"x" * 2_000_000, "contract:d": b"4"}
+    assert cache.add_multi(values) == {"contract:a": True, "contract:b": True, "contract:big": None, "contract:d": True}
+    assert cache.get_multi(list(values)) == {"contract:a": b"1", "contract:b": b"2", "contract:d": b"4"}
+
+
+def test_memcached_part_of_a_batch_applied_before_the_connection_broke_is_unknown(memcached_server):
     from pymemcache.client.base import Client
 
-    options = (
-        {"serde": serde.pickle_serde}
-        if serde_option == "pickle_serde"
-        else {"serializer": serde.python_memcache_serializer, "deserializer": serde.python_memcache_deserializer}
-    )
-    with pytest.raises(TypeError, match="without serde"):
-        wrap_client(Client(memcached_server.address, **options))
+    proxy = FaultProxy(memcached_server.address)
+    with closing(memcached_server.client()) as direct, closing(Client(proxy.address, timeout=5)) as client:
+        direct.flush_all(noreply=False)
+        cache = wrap_client(client)
+        values = {f"contract:{n}": b"v" * 100 for n in range(4)}
+        first_two = sum(len(b"ms %s 100 T0 ME\r\n" % key.encode()) + 102 for key in list(values)[:2])
+        proxy.forward_request_bytes = len(b"mg contract:0\r\n") + first_two
+        assert cache.add_multi(values) == dict.fromkeys(values)
+        assert sorted(wrap_client(direct).get_multi(list(values))) == ["contract:0", "contract:1"]
+    proxy.close()
 
 
-def test_pymemcache_default_noreply_client_still_reports_failed_adds(memcached_client):
+def test_hash_client_keys_on_a_failing_server_are_unknown_and_the_rest_applied(
+    memcached_server, second_memcached_server
+):
+    from pymemcache.client.hash import HashClient
+
+    proxies = [FaultProxy(server.address) for server in (memcached_server, second_memcached_server)]
+    client = HashClient([proxy.address for proxy in proxies], retry_attempts=0, timeout=5)
+    client.flush_all(noreply=False)
+    cache = wrap_client(client)
+    on_failing = {key for key in KEYS if client._get_client(key).server == proxies[1].address}
+    proxies[1].forward_request_bytes = 0
+    applied = cache.add_multi({key: b"1" for key in KEYS})
+    assert on_failing and on_failing != set(KEYS), "both servers hold some keys"
+    assert applied == {key: (None if key in on_failing else True) for key in KEYS}
+    client.close()
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_pymemcache_default_noreply_client_still_answers_per_key(memcached_client):
     assert memcached_client.default_noreply is True
     cache = wrap_client(memcached_client)
-    assert cache.add_multi({"contract:a": b"1"}) == []
-    assert cache.add_multi({"contract:a": b"2"}) == ["contract:a"]
+    assert cache.add_multi({"contract:a": b"1"}) == {"contract:a": True}
+    assert cache.add_multi({"contract:a": b"2"}) == {"contract:a": False}
 
 
 def test_pooled_pymemcache_client_is_wrapped(memcached_server, memcached_client):
     from pymemcache.client.base import PooledClient
 
-    cache = wrap_client(PooledClient(memcached_server.address))
-    assert cache.add_multi({"contract:a": b"1"}) == []
-    assert cache.delete_multi(["contract:a", "contract:b"]) == ["contract:b"]
+    client = PooledClient(memcached_server.address)
+    cache = wrap_client(client)
+    assert cache.add_multi({"contract:a": b"1"}) == {"contract:a": True}
+    assert cache.incr("contract:a", 1) == 2
+    cache.delete_multi(["contract:a", "contract:b"])
+    assert cache.get_multi(["contract:a"]) == {}
+    client.close()
 
 
-@pytest.mark.parametrize("client", [object(), "127.0.0.1:11211", 11211])
-def test_unsupported_client_is_refused(client):
-    with pytest.raises(TypeError, match="unsupported cache client"):
+@pytest.mark.parametrize(
+    ("option", "error"),
+    [("pickle_serde", "without serde"), ("serializer", "without serde"), ("key_prefix", "without key_prefix")],
+)
+def test_pymemcache_client_that_would_change_values_or_keys_is_refused(memcached_server, option, error):
+    from pymemcache import serde
+    from pymemcache.client.base import Client
+
+    options = {
+        "pickle_serde": {"serde": serde.pickle_serde},
+        "serializer": {"serializer": serde.python_memcache_serializer, "deserializer": serde.python_memcache_deserializer},
+        "key_prefix": {"key_prefix": b"app:"},
+    }[option]
+    with pytest.raises(TypeError, match=error):
+        wrap_client(Client(memcached_server.address, **options))
+
+
+class DelegatingCache:
+    """A wrapper as users write them (metrics, tracing): every call passes through ``__getattr__``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_an_object_with_the_cache_methods_is_used_as_it_is(testbed):
+    wrapper = DelegatingCache(wrap_client(None))
+    assert wrap_client(wrapper) is wrapper
+    assert wrapper.add_multi({"contract:a": b"1"}) == {"contract:a": True}
+
+
+@pytest.mark.parametrize(
+    ("client", "missing"),
+    [(object(), "get_multi"), ("127.0.0.1:11211", "get_multi"), (11211, "get_multi"), (DelegatingCache(object()), "incr")],
+)
+def test_unsupported_client_is_refused_naming_what_it_lacks(client, missing):
+    with pytest.raises(TypeError, match=f"unsupported cache client.*{missing}"):
         wrap_client(client)

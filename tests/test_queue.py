@@ -3,12 +3,13 @@
 import pickle
 
 import pytest
-from conftest import PauseAfterIncr
+from conftest import PauseAfterIncr, drain
 
 from clickqueue import (
+    MAX_BATCH_MESSAGES,
     MAX_CLAIM_ITEMS,
     MAX_MESSAGE_BYTES,
-    CorruptStateError,
+    BatchTooLargeError,
     InvalidArgumentError,
     MessageEncodingError,
     MessageTooLargeError,
@@ -16,14 +17,7 @@ from clickqueue import (
     QueueKeys,
     ShardMismatchError,
 )
-from clickqueue.codec import TOMBSTONE
-
-
-def drain(queue, max_items=100):
-    received = []
-    while batch := queue.read_multi(max_items):
-        received += batch
-    return received
+from clickqueue.codec import LEASE_PREFIX, TAKEN, TOMBSTONE
 
 
 # -- writing and reading ---------------------------------------------------------------------
@@ -99,7 +93,18 @@ def test_requeued_messages_come_back_and_are_counted(make_queue):
     assert queue.stats().requeued == 2
 
 
+def test_read_multi_leaves_expiring_taken_marks_not_messages(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(["a", "b"])
+    assert queue.read_multi() == ["a", "b"]
+    assert cache.get_multi(queue.keys.slots(0, [1, 2])) == dict.fromkeys(queue.keys.slots(0, [1, 2]), TAKEN)
+
+
 # -- bad input -------------------------------------------------------------------------------
+
+DEEP = [[[[]]]]
+for _ in range(70):
+    DEEP = [DEEP]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +115,7 @@ def test_requeued_messages_come_back_and_are_counted(make_queue):
         (b"bytes", MessageEncodingError),
         (float("nan"), MessageEncodingError),
         ({"x": float("inf")}, MessageEncodingError),
+        (DEEP, MessageEncodingError),
         ("x" * (MAX_MESSAGE_BYTES + 1), MessageTooLargeError),
         (["é" * (MAX_MESSAGE_BYTES // 2)], MessageTooLargeError),
     ],
@@ -131,6 +137,21 @@ def test_message_of_exactly_the_limit_is_accepted(make_queue):
 
 
 @pytest.mark.parametrize(
+    ("batch", "what"),
+    [
+        (list(range(MAX_BATCH_MESSAGES + 1)), "messages"),
+        (["x" * 900_000] * 34, "bytes"),  # 30.6 MB: over what one App Engine call carries
+    ],
+)
+def test_batch_over_one_call_is_refused_before_anything_is_written(make_queue, cache, batch, what):
+    queue = make_queue()
+    with pytest.raises(BatchTooLargeError, match=what):
+        queue.write_multi(batch)
+    assert cache.calls == {}
+    assert queue.stats().written == 0
+
+
+@pytest.mark.parametrize(
     ("options", "argument"),
     [
         ({"name": ""}, "queue name"),
@@ -141,6 +162,7 @@ def test_message_of_exactly_the_limit_is_accepted(make_queue):
         ({"shards": 65}, "shards"),
         ({"max_write_seconds": 0}, "max_write_seconds"),
         ({"max_write_seconds": 10, "tombstone_seconds": 10}, "max_write_seconds"),
+        ({"tombstone_seconds": 30 * 86400 + 1}, "tombstone_seconds"),
     ],
 )
 def test_invalid_queue_options_are_refused(cache, options, argument):
@@ -169,31 +191,79 @@ def test_invalid_read_arguments_are_refused(make_queue, call, argument):
     assert queue.read() == "kept"
 
 
-def test_a_pickle_in_a_slot_is_never_unpickled(make_queue, cache, tmp_path):
-    marker = tmp_path / "pwned"
+def test_error_for_a_huge_bad_argument_quotes_only_a_prefix(cache):
+    with pytest.raises(InvalidArgumentError) as raised:
+        Queue("x" * 1_000_000, cache)
+    assert len(str(raised.value)) < 200
 
-    class Exploit:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
 
+# -- foreign values --------------------------------------------------------------------------
+
+
+class Exploit:
+    marker = None
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+FOREIGN_VALUES = {
+    "pickle": None,  # filled per test: a pickle whose loading would create a file
+    "garbage bytes": b"\xff\xfe\x00garbage",
+    "starts with NUL": b"\x00something else",
+    "JSON nested 10,000 deep": b"[" * 10_000 + b"]" * 10_000,
+    "a lease mark that is not ours": LEASE_PREFIX + b"0" * 32 + b":1",
+}
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN_VALUES))
+def test_foreign_value_in_a_slot_is_skipped_counted_once_and_never_unpickled(make_queue, cache, tmp_path, kind):
+    Exploit.marker = tmp_path / "pwned"
+    value = pickle.dumps(Exploit()) if kind == "pickle" else FOREIGN_VALUES[kind]
     queue = make_queue()
     queue.write_multi(["before", "placeholder", "after"])
     slot = queue.keys.slot(0, 2)
     cache.delete_multi([slot])
-    cache.add_multi({slot: pickle.dumps(Exploit())})
+    cache.add_multi({slot: value})
     assert queue.read_multi() == ["before", "after"]
-    assert not marker.exists()
-    assert queue.stats().skipped == 1
+    assert not Exploit.marker.exists()
+    stats = queue.stats()
+    assert (stats.skipped, stats.lost, stats.read, stats.written) == (1, 1, 2, 3)
 
 
-def test_corrupt_state_raises_a_typed_error_with_its_key(make_queue, cache):
+def test_foreign_value_in_a_leased_batch_is_counted_once_across_redeliveries(make_queue, cache, clock):
     queue = make_queue()
-    queue.write("x")
+    queue.write_multi(["a", "b", "c"])
+    slot = queue.keys.slot(0, 2)
+    cache.delete_multi([slot])
+    cache.add_multi({slot: b"\xff not json"})
+    first = queue.lease(10, seconds=30)
+    clock.advance(31)
+    second = queue.lease(10, seconds=30)
+    assert first.messages == second.messages == ["a", "c"]
+    assert second.ack() is True
+    stats = queue.stats()
+    assert (stats.skipped, stats.lost, stats.read, stats.leased) == (1, 1, 2, 0)
+
+
+def test_a_planted_pickle_never_runs_through_the_app_engine_api(testbed, tmp_path):
+    from google.appengine.api import memcache
+
+    Exploit.marker = tmp_path / "pwned"
+    queue = Queue("q")
+    queue.write_multi(["before", "placeholder", "after"])
+    memcache.set(queue.keys.slot(0, 2), Exploit())  # the API pickles it, with the pickle flag
+    assert queue.read_multi() == ["before", "after"]
+    assert not Exploit.marker.exists()
+
+
+def test_corrupt_state_is_replaced_and_counted_as_a_reset(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(["x", "y"])
     cache.delete_multi([queue.keys.state])
-    cache.add_multi({queue.keys.state: b"not json"})
-    with pytest.raises(CorruptStateError) as raised:
-        queue.read()
-    assert raised.value.key == "cq:q:state"
+    cache.add_multi({queue.keys.state: b'{"not": "a state"}'})
+    assert queue.read_multi() == ["x", "y"]  # the new state starts below the counter
+    assert queue.stats().resets == 1
 
 
 def test_queues_must_agree_on_the_shard_count(make_queue):
@@ -205,11 +275,11 @@ def test_queues_must_agree_on_the_shard_count(make_queue):
 
 def test_keys_are_prefixed_by_the_queue_name():
     keys = QueueKeys("clicks")
-    assert [keys.state, keys.write_counter(1), keys.slot(1, 7), keys.stat("skipped")] == [
+    assert [keys.state, keys.write_counter(1), keys.slot(1, 7), keys.generation_markers[0]] == [
         "cq:clicks:state",
         "cq:clicks:w:1",
         "cq:clicks:m:1:7",
-        "cq:clicks:stat:skipped",
+        "cq:clicks:gen:0",
     ]
 
 
@@ -225,11 +295,12 @@ def test_leased_messages_are_not_read_again_while_the_lease_holds(make_queue):
     assert queue.read_multi() == []
 
 
-def test_leased_messages_stay_stored_until_ack(make_queue, cache):
+def test_leased_messages_stay_stored_marked_with_the_lease_until_ack(make_queue, cache):
     queue = make_queue()
     queue.write_multi([1, 2])
     lease = queue.lease(10, seconds=30)
-    assert len(cache.get_multi(lease.message_keys)) == 2
+    stored = cache.get_multi(lease.message_keys)
+    assert sorted(stored.values()) == [LEASE_PREFIX + lease.lease_id.encode() + b":" + m for m in (b"1", b"2")]
     assert lease.ack() is True
     assert cache.get_multi(lease.message_keys) == {}
     assert queue.stats().leased == 0
@@ -242,6 +313,18 @@ def test_expired_lease_is_delivered_again_with_the_same_id(make_queue, clock):
     clock.advance(31)
     second = queue.lease(10, seconds=30)
     assert (second.lease_id, second.attempt, second.messages) == (first.lease_id, 2, ["a", "b"])
+
+
+def test_expired_lease_goes_out_whole_only_to_a_lease_call_it_fits(make_queue, clock):
+    queue = make_queue()
+    queue.write_multi(["a", "b", "c"])
+    first = queue.lease(10, seconds=30)
+    queue.write("d")
+    clock.advance(31)
+    small = queue.lease(1, seconds=30)
+    assert small.messages == ["d"] and small.lease_id != first.lease_id
+    again = queue.lease(3, seconds=30)
+    assert (again.lease_id, again.messages) == (first.lease_id, ["a", "b", "c"])
 
 
 def test_lease_is_not_delivered_again_before_its_deadline(make_queue, clock):
@@ -272,15 +355,19 @@ def test_released_lease_is_delivered_again_at_once(make_queue):
     assert queue.stats().requeued == 2
 
 
-def test_ack_of_a_lease_taken_over_after_expiry_reports_false_to_the_second_holder(make_queue, clock):
+def test_ack_by_either_holder_settles_a_lease_once(make_queue, clock):
+    """After a takeover both holders processed the batch under the same id: the
+    first ack settles it (True, slots deleted), the other learns it was settled."""
     queue = make_queue()
     queue.write("a")
     slow = queue.lease(10, seconds=30)
     clock.advance(31)
     fast = queue.lease(10, seconds=30)
+    assert fast.lease_id == slow.lease_id
     assert slow.ack() is True
     assert fast.ack() is False
-    assert queue.stats().leased == 0
+    stats = queue.stats()
+    assert (stats.leased, stats.read, stats.lost) == (0, 1, 0)
 
 
 def test_release_by_a_holder_whose_lease_was_taken_over_does_nothing(make_queue, clock):
@@ -317,31 +404,64 @@ def test_empty_lease_is_falsy_and_its_ack_does_nothing(make_queue, cache):
     assert not lease and lease.lease_id is None and len(lease) == 0
     cache.calls.clear()
     assert lease.ack() is False
+    assert lease.release() is False
     assert cache.calls == {}
+
+
+def test_ack_of_a_lease_the_queue_forgot_returns_false_and_clears_only_its_own_marks(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(["a", "b"])
+    lease = queue.lease(10, seconds=30)
+    cache.delete_multi([queue.keys.state])  # the state is lost: the lease is forgotten
+    queue.write("written after the loss")
+    assert lease.ack() is False
+    assert cache.get_multi(lease.message_keys) == dict.fromkeys(lease.message_keys, TAKEN)
+    assert drain(queue) == ["written after the loss"]
 
 
 # -- stats -----------------------------------------------------------------------------------
 
 
-def test_stats_count_written_read_and_depth(make_queue):
+def test_stats_count_written_read_depth_and_leased(make_queue):
     queue = make_queue(shards=2)
     queue.write_multi(list(range(10)))
     queue.write("one more")
     queue.read_multi(4)
     queue.lease(3, seconds=30)
-    stats = queue.stats().as_dict()
-    assert stats == {
+    assert queue.stats().as_dict() == {
         "depth": 4,
         "written": 11,
-        "read": 7,
+        "read": 4,
         "requeued": 0,
         "skipped": 0,
+        "gapped": 0,
         "lost": 0,
         "retried": 0,
         "collided": 0,
         "leased": 3,
         "resets": 0,
     }
+
+
+def test_stats_are_zero_before_the_queue_exists(make_queue):
+    assert set(make_queue().stats().as_dict().values()) == {0}
+
+
+def test_written_equals_read_plus_lost_plus_depth_plus_leased(make_queue, cache, clock):
+    queue = make_queue(shards=2)
+    queue.write_multi(list(range(30)))  # one shard
+    queue.write_multi(list(range(30, 40)))  # the other
+    cache.delete_multi([queue.keys.slot(0, 3), queue.keys.slot(1, 4)])  # two evicted messages
+    held = queue.lease(7, seconds=30)
+    queue.read_multi(9)
+    stats = queue.stats()
+    assert stats.written == stats.read + stats.lost + stats.depth + stats.leased == 40
+    assert stats.leased == 7 and held.ack()
+    stats = queue.stats()
+    assert stats.written == stats.read + stats.lost + stats.depth + stats.leased == 40
+    drain(queue, 1000)
+    stats = queue.stats()
+    assert (stats.read, stats.lost, stats.depth, stats.leased) == (38, 2, 0, 0)
 
 
 # -- in-flight writes (a reader reaches a slot before its writer stores it) --------------------
@@ -392,7 +512,8 @@ def test_message_stored_after_the_reader_got_an_empty_slot_wins_the_add_race(mak
 
     reader = Queue("q", StoreBeforeTombstone(cache))
     assert reader.read_multi() == ["placeholder"]
-    assert reader.stats().skipped == 0
+    stats = reader.stats()
+    assert (stats.skipped, stats.read, stats.lost) == (0, 1, 0)
 
 
 # -- round trips -----------------------------------------------------------------------------
@@ -419,12 +540,7 @@ def test_write_multi_of_a_hundred_takes_two_cache_calls(make_queue, cache):
 def test_read_multi_takes_four_cache_calls(make_queue, cache):
     queue = make_queue(shards=4)
     queue.write_multi(range(400))
-    assert calls_of(cache, lambda: queue.read_multi(100)) == {
-        "gets_multi": 1,
-        "cas": 1,
-        "get_multi": 1,
-        "delete_multi": 1,
-    }
+    assert calls_of(cache, lambda: queue.read_multi(100)) == {"gets_multi": 2, "cas_multi": 2}
 
 
 def test_read_of_an_empty_queue_takes_one_cache_call(make_queue, cache):
@@ -444,17 +560,38 @@ def test_write_and_read_cycle_of_a_hundred_takes_six_cache_calls(make_queue, cac
     assert cache.total() == 6
 
 
-def test_lease_and_ack_take_three_cache_calls_each(make_queue, cache):
+def test_lease_takes_four_cache_calls_and_ack_three(make_queue, cache):
     queue = make_queue()
     queue.write_multi(range(100))
-    lease = None
+    leases = []
+    assert calls_of(cache, lambda: leases.append(queue.lease(100, seconds=30))) == {"gets_multi": 2, "cas_multi": 2}
+    assert calls_of(cache, leases[0].ack) == {"gets_multi": 1, "cas_multi": 1, "delete_multi": 1}
 
-    def take():
-        nonlocal lease
-        lease = queue.lease(100, seconds=30)
 
-    assert calls_of(cache, take) == {"gets_multi": 1, "cas": 1, "get_multi": 1}
-    assert calls_of(cache, lease.ack) == {"gets_multi": 1, "cas": 1, "delete_multi": 1}
+def test_takeover_of_an_expired_lease_takes_three_cache_calls(make_queue, cache, clock):
+    queue = make_queue()
+    queue.write_multi(range(100))
+    queue.lease(100, seconds=30)
+    clock.advance(31)
+    assert calls_of(cache, lambda: queue.lease(100, seconds=30)) == {"gets_multi": 2, "cas_multi": 1}
+
+
+def test_release_takes_two_cache_calls(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(range(10))
+    lease = queue.lease(100, seconds=30)
+    assert calls_of(cache, lease.release) == {"gets_multi": 1, "cas_multi": 1}
+
+
+def test_requeue_takes_four_cache_calls(make_queue, cache):
+    queue = make_queue()
+    queue.write("warm up")
+    assert calls_of(cache, lambda: queue.requeue(["a", "b"])) == {
+        "incr": 1,
+        "add_multi": 1,
+        "gets_multi": 1,
+        "cas_multi": 1,
+    }
 
 
 def test_stats_take_one_cache_call(make_queue, cache):
