@@ -10,7 +10,8 @@ import json
 import multiprocessing
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from clickqueue import Queue, wrap_client
@@ -31,13 +32,18 @@ class SlowStores:
         return self.inner.add_multi(values, expire_seconds)
 
 
-def memcached_queue(address: tuple[str, int], shards: int, name: str = "load", store_delay_seconds: float = 0) -> Queue:
+@contextmanager
+def memcached_queue(
+    address: tuple[str, int], shards: int, name: str = "load", store_delay_seconds: float = 0
+) -> Iterator[Queue]:
+    """A Queue on a pymemcache client of its own, closed on exit."""
     from pymemcache.client.base import Client
 
-    cache = wrap_client(Client(tuple(address)))
-    if store_delay_seconds:
-        cache = SlowStores(cache, store_delay_seconds, seed=random.randrange(1 << 30))
-    return Queue(name, cache, shards=shards)
+    with closing(Client(tuple(address))) as client:
+        cache = wrap_client(client)
+        if store_delay_seconds:
+            cache = SlowStores(cache, store_delay_seconds, seed=random.randrange(1 << 30))
+        yield Queue(name, cache, shards=shards)
 
 
 def message_ids(writer_index: int, count: int) -> list[str]:
@@ -89,15 +95,16 @@ def writer_process(
     address: tuple[str, int], shards: int, writer_index: int, count: int, store_delay_seconds: float, start
 ) -> None:
     start.wait()
-    queue = memcached_queue(address, shards, store_delay_seconds=store_delay_seconds)
-    write_messages(queue, writer_index, count, seed=writer_index)
+    with memcached_queue(address, shards, store_delay_seconds=store_delay_seconds) as queue:
+        write_messages(queue, writer_index, count, seed=writer_index)
 
 
 def reader_process(
     address: tuple[str, int], shards: int, reader_index: int, done_flag: str, out: str, start
 ) -> None:
     start.wait()
-    received = read_messages(memcached_queue(address, shards), Path(done_flag).exists, seed=1000 + reader_index)
+    with memcached_queue(address, shards) as queue:
+        received = read_messages(queue, Path(done_flag).exists, seed=1000 + reader_index)
     Path(out).write_text(json.dumps(received))
 
 
@@ -134,11 +141,11 @@ def run_on_memcached(
             process.start()
         start.wait(timeout=120)
         if during is not None:
-            observer = memcached_queue(address, shards)
-            deadline = time.monotonic() + 120
-            while observer.stats().written < writers * per_writer // 3:
-                assert time.monotonic() < deadline, "writers made no progress"
-                time.sleep(0.005)
+            with memcached_queue(address, shards) as observer:
+                deadline = time.monotonic() + 120
+                while observer.stats().written < writers * per_writer // 3:
+                    assert time.monotonic() < deadline, "writers made no progress"
+                    time.sleep(0.005)
             during()
         for process in writer_processes:
             process.join(timeout=300)

@@ -4,6 +4,8 @@ What the queue relies on from a cache, proven on App Engine's memcache stub,
 one memcached through pymemcache, and two memcached servers through HashClient.
 """
 
+from contextlib import closing
+
 import pytest
 
 from clickqueue import wrap_client
@@ -113,9 +115,10 @@ def test_pymemcache_default_noreply_client_still_reports_failed_adds(memcached_c
 def test_pooled_pymemcache_client_is_wrapped(memcached_server, memcached_client):
     from pymemcache.client.base import PooledClient
 
-    cache = wrap_client(PooledClient(memcached_server.address))
-    assert cache.add_multi({"contract:a": b"1"}) == []
-    assert cache.delete_multi(["contract:a", "contract:b"]) == ["contract:b"]
+    with closing(PooledClient(memcached_server.address)) as client:
+        cache = wrap_client(client)
+        assert cache.add_multi({"contract:a": b"1"}) == []
+        assert cache.delete_multi(["contract:a", "contract:b"]) == ["contract:b"]
 
 
 @pytest.mark.parametrize("client", [object(), "127.0.0.1:11211", 11211])
