@@ -123,8 +123,7 @@ def test_processing_queue_retries_failed_batches_with_backoff_until_cron_takes_o
 def test_cron_job_calls_the_app_route_that_schedules_processing(app):
     jobs = croninfo.LoadSingleCron(read("cron.yaml")).cron
     assert [job.url for job in jobs] == ["/cron/process"]
-    response = app.get(jobs[0].url, headers={"X-Appengine-Cron": "true"})
-    assert response.json == {"scheduled": True}
+    assert app.get(jobs[0].url, headers={"X-Appengine-Cron": "true"}).status_int == 200
 
 
 # Run by the Cloud SDK's Python on dev_appserver's own module path, where croninfo
@@ -205,9 +204,9 @@ PARSERS: dict[str, Callable[[str], object]] = {
     ("file_name", "original", "broken", "error"),
     [
         pytest.param(
-            "app.yaml", "runtime: python313", "runtime: Python 3.13", "for runtime does not match", id="app-runtime"
+            "app.yaml", "runtime: python3", "runtime: Python 3.", "for runtime does not match", id="app-runtime"
         ),
-        pytest.param("app.yaml", "runtime: python313\n", "", 'You must specify a "runtime" field', id="app-no-runtime"),
+        pytest.param("app.yaml", "runtime:", "# runtime:", 'You must specify a "runtime" field', id="app-no-runtime"),
         pytest.param("app.yaml", "handlers:", "handler:", "Unexpected attribute 'handler'", id="app-misspelt-key"),
         pytest.param(
             "app.yaml", "  script: auto\n", "  script: auto\n  login: everyone\n", "for login not in", id="app-login"
