@@ -13,6 +13,8 @@ import queue as queue_module
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier, Event
 from typing import Any
@@ -78,11 +80,13 @@ class WorkerReport:
     incr_by_key: dict[str, int] = field(default_factory=dict)
 
 
-def _start_worker(config: RunConfig) -> tuple[Queue, KeyCountingCache]:
-    """Leave Ctrl-C to the parent (it ends workers by PID); open the queue on a client of our own."""
+@contextmanager
+def _worker_queue(config: RunConfig) -> Iterator[tuple[Queue, KeyCountingCache]]:
+    """Leave Ctrl-C to the parent (it ends workers by PID); open the queue on a client of our own, closed on exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cache = KeyCountingCache(wrap_client(Client(config.address)))
-    return Queue(config.queue_name, cache, shards=config.shards), cache
+    with closing(Client(config.address)) as client:
+        cache = KeyCountingCache(wrap_client(client))
+        yield Queue(config.queue_name, cache, shards=config.shards), cache
 
 
 def _finish(report: WorkerReport, cache: KeyCountingCache, reports: multiprocessing.Queue) -> None:
@@ -92,39 +96,39 @@ def _finish(report: WorkerReport, cache: KeyCountingCache, reports: multiprocess
 
 def writer(config: RunConfig, start: Barrier, reports: multiprocessing.Queue) -> None:
     """Write ``messages_per_writer`` messages in batches, or for ``max_seconds``."""
-    queue, cache = _start_worker(config)
-    messages = make_messages(config.workload.write_batch, config.workload.message_bytes)
-    report = WorkerReport("writer")
-    start.wait(timeout=START_TIMEOUT_SECONDS)
-    report.started = time.monotonic()
-    deadline = report.started + config.workload.max_seconds
-    while report.messages < config.messages_per_writer and time.monotonic() < deadline:
-        queue.write_multi(messages)
-        report.messages += len(messages)
-        report.operations += 1
-    report.finished = time.monotonic()
-    _finish(report, cache, reports)
+    with _worker_queue(config) as (queue, cache):
+        messages = make_messages(config.workload.write_batch, config.workload.message_bytes)
+        report = WorkerReport("writer")
+        start.wait(timeout=START_TIMEOUT_SECONDS)
+        report.started = time.monotonic()
+        deadline = report.started + config.workload.max_seconds
+        while report.messages < config.messages_per_writer and time.monotonic() < deadline:
+            queue.write_multi(messages)
+            report.messages += len(messages)
+            report.operations += 1
+        report.finished = time.monotonic()
+        _finish(report, cache, reports)
 
 
 def reader(config: RunConfig, start: Barrier, writers_done: Event, reports: multiprocessing.Queue) -> None:
     """Read until the writers are done and the queue is empty."""
-    queue, cache = _start_worker(config)
-    report = WorkerReport("reader")
-    start.wait(timeout=START_TIMEOUT_SECONDS)
-    report.started = report.finished = time.monotonic()
-    deadline = report.started + config.workload.max_seconds + READER_GRACE_SECONDS
-    while time.monotonic() < deadline:
-        done = writers_done.is_set()
-        read = queue.read_multi(config.workload.read_batch)
-        report.operations += 1
-        if read:
-            report.messages += len(read)
-            report.finished = time.monotonic()
-        elif done:
-            break
-        else:
-            time.sleep(EMPTY_READ_PAUSE_SECONDS)
-    _finish(report, cache, reports)
+    with _worker_queue(config) as (queue, cache):
+        report = WorkerReport("reader")
+        start.wait(timeout=START_TIMEOUT_SECONDS)
+        report.started = report.finished = time.monotonic()
+        deadline = report.started + config.workload.max_seconds + READER_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            done = writers_done.is_set()
+            read = queue.read_multi(config.workload.read_batch)
+            report.operations += 1
+            if read:
+                report.messages += len(read)
+                report.finished = time.monotonic()
+            elif done:
+                break
+            else:
+                time.sleep(EMPTY_READ_PAUSE_SECONDS)
+        _finish(report, cache, reports)
 
 
 def run_processes(config: RunConfig) -> list[WorkerReport]:

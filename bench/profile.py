@@ -20,6 +20,7 @@ import pstats
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import closing
 from wsgiref.util import setup_testing_defaults
 
 import redis
@@ -91,8 +92,13 @@ def cumulative(stats: dict, file_suffix: str, function_name: str) -> float:
 
 
 def profile_cycle(batch: int, message_bytes: int, repeats: int) -> None:
-    with servers.memcached() as memcached, servers.redis() as redis_server:
-        clients = Client(memcached.address), redis.Redis(*redis_server.address)
+    with (
+        servers.memcached() as memcached,
+        servers.redis() as redis_server,
+        closing(Client(memcached.address)) as memcached_client,
+        redis.Redis(*redis_server.address) as redis_client,
+    ):
+        clients = memcached_client, redis_client
         for name in CYCLE_CASES:
             clients[0].flush_all(noreply=False)
             context = CaseContext(name, batch, message_bytes, repeats * batch, *clients)

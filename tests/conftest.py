@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -49,21 +49,26 @@ def wait_until(condition, timeout_seconds: float, interval_seconds: float = 0.05
 
 
 def stop_process(process: subprocess.Popen, timeout_seconds: float = 10) -> None:
-    """Stop a child (and its process group when it leads one) by PID."""
-    if process.poll() is not None:
-        return
+    """Stop a child (and its process group when it leads one) by PID; close our ends of its pipes."""
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        process.terminate()
-    try:
-        process.wait(timeout=timeout_seconds)
-    except subprocess.TimeoutExpired:
+        if process.poll() is not None:
+            return
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=timeout_seconds)
+            os.killpg(process.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            process.terminate()
+        try:
+            process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=timeout_seconds)
+    finally:
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _die_with_parent() -> None:
@@ -81,24 +86,30 @@ class MemcachedServer:
     port: int
     process: subprocess.Popen
     memory_mb: int
+    clients: list = field(default_factory=list)
 
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
 
     def client(self, **kwargs):
+        """A pymemcache Client on this server, closed when the server stops."""
         from pymemcache.client.base import Client
 
-        return Client(self.address, **kwargs)
+        client = Client(self.address, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        stop_process(self.process)
 
     def restart(self) -> None:
         """Kill the server (as an OOM kill or a crash would) and start it again, empty, on its port."""
         self.process.kill()
         self.process.wait(timeout=10)
         self.process = _start_memcached(self.memory_mb, self.port).process
-
-    def stop(self) -> None:
-        stop_process(self.process)
 
 
 def _start_memcached(memory_mb: int, port: int | None = None) -> MemcachedServer:

@@ -11,7 +11,6 @@ import pickle
 from contextlib import closing
 
 import pytest
-from conftest import skip_or_fail_in_ci
 from fault_proxy import FaultProxy
 
 from clickqueue import CacheUnavailableError, CountingCache, wrap_client

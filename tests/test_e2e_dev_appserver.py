@@ -1,113 +1,167 @@
 """End to end on the Cloud SDK's dev_appserver.py: the app as app.yaml deploys it
-(gunicorn, the bundled services, real push tasks) counts events exactly.
+(gunicorn, the bundled services, real push tasks) counts events exactly, and every
+Datastore query it makes is served by an index in index.yaml.
 
+The server is started by the README's own dev_appserver command, run by bash as
+it is written there, with only free ports, a fresh storage folder and a fresh
+virtualenv folder added. That command passes --require_indexes=yes, so a query
+whose index is missing from index.yaml fails here instead of in production.
 Skipped when the Cloud SDK is absent, except under CI=true where it must run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import suppress
 from pathlib import Path
 
-from conftest import REPO_ROOT, free_port, skip_or_fail_in_ci, stop_process, wait_until
-from e2e_support import EventPlan, send_concurrently, wait_for_counts, wait_until_serving
+import pytest
+from cloud_sdk import cloud_sdk
+from conftest import REPO_ROOT, free_port, wait_until
+from e2e_support import EventPlan, HttpRequest, get_json, send, send_concurrently, wait_for_counts, wait_until_serving
 
-# The app runs from a copy without these, so dev_appserver neither watches nor
-# writes (__pycache__, index.yaml) anything in the checkout.
+# The app runs from a copy of what `gcloud app deploy` uploads, so dev_appserver
+# neither watches nor writes anything in the checkout.
 NOT_DEPLOYED = shutil.ignore_patterns(
-    ".git", ".ci", "tests", "bench", ".local-data", "__pycache__", ".pytest_cache", ".hypothesis", ".venv"
+    ".git", ".ci", "tests", "bench", ".local-data", "__pycache__", ".pytest_cache", ".hypothesis", ".venv*"
 )
 EVENT_COUNT = 300
 FIRST_START_SECONDS = 300  # the first start pip-installs requirements.txt into a fresh virtualenv
 
-
-def cloud_sdk_python() -> tuple[Path, Path]:
-    """dev_appserver.py and the Python the Cloud SDK bundles to run it."""
-    dev_appserver, gcloud = shutil.which("dev_appserver.py"), shutil.which("gcloud")
-    if dev_appserver is None or gcloud is None:
-        skip_or_fail_in_ci("the Cloud SDK's dev_appserver.py is not installed (component app-engine-python)")
-    sdk_root = subprocess.run(
-        [gcloud, "info", "--format=value(installation.sdk_root)"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    python = Path(sdk_root, "platform", "bundledpythonunix", "bin", "python3")
-    if not python.exists():
-        skip_or_fail_in_ci(f"the Cloud SDK at {sdk_root} has no bundled Python to run dev_appserver.py")
-    return Path(dev_appserver), python
+QUERY_REQUESTS = [
+    pytest.param(HttpRequest("GET", "/stats"), id="stats-top-items"),
+]
+"""Every request that makes the app run a Datastore query: one entry per query."""
 
 
-def copy_app(destination: Path) -> Path:
-    """Copy the deployable app, with gunicorn bound to loopback instead of every interface."""
-    shutil.copytree(REPO_ROOT, destination, ignore=NOT_DEPLOYED)
-    app_yaml = destination / "app.yaml"
-    text = app_yaml.read_text()
-    assert "-b :$PORT" in text, "app.yaml's entrypoint no longer binds -b :$PORT"
-    app_yaml.write_text(text.replace("-b :$PORT", "-b 127.0.0.1:$PORT"))
-    return app_yaml
+def readme_command() -> str:
+    """The shell lines of the README's dev_appserver section, exactly as written."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Under the Cloud SDK: dev_appserver.py", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert block is not None, "the README's dev_appserver section has no sh block"
+    return block.group(1).rstrip("\n")
 
 
-def process_group_gone(group_id: int) -> bool:
+class DevAppserver:
+    """The README's dev_appserver command, serving a copy of the app on free loopback ports."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.app_dir = work_dir / "app"
+        self.log_path = work_dir / "dev_appserver.log"
+        self.port = free_port()
+        shutil.copytree(REPO_ROOT, self.app_dir, ignore=NOT_DEPLOYED)
+        (work_dir / "venv").mkdir()
+        overrides = [
+            f"--port={self.port}",
+            f"--admin_port={free_port()}",
+            f"--api_port={free_port()}",
+            f"--storage_path={work_dir / 'storage'}",
+            f"--python_virtualenv_path={work_dir / 'venv'}",
+        ]
+        command = readme_command()
+        assert "dev_appserver.py app.yaml" in command and "--require_indexes=yes" in command, command
+        # `python3` in the README's command is the interpreter running these tests.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+        environment = {**os.environ, "PATH": path}
+        environment.pop("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", None)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                ["bash", "-c", f"{command} {' '.join(overrides)}"],
+                cwd=self.app_dir,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.base_url = f"http://localhost:{self.port}"
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        """End the process group: dev_appserver and, for each instance, gunicorn and its workers.
+
+        SIGTERM goes out again every few seconds: dev_appserver may restart an instance
+        while it shuts down (it saw a file change), and gunicorn takes up to 30 s to end.
+        """
+        group = self.process.pid
+        deadline = time.monotonic() + 60
+        next_sigterm = time.monotonic()
+        while not self._group_gone():
+            if time.monotonic() > deadline:
+                left = subprocess.run(
+                    ["ps", "-o", "pid,etime,args", "-g", str(group)], check=False, capture_output=True, text=True
+                )
+                os.killpg(group, signal.SIGKILL)
+                raise AssertionError(f"dev_appserver's processes outlived SIGTERM:\n{left.stdout}")
+            if time.monotonic() >= next_sigterm:
+                with suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGTERM)
+                next_sigterm = time.monotonic() + 5
+            time.sleep(0.2)
+
+    def _group_gone(self) -> bool:
+        self.process.poll()  # reap the leader: a zombie still counts as a member of its group
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+@pytest.fixture(scope="module")
+def dev_appserver(tmp_path_factory) -> Iterator[DevAppserver]:
+    cloud_sdk()
+    server = DevAppserver(tmp_path_factory.mktemp("dev_appserver"))
     try:
-        os.killpg(group_id, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-@contextmanager
-def dev_appserver(tmp_path: Path, log_path: Path) -> Iterator[str]:
-    """Run dev_appserver.py on free loopback ports in its own process group, until stopped."""
-    script, sdk_python = cloud_sdk_python()
-    app_yaml = copy_app(tmp_path / "app")
-    port, admin_port, api_port = free_port(), free_port(), free_port()
-    (tmp_path / "venv").mkdir()
-    command = [
-        str(sdk_python),
-        str(script),
-        str(app_yaml),
-        "--host=127.0.0.1",
-        f"--port={port}",
-        "--admin_host=127.0.0.1",
-        f"--admin_port={admin_port}",
-        "--api_host=127.0.0.1",
-        f"--api_port={api_port}",
-        f"--runtime_python_path={sys.executable}",
-        f"--python_virtualenv_path={tmp_path / 'venv'}",
-        f"--storage_path={tmp_path / 'storage'}",
-        "--support_datastore_emulator=False",
-        "--automatic_restart=no",
-        "--max_module_instances=2",  # each instance is gunicorn with 2 workers
-        "--skip_sdk_update_check",
-    ]
-    env = {**os.environ, "CLOUDSDK_PYTHON": str(sdk_python), "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", None)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(process, base_url, FIRST_START_SECONDS)
-        yield base_url
+        wait_until_serving(server.process, server.base_url, FIRST_START_SECONDS)
+        yield server
     finally:
-        stop_process(process, timeout_seconds=30)
-        try:  # gunicorn and its workers are in the group too
-            wait_until(lambda: process_group_gone(process.pid), 30, message="dev_appserver's children to exit")
-        except AssertionError:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise
+        server.stop()
+        print(server.log_tail())  # shown when a test of this module failed
 
 
-def test_dev_appserver_counts_events_exactly(tmp_path, server_log):
+def test_dev_appserver_counts_events_exactly(dev_appserver):
     plan = EventPlan.random(EVENT_COUNT, item_count=25, seed=11)
 
-    with dev_appserver(tmp_path, server_log) as base_url:
-        statuses = send_concurrently(base_url, plan.requests(), clients=4)
-        stats = wait_for_counts(base_url, plan, timeout_seconds=120)
+    statuses = send_concurrently(dev_appserver.base_url, plan.requests(), clients=4)
+    stats = wait_for_counts(dev_appserver.base_url, plan, timeout_seconds=120)
 
     print(f"sent {EVENT_COUNT} events: {dict(statuses)}; /stats totals {stats['totals']}, queue {stats['queue']}")
     assert set(statuses) <= {202, 204}
     assert (stats["queue"]["depth"], stats["queue"]["lost"]) == (0, 0)
+
+
+@pytest.mark.parametrize("request_with_query", QUERY_REQUESTS)
+def test_query_is_served_by_an_index_in_index_yaml(dev_appserver, request_with_query):
+    response = send(dev_appserver.base_url, request_with_query)
+    assert response.status == 200, dev_appserver.log_tail()
+
+
+def test_query_without_its_index_is_refused(dev_appserver):
+    """The control: with --require_indexes=yes, dev_appserver refuses a query whose index
+    is not in index.yaml (it rereads the file when it changes)."""
+    index_yaml = dev_appserver.app_dir / "index.yaml"
+    indexes = index_yaml.read_text()
+    try:
+        index_yaml.write_text("indexes: []\n")
+        response = send(dev_appserver.base_url, HttpRequest("GET", "/stats"))
+    finally:
+        index_yaml.write_text(indexes)
+    assert response.status == 500
+    wait_until(lambda: "NeedIndexError" in dev_appserver.log_path.read_text(), 30, message="NeedIndexError in the log")
+    wait_until(lambda: get_json(dev_appserver.base_url, "/stats"), 30, message="/stats with index.yaml restored")
+
+
+def test_gunicorn_listens_on_loopback_only(dev_appserver):
+    listening = re.findall(r"Listening at: (\S+)", dev_appserver.log_path.read_text(errors="replace"))
+    assert listening, "gunicorn logged no listening address"
+    assert all(address.startswith("http://127.0.0.1:") for address in listening), listening

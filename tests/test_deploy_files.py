@@ -1,0 +1,256 @@
+"""The deploy files, read by App Engine's own parsers: a bad edit fails here, not at deploy.
+
+app.yaml, queue.yaml, cron.yaml and index.yaml go through the validators that
+appengine-python-standard ships (gcloud and dev_appserver carry copies of the
+same modules), and the settings the code relies on are checked against the
+code's own values. Those validators skip the cron schedule's grammar (groc)
+when it is not importable, as in appengine-python-standard; the Cloud SDK's
+dev_appserver has it, so the schedule is parsed there, with the SDK's Python.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from cloud_sdk import cloud_sdk
+from conftest import REPO_ROOT
+from google.appengine.api import appinfo, croninfo, queueinfo, yaml_errors
+from google.appengine.datastore import datastore_index
+
+
+def read(name: str) -> str:
+    return (REPO_ROOT / name).read_text()
+
+
+def processing_queue(settings) -> queueinfo.QueueEntry:
+    entries = queueinfo.LoadSingleQueue(read("queue.yaml")).queue
+    return next(entry for entry in entries if entry.name == settings.task_queue_name)
+
+
+# -- app.yaml -------------------------------------------------------------------------------------
+
+
+def test_app_yaml_targets_a_python_3_runtime_with_the_bundled_services():
+    app = appinfo.LoadSingleAppInfo(read("app.yaml"))
+
+    # .ci/run tests on this runtime's Python (python313 -> 3.13): keep the form python3NN.
+    assert re.fullmatch(r"python3\d\d", app.runtime), app.runtime
+    assert int(app.runtime.removeprefix("python3")) >= 11, "the README's minimum Python is 3.11"
+    assert app.app_engine_apis is True, "memcache, the task queue and ndb are bundled services"
+
+
+@pytest.mark.parametrize(
+    ("environment", "bind"),
+    [({}, ":8081"), ({"GUNICORN_BIND_HOST": "127.0.0.1"}, "127.0.0.1:8081")],
+    ids=["app-engine", "dev_appserver"],
+)
+def test_entrypoint_run_by_bash_serves_main_app_with_gunicorn(environment, bind):
+    """App Engine feeds the entrypoint to `bash -c` (dev_appserver to `sh -c`): gunicorn
+    binds every interface on $PORT there, and loopback when GUNICORN_BIND_HOST says so."""
+    from gunicorn.config import Config
+
+    entrypoint = appinfo.LoadSingleAppInfo(read("app.yaml")).entrypoint
+    assert entrypoint.startswith("exec gunicorn "), entrypoint  # the parser prefixes `exec`
+    words = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' " + entrypoint.removeprefix("exec ")],
+        env={"PORT": "8081", **environment},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert words[0] == "gunicorn"
+    options = Config().parser().parse_args(words[1:])
+    assert options.bind == [bind]
+    assert options.args == ["main:app"]
+    assert "gunicorn" in read("requirements.txt"), "App Engine installs only requirements.txt"
+
+
+def test_main_app_is_a_wsgi_app_gunicorn_can_load(testbed):
+    from gunicorn.util import import_app
+
+    assert callable(import_app("main:app"))
+
+
+def test_every_url_goes_to_the_app():
+    handlers = appinfo.LoadSingleAppInfo(read("app.yaml")).handlers
+    assert [(handler.url, handler.script) for handler in handlers] == [("/.*", "auto")]
+
+
+def test_login_option_parses_on_a_python_3_handler():
+    """`login: admin` is available to Python 3 apps with app_engine_apis: true."""
+    with_login = read("app.yaml").replace("  script: auto\n", "  script: auto\n  login: admin\n")
+    handlers = appinfo.LoadSingleAppInfo(with_login).handlers
+    assert [handler.login for handler in handlers] == ["admin"]
+
+
+# -- queue.yaml -----------------------------------------------------------------------------------
+
+
+def test_processing_queue_exists_under_the_name_the_app_adds_tasks_to(app_settings):
+    assert processing_queue(app_settings).name == app_settings.task_queue_name
+
+
+def test_processing_queue_runs_one_task_at_a_time(app_settings):
+    """Every batch commits to the counters' single entity group (handlers/counters.py):
+    concurrent processors would only contend."""
+    assert processing_queue(app_settings).max_concurrent_requests == 1
+
+
+def test_processing_queue_rate_keeps_up_with_one_task_per_slot(app_settings):
+    """/track asks for one named task per slot; continuations come on top."""
+    queue = processing_queue(app_settings)
+    assert (queue.rate, queue.bucket_size) == ("20/s", 20)
+    assert queueinfo.ParseRate(queue.rate) >= 1 / app_settings.slot_seconds
+
+
+def test_processing_queue_retries_failed_batches_with_backoff_until_cron_takes_over(app_settings):
+    """A failed batch answers 503 and its task is retried with backoff; a task may give
+    up after an hour because cron schedules processing every minute (cron.yaml)."""
+    retry = processing_queue(app_settings).retry_parameters
+    assert (retry.min_backoff_seconds, retry.max_backoff_seconds, retry.max_doublings) == (1, 60, 5)
+    assert retry.task_retry_limit is None, "retried until the age limit"
+    assert queueinfo.ParseTaskAgeLimit(retry.task_age_limit) == 3600
+
+
+# -- cron.yaml ------------------------------------------------------------------------------------
+
+
+def test_cron_job_calls_the_app_route_that_schedules_processing(app):
+    jobs = croninfo.LoadSingleCron(read("cron.yaml")).cron
+    assert [job.url for job in jobs] == ["/cron/process"]
+    assert app.get(jobs[0].url, headers={"X-Appengine-Cron": "true"}).status_int == 200
+
+
+# Run by the Cloud SDK's Python on dev_appserver's own module path, where croninfo
+# finds the groc grammar; prints each job's next runs, or the parser's error.
+SDK_CRON_PARSER = """
+import datetime, json, sys
+sdk = sys.argv[1]
+sys.path[:0] = [sdk]
+import wrapper_util
+sys.path[:0] = wrapper_util.Paths(sdk).script_paths("dev_appserver.py")
+from google.appengine.api import croninfo, yaml_errors
+from google.appengine.cron import groctimespecification
+assert croninfo.groctimespecification is not None, "croninfo cannot load the groc grammar"
+try:
+    jobs = croninfo.LoadSingleCron(sys.stdin.read()).cron
+except yaml_errors.EventError as error:
+    print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+    sys.exit()
+start = datetime.datetime(2025, 1, 1)
+print(json.dumps({"runs": [
+    [run.isoformat() for run in groctimespecification.GrocTimeSpecification(job.schedule).GetMatches(start, 3)]
+    for job in jobs
+]}))
+"""
+
+
+def parse_cron_with_the_sdk(text: str) -> dict:
+    sdk = cloud_sdk()
+    done = subprocess.run(
+        [str(sdk.python), "-c", SDK_CRON_PARSER, str(sdk.app_engine)],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_cron_schedule_parses_and_runs_more_often_than_a_task_may_give_up(app_settings):
+    [runs] = parse_cron_with_the_sdk(read("cron.yaml"))["runs"]
+    assert runs == ["2025-01-01T00:01:00", "2025-01-01T00:02:00", "2025-01-01T00:03:00"]
+    age_limit = timedelta(
+        seconds=queueinfo.ParseTaskAgeLimit(processing_queue(app_settings).retry_parameters.task_age_limit)
+    )
+    assert timedelta(minutes=1) < age_limit
+
+
+@pytest.mark.parametrize("schedule", ["every minute", "every 0 minutes", "evry 1 minutes"])
+def test_bad_cron_schedule_fails_the_sdk_parser(schedule):
+    text = read("cron.yaml")
+    assert "schedule: every 1 minutes" in text
+    result = parse_cron_with_the_sdk(text.replace("schedule: every 1 minutes", f"schedule: {schedule}"))
+    assert result["error"] == "EventError"
+    assert f"schedule '{schedule}' failed to parse" in result["message"]
+
+
+# -- index.yaml -----------------------------------------------------------------------------------
+
+
+def test_index_yaml_parses():
+    """Whether it holds every index the app's queries need is proven by the dev_appserver
+    test, which runs them with --require_indexes=yes."""
+    indexes = datastore_index.ParseIndexDefinitions(read("index.yaml")).indexes
+    assert [index.kind for index in indexes] == ["ItemCounts"]
+
+
+# -- a bad edit to any file fails its parser ------------------------------------------------------
+
+PARSERS: dict[str, Callable[[str], object]] = {
+    "app.yaml": appinfo.LoadSingleAppInfo,
+    "queue.yaml": queueinfo.LoadSingleQueue,
+    "cron.yaml": croninfo.LoadSingleCron,
+    "index.yaml": datastore_index.ParseIndexDefinitions,
+}
+
+
+@pytest.mark.parametrize(
+    ("file_name", "original", "broken", "error"),
+    [
+        pytest.param(
+            "app.yaml", "runtime: python3", "runtime: Python 3.", "for runtime does not match", id="app-runtime"
+        ),
+        pytest.param("app.yaml", "runtime:", "# runtime:", 'You must specify a "runtime" field', id="app-no-runtime"),
+        pytest.param("app.yaml", "handlers:", "handler:", "Unexpected attribute 'handler'", id="app-misspelt-key"),
+        pytest.param(
+            "app.yaml", "  script: auto\n", "  script: auto\n  login: everyone\n", "for login not in", id="app-login"
+        ),
+        pytest.param("queue.yaml", "rate: 20/s", "rate: 20/x", "for rate does not match", id="queue-rate"),
+        pytest.param(
+            "queue.yaml",
+            "max_concurrent_requests: 1",
+            "max_concurrent_requests: one",
+            "could not be converted to type int",
+            id="queue-concurrency",
+        ),
+        pytest.param(
+            "queue.yaml",
+            "min_backoff_seconds: 1",
+            "min_backoff: 1",
+            "Unexpected attribute 'min_backoff'",
+            id="queue-retry",
+        ),
+        pytest.param(
+            "queue.yaml",
+            "task_age_limit: 1h",
+            "task_age_limit: 1 hour",
+            "must end with a time unit",
+            id="queue-age-limit",
+        ),
+        pytest.param("cron.yaml", "url: /cron/process", "url: cron/process", "for url does not match", id="cron-url"),
+        pytest.param("cron.yaml", "schedule:", "schedul:", "Unexpected attribute 'schedul'", id="cron-misspelt-key"),
+        pytest.param("index.yaml", "direction: desc", "direction: down", "for direction not in", id="index-direction"),
+        pytest.param(
+            "index.yaml",
+            "ancestor: yes",
+            "ancestor: maybe",
+            "for ancestor is not of the expected type",
+            id="index-ancestor",
+        ),
+        pytest.param(
+            "index.yaml", "- kind: ItemCounts", "- knd: ItemCounts", "Unexpected attribute 'knd'", id="index-kind"
+        ),
+    ],
+)
+def test_bad_edit_fails_the_app_engine_parser(file_name, original, broken, error):
+    text = read(file_name)
+    assert original in text, f"{file_name} no longer holds {original!r}: update this case"
+    PARSERS[file_name](text)  # the file as it is parses
+    with pytest.raises(yaml_errors.EventError, match=re.escape(error)):
+        PARSERS[file_name](text.replace(original, broken, 1))
