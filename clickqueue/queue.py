@@ -96,10 +96,14 @@ Limits (what cannot be promised)
   reset, ``lost`` is a lower bound.
 * ``read_multi`` that dies or raises after its claim leaves those messages
   unread (counted as read); use ``lease`` when every message matters.
-* Counts are exact only if the writes in flight when a counter is lost fit in
+* A write counter lost together with the slots it had just handed out (a
+  server restart) leaves no trace of them: the repair's gap starts above the
+  last slot still stored, so such messages count in ``gapped``, not ``lost``.
+  The true loss is then between ``lost`` and ``lost + gapped``. Counts are
+  exact only if the writes in flight when a counter is lost fit in
   ``REPAIR_MARGIN`` slots; beyond that two writers can share a slot (both
-  messages are still stored, one elsewhere) and ``retried`` can exceed
-  what it balances.
+  messages are still stored, one elsewhere) and ``retried`` can exceed what
+  it balances.
 * A foreign value that is valid JSON cannot be told from a message; a foreign
   value in a slot counts as one lost message. A counter pushed far ahead makes
   readers walk (and count as lost) the empty range, a bounded step per call.
@@ -178,6 +182,10 @@ class QueueStats:
     ``depth`` messages wait unclaimed; ``leased`` slots sit in outstanding
     leases; ``lost`` messages were gone from their slot (evicted, foreign, or
     their writer died) and ``written == read + lost + depth + leased``.
+    ``gapped`` slots lay in a repaired counter's margin (or a recreated
+    state's lookback) and held nothing: never handed out, or lost with their
+    counter, so the true loss is at most ``lost + gapped``. ``resets`` counts
+    lost or foreign states and counters: after one, the counts restart from it.
     """
 
     depth: int

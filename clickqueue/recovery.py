@@ -68,14 +68,17 @@ class Recovery:
         It starts ``RECOVERY_SLOTS`` below each write counter (or below the last
         stored slot where the counter is gone too), as a gap: recent messages are
         still delivered, older ones are left unread. A brand-new queue gets its
-        counters here too; any sign the queue existed (a counter, a generation
-        marker, this process having used it) makes it a reset.
+        counters here too, before its state; any sign the queue existed (a
+        counter above 0, a generation marker, this process having used it)
+        makes it a reset.
         """
         state, existed = self._fresh_state(found)
+        if not existed:
+            # A new queue's counters come first: whoever sees its state sees them,
+            # so a missing counter always means a lost one (repaired with a margin).
+            self.cache.add_multi({key: b"0" for key in self.counter_keys if key not in found})
         if self.cache.add_multi({self.keys.state: self.store.encode(state)})[self.keys.state] is not True:
             return  # another party created it (or the outcome is unknown: the next read tells)
-        if not existed:  # nobody can have a slot from counters created with the state
-            self.cache.add_multi({key: str(start).encode() for key, start in zip(self.counter_keys, state.claimed)})
         self._mark_generation(state.generation)
 
     def replace_corrupt_state(self, token: CasToken, found: Mapping[str, tuple[bytes, CasToken]]) -> None:
@@ -90,7 +93,7 @@ class Recovery:
         markers = self.cache.get_multi(self.keys.generation_markers)
         previous_generation = max((decimal(value) or 0 for value in markers.values()), default=0)
         counters = [decimal(found[key][0]) if key in found else None for key in self.counter_keys]
-        existed = known_to_exist or self.seen_before() or previous_generation > 0 or any(counter is not None for counter in counters)
+        existed = known_to_exist or self.seen_before() or previous_generation > 0 or any(counters)
         start, gaps = [], []
         for shard, counter in enumerate(counters):
             top = counter if counter is not None else (self.last_stored_slot(shard, 0) if existed else 0)
@@ -137,11 +140,6 @@ class Recovery:
         top = self.last_stored_slot(shard, floor)
         if counter is not None and counter >= top:
             return  # in place already (repaired by someone else, or never lost)
-        if raw_counter is None and top == floor == state.base[shard] and not state.gaps:
-            # Nothing was ever claimed or stored here (a brand-new queue whose
-            # counter add raced a claim): no slot number can be in use yet.
-            self.cache.add_multi({counter_key: str(floor).encode()})
-            return
         target = top + REPAIR_MARGIN
         if raw_counter is None:
             applied = self.cache.add_multi({counter_key: str(target).encode()})[counter_key]

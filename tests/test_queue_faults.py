@@ -166,7 +166,7 @@ def test_flushed_cache_restarts_the_queue_and_counts_the_reset(make_queue, cache
     flush(cache_client)
     queue.write_multi(range(10, 13))
     assert drain(queue) == [10, 11, 12]
-    assert queue.stats().resets == 1
+    assert queue.stats().resets == 2, "the state, and the write counter"
 
 
 @pytest.mark.parametrize("survivor", ["write counter", "generation marker"])
@@ -219,6 +219,26 @@ def test_bug1_state_and_counter_lost_together_never_lease_a_message_again_under_
     assert not set(ids(held.messages)) & set(ids(message for _lease, message in delivered))
     assert sorted(ids(message for _lease, message in delivered)) == list(range(5, 13))
     assert newcomer.stats().resets >= 1
+
+
+def test_bug2_a_counter_lost_with_its_newest_slots_is_never_set_back_under_a_waiting_reader(make_queue, cache):
+    """The write counter and the three slots it had just handed out vanished
+    together, while a reader had read the state and counter but not yet claimed."""
+    queue = make_queue()
+    queue.write_multi(["a", "b", "c"])
+    counter = queue.keys.write_counter(0)
+    found = cache.gets_multi([queue.keys.state, counter])
+    stale_state, stale_token = found[queue.keys.state]
+    cache.delete_multi([counter, *queue.keys.slots(0, [1, 2, 3])])
+    queue.write("after")
+    assert int(cache.get_multi([counter])[counter]) > 3, "no slot number is handed out twice"
+    waiting = ReadState.from_bytes(queue.keys.state, stale_state, shards=1)
+    waiting.claim([3], max_items=100)
+    assert cache.cas_multi({queue.keys.state: (waiting.to_bytes(), stale_token)}) == {queue.keys.state: False}
+    assert drain(queue) == ["after"]
+    stats = queue.stats()
+    assert stats.resets == 1
+    assert stats.lost + stats.gapped >= 3, "the three lost messages are within the bound the counts give"
 
 
 def test_bug3_reader_tombstone_lost_to_an_rpc_error_never_strands_a_message(testbed, memcache_rpc_faults, clock):
