@@ -158,7 +158,12 @@ class Recovery:
 
     def last_stored_slot(self, shard: int, start: int) -> int:
         """The highest slot above ``start`` holding anything, found in a bounded number
-        of calls: windows at exponentially growing distances, then bisection."""
+        of calls: windows at exponentially growing distances, then bisection.
+
+        A probe, not a scan: exact for a stored run that begins near ``start``
+        (a backlog), but a short run far above it can fall between windows.
+        A counter set too low that way is lifted again by the first writer
+        whose slot is found taken (``repair_counter(stored_at=...)``)."""
         windows = [start + 1 + PROBE_WINDOW * (2**step - 1) for step in range(GALLOP_STEPS)]
         top, next_empty = self._probe(shard, windows)
         if top is None:

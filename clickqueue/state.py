@@ -282,7 +282,8 @@ class StateStore:
         which only makes readers count those slots as skipped instead of gapped."""
         encoded = state.to_bytes()
         while len(encoded) > MAX_STATE_BYTES and state.gaps:
-            state.gaps.pop(0)
+            bytes_per_gap = len(json.dumps(state.gaps[-1].as_list())) + 1
+            del state.gaps[: (len(encoded) - MAX_STATE_BYTES) // bytes_per_gap + 1]
             encoded = state.to_bytes()
         return encoded
 

@@ -374,6 +374,8 @@ class MemcacheRpcFaults:
         self.planned: list[list] = []
         self.max_response_bytes: int | None = None
         self.failed: list[str] = []
+        self.request_bytes: list[tuple[str, int]] = []
+        """Every memcache RPC seen: (method, request size in bytes)."""
 
     def fail_next(
         self, method: str | None = None, *, key: str | None = None, after_applying: bool = False, skip: int = 0
@@ -384,6 +386,7 @@ class MemcacheRpcFaults:
         self.planned.append([method, after_applying, skip, key])
 
     def hook(self, service, call, request, response, rpc) -> None:
+        self.request_bytes.append((call, request.ByteSize()))
         if self.planned and self.planned[0][0] in (None, call) and self._names(request, self.planned[0][3]):
             if self.planned[0][2]:
                 self.planned[0][2] -= 1

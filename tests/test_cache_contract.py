@@ -365,3 +365,24 @@ def test_an_object_with_the_cache_methods_is_used_as_it_is(testbed):
 def test_unsupported_client_is_refused_naming_what_it_lacks(client, missing):
     with pytest.raises(TypeError, match=f"unsupported cache client.*{missing}"):
         wrap_client(client)
+
+
+def test_app_engine_writes_over_one_call_go_out_in_parts_under_its_limit(memcache_rpc_faults):
+    from clickqueue.appengine_cache import MAX_CALL_BYTES
+
+    cache = wrap_client(None)
+    values = {f"contract:big:{n}": bytes([n]) * 900_000 for n in range(40)}  # 36 MB
+    memcache_rpc_faults.request_bytes.clear()
+    assert cache.add_multi(values) == dict.fromkeys(values, True)
+    sets = [size for method, size in memcache_rpc_faults.request_bytes if method == "Set"]
+    assert len(sets) == 2 and max(sets) < MAX_CALL_BYTES + 100_000 < 32 * 2**20
+    assert cache.get_multi(list(values)) == values
+
+
+def test_app_engine_read_refused_for_its_answer_size_is_made_again_in_halves(memcache_rpc_faults):
+    cache = wrap_client(None)
+    values = {f"contract:{n}": b"x" * 900 for n in range(5)}
+    cache.add_multi(values)
+    memcache_rpc_faults.max_response_bytes = 2000  # two values per answer at most
+    assert cache.get_multi(list(values)) == values
+    assert set(cache.gets_multi(list(values))) == set(values)
