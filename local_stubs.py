@@ -15,7 +15,7 @@ Lifecycle, in the worker:
 * SIGTERM or Ctrl-C: stop accepting, finish the requests in flight (at most
   ``FINISH_REQUESTS_SECONDS``), drain the queue into Datastore with the
   processing task's own ``drain`` (at most ``DRAIN_SECONDS``, progress logged),
-  save Datastore, exit. A second Ctrl-C stops at once, like kill -9.
+  save Datastore, exit. A second Ctrl-C stops within 2 s, like kill -9.
 * kill -9, or a crash: memcache is gone with the process, and with it every
   event accepted but not yet counted (normally the last second or two: each
   slot's task runs when its slot ends). Datastore is saved every

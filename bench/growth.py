@@ -3,8 +3,10 @@
 Drain rate: events for new distinct items (each one a new Datastore entity, the
 costliest case) are written to the queue and drained with the processing
 task's own ``drain``, in-process on the stubs ``python main.py`` uses, at 0,
-10,000 and 50,000 items already stored (the median of a few drains each). ``/stats`` latency: ``python main.py``
-is then started on the saved datastore and ``GET /stats`` is timed over HTTP.
+10,000 and 50,000 items already stored (the median of a few drains each); the
+index query /stats ran for its top items before ``TopItems`` is timed at the
+end. ``/stats`` latency: ``python main.py`` is then started on the saved
+datastore and ``GET /stats`` is timed over HTTP.
 
 ``--datastore sdk`` drains on the SDK's Datastore stub as it comes (the file
 rewritten after every commit), for comparison; it has no HTTP step, since
@@ -36,9 +38,17 @@ class DrainRate:
     items_before: int
     events: int
     seconds: float
+    cpu_seconds: float
+    """This process's CPU time: the drain runs on in-process stubs, so it is the
+    work done, much less disturbed by other processes than wall time on a shared machine."""
 
     @property
     def per_second(self) -> float:
+        """Events per CPU second."""
+        return self.events / self.cpu_seconds
+
+    @property
+    def per_wall_second(self) -> float:
         return self.events / self.seconds
 
 
@@ -70,16 +80,30 @@ def add_items(settings, first: int, count: int) -> DrainRate:
     names = [f"item-{n:06}" for n in range(first, first + count)]
     for start in range(0, count, WRITE_CHUNK):
         settings.queue.write_multi([{"type": "view", "item": name} for name in names[start : start + WRITE_CHUNK]])
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     report = drain(settings)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     if report.processed != count or report.budget_spent:
         raise RuntimeError(f"drained {report.processed} of {count} events")
-    return DrainRate(first, count, seconds)
+    return DrainRate(first, count, seconds, cpu_seconds)
 
 
-def measure_drain(data_dir: Path, datastore: str, probe_events: int, repeats: int) -> list[DrainRate]:
-    """At each checkpoint, the median of ``repeats`` drains of ``probe_events`` new items."""
+def time_ranking_query(repeats: int = 5) -> float:
+    """The median ms of the index query /stats ran for its top items before ``TopItems``."""
+    from handlers import counters
+
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        counters.ranked_by_query(counters.TOP_ITEMS)
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def measure_drain(data_dir: Path, datastore: str, probe_events: int, repeats: int) -> tuple[list[DrainRate], float]:
+    """At each checkpoint, the median of ``repeats`` drains of ``probe_events`` new items each."""
+    if repeats * probe_events > min(b - a for a, b in zip(CHECKPOINTS, CHECKPOINTS[1:])):
+        raise ValueError("the drains at one checkpoint would reach the next")
     from handlers.settings import Settings
 
     bed, save = activate_stubs(data_dir, datastore)
@@ -95,11 +119,17 @@ def measure_drain(data_dir: Path, datastore: str, probe_events: int, repeats: in
             stored += probe_events
         rate = sorted(probes, key=lambda probe: probe.per_second)[len(probes) // 2]
         rates.append(rate)
-        print(f"drain at {checkpoint:>6} items: {rate.per_second:7.0f} events/s (median of {repeats})", file=sys.stderr)
+        print(
+            f"drain at {checkpoint:>6} items: {rate.per_second:5.0f} events per CPU second"
+            f" ({rate.per_wall_second:.0f} per wall second; median of {repeats})",
+            file=sys.stderr,
+        )
+    query_ms = time_ranking_query()
+    print(f"ranking query at {stored} items: {query_ms:.0f} ms (what /stats ran before TopItems)", file=sys.stderr)
     if save is not None:
         save()
     bed.deactivate()
-    return rates
+    return rates, query_ms
 
 
 def measure_stats(data_dir: Path, requests: int) -> dict[str, float]:
@@ -123,8 +153,8 @@ def measure_stats(data_dir: Path, requests: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.growth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datastore", choices=["local", "sdk"], default="local", help="which Datastore stub drains")
-    parser.add_argument("--probe-events", type=int, default=5000, help="events (new items) drained at each checkpoint")
-    parser.add_argument("--repeats", type=int, default=3, help="drains per checkpoint (the median is reported)")
+    parser.add_argument("--probe-events", type=int, default=2000, help="events (new items) in each timed drain")
+    parser.add_argument("--repeats", type=int, default=5, help="drains per checkpoint (the median is reported)")
     parser.add_argument("--stats-requests", type=int, default=50, help="GET /stats requests timed")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = parser.parse_args(argv)
@@ -132,12 +162,21 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="clickqueue-growth-") as directory:
         data_dir = Path(directory)
-        rates = measure_drain(data_dir, args.datastore, args.probe_events, args.repeats)
+        rates, query_ms = measure_drain(data_dir, args.datastore, args.probe_events, args.repeats)
         stats = measure_stats(data_dir, args.stats_requests) if args.datastore == "local" else None
     result = {
         "datastore": args.datastore,
-        "drain": [{**asdict(rate), "per_second": round(rate.per_second)} for rate in rates],
+        "drain": [
+            {
+                "checkpoint": checkpoint,
+                **asdict(rate),
+                "per_cpu_second": round(rate.per_second),
+                "per_wall_second": round(rate.per_wall_second),
+            }
+            for checkpoint, rate in zip(CHECKPOINTS, rates)
+        ],
         "stats": stats,
+        "ranking_query_ms": round(query_ms, 1),
     }
     if args.json:
         print(json.dumps(result, indent=2))

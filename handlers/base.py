@@ -20,12 +20,15 @@ from webob.multidict import MultiDict, NestedMultiDict
 from clickqueue import MessageEncodingError, MessageTooLargeError, QueueError
 from handlers.errors import (
     ForbiddenError,
+    HttpStatusError,
+    InternalError,
     InvalidRequestError,
     LengthRequiredError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
+    ServiceUnavailableError,
     UriTooLongError,
     quote_prefix,
 )
@@ -34,13 +37,12 @@ from handlers.settings import CONFIG_KEY, Settings
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
-"""The largest request body read (1 MiB); larger ones answer 413 unread.
+"""The largest request body read (1 MiB); larger ones answer 413 (read no further).
 
 App Engine takes up to 32 MB, but no request of this API needs that: the
-largest, a /track batch of 500 events with 128-character items, is about
-90 kB as compact JSON and under 500 kB even with every character
-``\\u``-escaped. A tighter cap keeps a client from making a handler hold and
-parse 32 MB."""
+largest, a /track batch of 500 events with 128-character items, is 80 kB as
+JSON and 400 kB with every character ``\\u``-escaped. A tighter cap keeps a
+client from making a handler hold and parse 32 MB."""
 
 MAX_URL_BYTES = 2048
 """The longest path plus query string served; longer ones answer 414. /track's and
@@ -54,26 +56,6 @@ NOSNIFF_HEADER = ("X-Content-Type-Options", "nosniff")
 
 # The queue's own ValueErrors: the message (built from the request) was refused.
 QUEUE_INPUT_ERRORS = (MessageEncodingError, MessageTooLargeError)
-
-
-class ServiceUnavailableError(RequestError):
-    """The queue (memcache) failed; the client may retry."""
-
-    status = 503
-
-
-class HttpStatusError(RequestError):
-    """An HTTP error a handler raised through webapp2's ``abort``."""
-
-    def __init__(self, status: int, message: str, allow: str | None) -> None:
-        super().__init__(message, headers={"Allow": allow} if allow else None)
-        self.status = status
-
-
-class InternalError(RequestError):
-    """A bug: the traceback is in the log, not in the answer."""
-
-    status = 500
 
 
 class JsonHandler(webapp2.RequestHandler):

@@ -86,14 +86,18 @@ def _add(counts: EventTotals | ItemCounts, by_type: Counter[str]) -> None:
 
 def apply_batch(batch_id: str, events: Sequence[Event]) -> bool:
     """Add the events to the counters unless ``batch_id`` was applied; True if this call did."""
-    # Ranking data counted before TopItems existed needs a query, run outside the
-    # transaction: any commit since then has created TopItems, which wins over it.
-    seed = None if _top_items_key().get() is not None else _ranked_by_query(TOP_ITEMS)
-    return _apply_batch(batch_id, events, seed)
+    applied = _apply_batch(batch_id, events, seed=None)
+    if applied is None:
+        # Once per datastore: rank what was counted before TopItems existed by the
+        # index, outside the transaction. A commit in between creates TopItems,
+        # which then wins over this seed.
+        applied = _apply_batch(batch_id, events, seed=ranked_by_query(TOP_ITEMS))
+    return applied
 
 
 @ndb.transactional()
-def _apply_batch(batch_id: str, events: Sequence[Event], seed: list[list] | None) -> bool:
+def _apply_batch(batch_id: str, events: Sequence[Event], seed: list[list] | None) -> bool | None:
+    """``apply_batch`` in one transaction; None, writing nothing, if TopItems is missing and no seed is given."""
     by_item: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for event in events:
         by_item[event.item][event.type] += 1
@@ -112,7 +116,10 @@ def _apply_batch(batch_id: str, events: Sequence[Event], seed: list[list] | None
         counts = counts or ItemCounts(key=_item_key(item))
         _add(counts, by_item[item])
         updated.append(counts)
-    top = top or TopItems(key=_top_items_key(), entries=seed or [])
+    if top is None:
+        if seed is None:
+            return None
+        top = TopItems(key=_top_items_key(), entries=seed)
     top.entries = _rank(top.entries, [[counts.key.id(), counts.click, counts.view] for counts in updated])
     ndb.put_multi([AppliedBatch(key=marker_key), totals, top, *updated])
     return True
@@ -124,7 +131,7 @@ def _rank(entries: list[list], changed: list[list]) -> list[list]:
     return sorted(by_item.values(), key=lambda entry: (-(entry[1] + entry[2]), entry[0]))[:TOP_ITEMS]
 
 
-def _ranked_by_query(limit: int) -> list[list]:
+def ranked_by_query(limit: int) -> list[list]:
     """The top items by the index, for data counted before ``TopItems`` existed."""
     query = ItemCounts.query(ancestor=_totals_key()).order(-ItemCounts.total)
     return [[counts.key.id(), counts.click, counts.view] for counts in query.fetch(limit)]
@@ -147,7 +154,7 @@ def item_counts(item: str) -> dict[str, int]:
 def top_items() -> list[dict[str, object]]:
     """The ``TOP_ITEMS`` items with the most events, most first: one get."""
     top = _top_items_key().get()
-    entries = top.entries if top is not None else _ranked_by_query(TOP_ITEMS)
+    entries = top.entries if top is not None else ranked_by_query(TOP_ITEMS)
     return [{"item": item, "click": click, "view": view} for item, click, view in entries]
 
 

@@ -77,6 +77,26 @@ class UriTooLongError(RequestError):
     status = 414
 
 
+class ServiceUnavailableError(RequestError):
+    """The queue (memcache) failed; the client may retry."""
+
+    status = 503
+
+
+class HttpStatusError(RequestError):
+    """An HTTP error a handler raised through webapp2's ``abort``."""
+
+    def __init__(self, status: int, message: str, allow: str | None) -> None:
+        super().__init__(message, headers={"Allow": allow} if allow else None)
+        self.status = status
+
+
+class InternalError(RequestError):
+    """A bug: the traceback is in the log, not in the answer."""
+
+    status = 500
+
+
 class BatchFailedError(RequestError):
     """Processing a batch failed; the batch went back to the queue for a retry."""
 
