@@ -29,7 +29,7 @@ from pathlib import Path
 from bench import servers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINTS = (0, 10_000, 50_000)
+CHECKPOINTS = [0, 10_000, 50_000]
 WRITE_CHUNK = 500
 
 
@@ -100,16 +100,19 @@ def time_ranking_query(repeats: int = 5) -> float:
     return statistics.median(timings)
 
 
-def measure_drain(data_dir: Path, datastore: str, probe_events: int, repeats: int) -> tuple[list[DrainRate], float]:
+def measure_drain(
+    data_dir: Path, datastore: str, checkpoints: list[int], probe_events: int, repeats: int
+) -> tuple[list[DrainRate], float]:
     """At each checkpoint, the median of ``repeats`` drains of ``probe_events`` new items each."""
-    if repeats * probe_events > min(b - a for a, b in zip(CHECKPOINTS, CHECKPOINTS[1:])):
+    gaps = [later - earlier for earlier, later in zip(checkpoints, checkpoints[1:])]
+    if gaps and repeats * probe_events > min(gaps):
         raise ValueError("the drains at one checkpoint would reach the next")
     from handlers.settings import Settings
 
     bed, save = activate_stubs(data_dir, datastore)
     settings = Settings(time_budget_seconds=3600)
     rates, stored = [], 0
-    for checkpoint in CHECKPOINTS:
+    for checkpoint in checkpoints:
         if checkpoint > stored:
             add_items(settings, stored, checkpoint - stored)
             stored = checkpoint
@@ -153,6 +156,12 @@ def measure_stats(data_dir: Path, requests: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.growth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datastore", choices=["local", "sdk"], default="local", help="which Datastore stub drains")
+    parser.add_argument(
+        "--checkpoints",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=CHECKPOINTS,
+        help="items stored before each timed drain, comma-separated",
+    )
     parser.add_argument("--probe-events", type=int, default=2000, help="events (new items) in each timed drain")
     parser.add_argument("--repeats", type=int, default=5, help="drains per checkpoint (the median is reported)")
     parser.add_argument("--stats-requests", type=int, default=50, help="GET /stats requests timed")
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="clickqueue-growth-") as directory:
         data_dir = Path(directory)
-        rates, query_ms = measure_drain(data_dir, args.datastore, args.probe_events, args.repeats)
+        rates, query_ms = measure_drain(data_dir, args.datastore, args.checkpoints, args.probe_events, args.repeats)
         stats = measure_stats(data_dir, args.stats_requests) if args.datastore == "local" else None
     result = {
         "datastore": args.datastore,
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 "per_cpu_second": round(rate.per_second),
                 "per_wall_second": round(rate.per_wall_second),
             }
-            for checkpoint, rate in zip(CHECKPOINTS, rates)
+            for checkpoint, rate in zip(args.checkpoints, rates)
         ],
         "stats": stats,
         "ranking_query_ms": round(query_ms, 1),

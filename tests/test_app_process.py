@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
+from google.appengine.api import croninfo, queueinfo
+from google.appengine.ext import ndb
 
 from clickqueue import Queue
 from conftest import REPO_ROOT, FakeClock
@@ -253,10 +256,6 @@ def test_remaining_counts_batches_still_leased(app, app_settings):
 
 def put_marker(batch_id: str, applied_at_posix: float) -> None:
     """An AppliedBatch marker as apply_batch writes it, applied at the given time."""
-    from datetime import UTC, datetime
-
-    from google.appengine.ext import ndb
-
     applied_at = datetime.fromtimestamp(applied_at_posix, tz=UTC).replace(tzinfo=None)
     parent = ndb.Key(counters.EventTotals, "all")
     counters.AppliedBatch(key=ndb.Key(counters.AppliedBatch, batch_id, parent=parent), applied_at=applied_at).put()
