@@ -14,17 +14,20 @@ from wsgiref.types import WSGIApplication
 import webapp2
 from google.appengine.api import wrap_wsgi_app
 
+from handlers.base import JsonApplication
 from handlers.process import ProcessCronHandler, ProcessTaskHandler
 from handlers.processing import PROCESS_PATH
 from handlers.settings import CONFIG_KEY, Settings
 from handlers.stats import StatsHandler
 from handlers.track import TrackHandler
 
+# Each handler's methods (get, post) are the methods its path answers; any
+# other answers 405 with Allow.
 ROUTES = [
-    webapp2.Route("/track", TrackHandler, methods=["GET", "POST"]),
-    webapp2.Route(PROCESS_PATH, ProcessTaskHandler, methods=["POST"]),
-    webapp2.Route("/cron/process", ProcessCronHandler, methods=["GET"]),
-    webapp2.Route("/stats", StatsHandler, methods=["GET"]),
+    webapp2.Route("/track", TrackHandler),
+    webapp2.Route(PROCESS_PATH, ProcessTaskHandler),
+    webapp2.Route("/cron/process", ProcessCronHandler),
+    webapp2.Route("/stats", StatsHandler),
 ]
 
 
@@ -35,7 +38,7 @@ def create_app(settings: Settings | None = None) -> WSGIApplication:
     (and, locally, the stubs) is set up.
     """
     config = {CONFIG_KEY: settings or Settings()}
-    return wrap_wsgi_app(webapp2.WSGIApplication(ROUTES, config=config))
+    return wrap_wsgi_app(JsonApplication(ROUTES, config=config))
 
 
 if __name__ == "__main__":
@@ -43,7 +46,7 @@ if __name__ == "__main__":
 
     local_stubs.serve(
         create_app,
-        port=int(os.environ.get("PORT", "8080")),
+        port=local_stubs.parse_port(os.environ.get("PORT", "8080")),
         data_dir=Path(os.environ.get("CLICKQUEUE_DATA_DIR", Path(__file__).resolve().parent / ".local-data")),
     )
 else:

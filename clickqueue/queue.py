@@ -121,7 +121,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clickqueue.cache import Cache, wrap_client
@@ -207,12 +207,16 @@ class QueueStats:
 EMPTY_STATS = QueueStats(**dict.fromkeys(QueueStats.__dataclass_fields__, 0))
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Claim:
     ranges: list[SlotRange]
     lease_id: str | None = None
     attempt: int = 0
     settled_slots: int = 0
+    slots: dict[str, tuple] = field(default_factory=dict)
+    """The claimed slots as read just before the claim's CAS (value, token)."""
+    counted: tuple[int, int] = (0, 0)
+    """(skipped, gapped): the claimed slots without a message, counted in that CAS."""
 
 
 @dataclass(frozen=True)
@@ -360,8 +364,9 @@ class Queue:
 
     def _claim(self, max_items: int, lease_seconds: float | None, settle_empty_runs: bool = False) -> _Claim:
         """Move the state forward over the next slots (or take over an expired
-        lease): 2 cache calls, plus repairs of whatever the first one finds
-        missing, plus 2 to settle runs of slots without messages (``_settle_runs``)."""
+        lease), reading them first: 3 cache calls (``gets_multi`` of the state and
+        counters, of the slots, ``cas_multi``), plus repairs of whatever the first
+        finds missing, plus 2 to settle runs of slots without messages (``_settle_runs``)."""
         for _ in range(MAX_CAS_ATTEMPTS):
             found = self.cache.gets_multi([self.keys.state, *self._counter_keys])
             if self.keys.state not in found:
@@ -384,6 +389,7 @@ class Queue:
             claim = self._plan_claim(state, counters, max_items, lease_seconds, settle_empty_runs)
             if not claim.ranges and not claim.settled_slots:
                 return claim
+            self._read_claimed_slots(claim, state)
             encoded = self._store.encode(state)
             if claim.lease_id is not None and len(encoded) > MAX_STATE_BYTES:
                 raise TooManyLeasesError(self.keys.state, len(state.leases))
@@ -447,6 +453,29 @@ class Queue:
             settled_total += len(settled)
         return settled_total
 
+    def _read_claimed_slots(self, claim: _Claim, state: ReadState) -> None:
+        """Read the slots a claim is about to take (1 call) and count, in the same
+        CAS as the claim, those holding no message: counted before anything
+        tombstones them, since a writer a tombstone turns away counts ``retried``,
+        which must never exceed what readers counted. A lease's record keeps the
+        counts (a takeover counted them when the lease was made)."""
+        keys = [key for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())]
+        claim.slots = self.cache.gets_multi(keys) if keys else {}
+        record = state.leases.get(claim.lease_id) if claim.lease_id is not None else None
+        if record is not None and record.attempt > 1:
+            return
+        no_message = {
+            key: r.in_gap
+            for r in claim.ranges
+            for key in self.keys.slots(r.shard, r.numbers())
+            if key not in claim.slots or read_slot(claim.slots[key][0]).kind is not SlotKind.MESSAGE
+        }
+        gapped = sum(no_message.values())
+        claim.counted = (len(no_message) - gapped, gapped)
+        state.counts.add(*claim.counted)
+        if record is not None:
+            record.precounted = claim.counted
+
     def _claim_landed(self, claim: _Claim) -> bool:
         """After a claim's CAS went unanswered: does the state show it? (1 call)
         For ``read_multi``, slots claimed by anyone are fine: the takes decide."""
@@ -463,20 +492,16 @@ class Queue:
         return all(r.last <= state.claimed[r.shard] for r in claim.ranges)
 
     def _fetch(self, claim: _Claim) -> _Fetched:
-        """Read the claimed slots, tombstone the empty ones, take the messages.
-
-        2 cache calls (``gets_multi``, ``cas_multi``); empty slots cost the
-        counts first (2) and their tombstones (1, see ``_tombstone``);
-        ``read_multi`` records what its slots held (2) when not all were messages.
-        """
+        """Tombstone the claimed slots found empty, then take the messages: 1 cache
+        call (``cas_multi``); empty slots cost their tombstones (1, see
+        ``_tombstone``). ``read_multi`` corrects its counts (2) only if a slot
+        changed after the claim read it (a writer stored into it first)."""
         slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
         keys = list(slot_in_gap)
-        found = self.cache.gets_multi(keys)
+        found = dict(claim.slots)
         views = {key: read_slot(found[key][0] if key in found else None, claim.lease_id) for key in keys}
-        counted = (0, 0)
         empty = [key for key in keys if views[key].kind is SlotKind.EMPTY]
         if empty:
-            counted = self._count_before_tombstones(claim, views, slot_in_gap)
             self._tombstone(empty, slot_in_gap, views, found, claim.lease_id)
         won = self._take(claim, views, found)
         message_keys = [key for key in keys if key in won]
@@ -486,8 +511,11 @@ class Queue:
             skipped=sum(1 for key in keys if key not in won and not slot_in_gap[key]),
             gapped=sum(1 for key in keys if key not in won and slot_in_gap[key]),
         )
-        if claim.lease_id is None and (fetched.skipped, fetched.gapped) != counted:
-            self._store.change(_add_counts(fetched.skipped - counted[0], fetched.gapped - counted[1]))
+        if claim.lease_id is None and (fetched.skipped, fetched.gapped) != claim.counted:
+            try:
+                self._store.change(_add_counts(fetched.skipped - claim.counted[0], fetched.gapped - claim.counted[1]))
+            except (CacheUnavailableError, ContentionError) as error:  # never at the cost of the messages
+                logger.warning("queue %s: could not correct counts after a read: %s", self.name, error)
         return fetched
 
     def _tombstone(
@@ -513,29 +541,6 @@ class Queue:
             empty = [key for key in unsettled if views[key].kind is SlotKind.EMPTY]
             if not empty:
                 return
-
-    def _count_before_tombstones(
-        self, claim: _Claim, views: dict[str, SlotValue], slot_in_gap: dict[str, bool]
-    ) -> tuple[int, int]:
-        """Count the slots that hold no message before tombstoning any: a writer
-        turned away by a tombstone counts ``retried``, which must never exceed
-        what readers counted. A lease counts once, in its record."""
-        no_message = [key for key, view in views.items() if view.kind not in (SlotKind.MESSAGE, SlotKind.LEASED_TO_US)]
-        counts = (sum(1 for key in no_message if not slot_in_gap[key]), sum(1 for key in no_message if slot_in_gap[key]))
-        if claim.lease_id is None:
-            self._store.change(_add_counts(*counts))
-            return counts
-
-        def precount(state: ReadState) -> bool:
-            record = state.leases.get(claim.lease_id)
-            if record is None or record.precounted is not None:
-                return False
-            record.precounted = counts
-            state.counts.add(*counts)
-            return True
-
-        self._store.change(precount)
-        return counts
 
     def _take(self, claim: _Claim, views: dict[str, SlotValue], found: dict[str, tuple]) -> set[str]:
         """Compare-and-set each message's slot to TAKEN or LEASED(id): 1 call.
@@ -565,7 +570,7 @@ class Queue:
             record = state.leases.pop(lease.lease_id, None)
             if record is None:
                 return False
-            precounted_skipped, precounted_gapped = record.precounted or (0, 0)
+            precounted_skipped, precounted_gapped = record.precounted
             state.counts.add(lease._skipped - precounted_skipped, lease._gapped - precounted_gapped)
             return True
 

@@ -71,8 +71,8 @@ class LeaseRecord:
     ranges: list[SlotRange]
     deadline: float
     attempt: int
-    precounted: tuple[int, int] | None = None
-    """(skipped, gapped) already added to the counts by a fetch, before it tombstoned."""
+    precounted: tuple[int, int] = (0, 0)
+    """(skipped, gapped): its slots without a message, counted in the CAS that made it."""
 
     def slot_count(self) -> int:
         return sum(len(r) for r in self.ranges)
@@ -111,7 +111,7 @@ class ReadState:
                         ranges=[_slot_range(bounds) for bounds in record[2]],
                         deadline=float(record[0]),
                         attempt=_integer(record[1]),
-                        precounted=None if record[3] is None else (_integer(record[3][0]), _integer(record[3][1])),
+                        precounted=(_integer(record[3][0]), _integer(record[3][1])),
                     )
                     for lease_id, record in data["leases"].items()
                 },
@@ -137,7 +137,7 @@ class ReadState:
                     record.deadline,
                     record.attempt,
                     [r.as_list() for r in record.ranges],
-                    None if record.precounted is None else list(record.precounted),
+                    list(record.precounted),
                 ]
                 for lease_id, record in self.leases.items()
             },

@@ -1,4 +1,12 @@
-"""The base of every handler: settings from the app config, JSON answers, errors as HTTP."""
+"""The app and the base of every handler: request limits, JSON answers, and every
+error turned into its HTTP answer here, in one place.
+
+webapp2 answers its own errors with HTML pages: the router's 404 and 405, the
+handler's 405 (``RequestHandler.dispatch``), the 501 for a method it does not
+know (``WSGIApplication.__call__``), and the 500 of ``_internal_error`` for any
+exception nobody handled. ``JsonApplication.handle_exception`` is webapp2's
+hook for all of them: it answers each as JSON instead.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +14,138 @@ import json
 import logging
 
 import webapp2
+from webob import exc
+from webob.multidict import MultiDict, NestedMultiDict
 
-from clickqueue import MessageEncodingError, MessageTooLargeError, QueueError
-from handlers.errors import ForbiddenError, RequestError
+from clickqueue import BatchTooLargeError, MessageEncodingError, MessageTooLargeError, QueueError
+from handlers.errors import (
+    ForbiddenError,
+    HttpStatusError,
+    InternalError,
+    InvalidRequestError,
+    LengthRequiredError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    ServiceUnavailableError,
+    UriTooLongError,
+    quote_prefix,
+)
 from handlers.settings import CONFIG_KEY, Settings
 
 logger = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 1 << 20
+"""The largest request body read (1 MiB); larger ones answer 413 (read no further).
+
+App Engine takes up to 32 MB, but no request of this API needs that: the
+largest, a /track batch of 500 events with 128-character items, is 80 kB as
+JSON and 400 kB with every character ``\\u``-escaped. A tighter cap keeps a
+client from making a handler hold and parse 32 MB."""
+
+MAX_URL_BYTES = 2048
+"""The longest path plus query string served; longer ones answer 414. /track's and
+/stats's parameters need under 400 bytes even fully percent-encoded; gunicorn
+refuses request lines over 4094 bytes itself, before the app sees them."""
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE")
+"""The methods webapp2 dispatches (its ``allowed_methods``), in the order ``Allow`` lists them."""
+
+NOSNIFF_HEADER = ("X-Content-Type-Options", "nosniff")
+
 # The queue's own ValueErrors: the message (built from the request) was refused.
-QUEUE_INPUT_ERRORS = (MessageEncodingError, MessageTooLargeError)
+QUEUE_INPUT_ERRORS = (MessageEncodingError, MessageTooLargeError, BatchTooLargeError)
 
 
 class JsonHandler(webapp2.RequestHandler):
-    """Answers JSON; turns request and queue errors into their HTTP answers.
+    """Reads requests within limits and answers JSON.
 
-    400 for invalid input, 403 for a missing App Engine header, 503 when the
-    queue (memcache) fails or a batch had to be given back; anything else is a
-    bug and gets webapp2's 500 with the traceback logged.
+    ``HEAD`` is served by ``get`` wherever a handler has one (the server sends
+    no body for it). Errors raised by a handler go on to
+    ``JsonApplication.handle_exception``.
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "get") and not hasattr(cls, "head"):
+            cls.head = cls.get
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        return [method for method in HTTP_METHODS if callable(getattr(cls, method.lower(), None))]
+
+    def dispatch(self) -> None:
+        allowed = self.allowed_methods()
+        if self.request.method not in allowed:
+            raise MethodNotAllowedError(self.request.method, allowed)
+        self._normalize_media_type()
+        self._read_body_within_limit()
+        super().dispatch()
 
     @property
     def settings(self) -> Settings:
         return self.app.config[CONFIG_KEY]
+
+    # -- reading the request ---------------------------------------------------
+
+    def media_type(self) -> str:
+        """The Content-Type without its parameters, lower case ("" if none)."""
+        return self.request.content_type
+
+    def query_params(self) -> MultiDict:
+        """The query string's parameters; 400 if they are not UTF-8 once percent-decoded."""
+        try:
+            return self.request.GET
+        except UnicodeDecodeError as error:
+            raise InvalidRequestError("the query string is not UTF-8 once percent-decoded") from error
+
+    def form_params(self) -> MultiDict:
+        """The form body's fields (none unless the body is a form); 400 if it cannot be parsed."""
+        self._require_utf8()
+        try:
+            return self.request.POST
+        except ValueError as error:  # a multipart body without boundary, a malformed part
+            raise InvalidRequestError(f"the form body cannot be parsed: {quote_prefix(error)}") from error
+
+    def params(self) -> NestedMultiDict:
+        """The query string's parameters and the form's fields together."""
+        return NestedMultiDict(self.query_params(), self.form_params())
+
+    def text_body(self) -> bytes:
+        """The body of a text type (such as JSON): only UTF-8 is accepted."""
+        self._require_utf8()
+        return self.request.body
+
+    def _require_utf8(self) -> None:
+        if self.request.charset != "UTF-8":  # webob's spelling of any "utf-8", or of none given
+            raise InvalidRequestError(f"charset must be utf-8; got {quote_prefix(self.request.charset)}")
+
+    def _normalize_media_type(self) -> None:
+        """Lower-case the media type, keeping its parameters: media types are
+        case-insensitive, and webob parses forms only for lower-case ones."""
+        media_type, separator, parameters = self.request.environ.get("CONTENT_TYPE", "").partition(";")
+        self.request.environ["CONTENT_TYPE"] = media_type.strip().lower() + separator + parameters
+
+    def _read_body_within_limit(self) -> None:
+        """411 for a body of unknown length the server did not decode; 413 past ``MAX_BODY_BYTES``.
+
+        gunicorn decodes chunked bodies and says so with ``wsgi.input_terminated``;
+        a server that does not (wsgiref) leaves a chunked body undecodable.
+        """
+        environ = self.request.environ
+        length = self.request.content_length
+        if "HTTP_TRANSFER_ENCODING" in environ and not environ.get("wsgi.input_terminated"):
+            raise LengthRequiredError("this server cannot read a chunked body: send a Content-Length")
+        if length is not None and length > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}")
+        if length is None and environ.get("wsgi.input_terminated"):
+            body = self.request.body_file_raw.read(MAX_BODY_BYTES + 1)
+            if len(body) > MAX_BODY_BYTES:
+                raise PayloadTooLargeError(f"the body is over the limit of {MAX_BODY_BYTES} bytes")
+            self.request.body = body
+
+    # -- answering ---------------------------------------------------------------
 
     def write_json(self, status: int, body: dict[str, object]) -> None:
         self.response.status_int = status
@@ -49,15 +167,65 @@ class JsonHandler(webapp2.RequestHandler):
             wanted = f"{name}: {value}" if value is not None else name
             raise ForbiddenError(f"only App Engine may call {self.request.path} (it sets header {wanted})")
 
-    def handle_exception(self, exception: Exception, debug: bool) -> None:
+
+class CheckedRouter(webapp2.Router):
+    """webapp2's router, which first refuses what no route can serve: an overlong
+    URL (414), a path that is not UTF-8 (400); and answers 404 as a RequestError."""
+
+    def match(self, request: webapp2.Request) -> tuple:
+        url_bytes = len(request.environ.get("PATH_INFO", "")) + len(request.environ.get("QUERY_STRING", ""))
+        if url_bytes > MAX_URL_BYTES:
+            raise UriTooLongError(f"the URL is {url_bytes} bytes; the limit is {MAX_URL_BYTES}")
+        try:
+            request.path_info
+        except UnicodeDecodeError as error:
+            raise InvalidRequestError("the path is not UTF-8 once percent-decoded") from error
+        try:
+            return super().match(request)
+        except exc.HTTPNotFound as error:
+            raise NotFoundError(f"no such path: {quote_prefix(request.path_info)}") from error
+
+
+class JsonApplication(webapp2.WSGIApplication):
+    """webapp2's application answering every error as JSON, every response with ``nosniff``."""
+
+    router_class = CheckedRouter
+
+    def __call__(self, environ: dict, start_response):
+        def start_response_nosniff(status: str, headers: list[tuple[str, str]], exc_info=None):
+            return start_response(status, [*headers, NOSNIFF_HEADER], exc_info)
+
+        return super().__call__(environ, start_response_nosniff)
+
+    def handle_exception(
+        self, request: webapp2.Request, response: webapp2.Response, exception: Exception
+    ) -> webapp2.Response:
+        if isinstance(exception, exc.HTTPException) and exception.code < 400:
+            return exception  # a redirect raised by ``abort`` or ``redirect(abort=True)``: it is the answer
+        error = self._as_request_error(request, exception)
+        answer = webapp2.Response(status=error.status, content_type="application/json")
+        answer.headers.update(error.headers)
+        answer.text = json.dumps(error.body())
+        return answer
+
+    def _as_request_error(self, request: webapp2.Request, exception: Exception) -> RequestError:
+        """The HTTP answer for ``exception``; logs those that are the server's fault."""
         if isinstance(exception, RequestError):
             if exception.status >= 500:
-                logger.error("%s: %s", self.request.path, exception, exc_info=exception)
-            self.write_json(exception.status, exception.body())
-        elif isinstance(exception, QUEUE_INPUT_ERRORS):
-            self.write_json(400, {"error": str(exception)})
-        elif isinstance(exception, QueueError):
-            logger.error("%s: queue failed: %s", self.request.path, exception, exc_info=exception)
-            self.write_json(503, {"error": f"queue unavailable: {exception}"})
-        else:
-            raise exception
+                logger.error("%s: %s", request.path_info, exception, exc_info=exception)
+            return exception
+        if isinstance(exception, QUEUE_INPUT_ERRORS):
+            return InvalidRequestError(str(exception))
+        if isinstance(exception, QueueError):
+            logger.error("%s: queue failed: %s", request.path_info, exception, exc_info=exception)
+            return ServiceUnavailableError(f"queue unavailable: {exception}")
+        if isinstance(exception, exc.HTTPNotImplemented):  # a method webapp2 does not dispatch at all
+            try:
+                route = self.router.match(request)[0]
+            except RequestError as error:
+                return error
+            return MethodNotAllowedError(request.method, route.handler.allowed_methods())
+        if isinstance(exception, exc.HTTPException):  # ``abort(code)`` in a handler
+            return HttpStatusError(exception.code, exception.title, exception.headers.get("Allow"))
+        logger.error("%s: unexpected error", request.path_info, exc_info=exception)
+        return InternalError("internal error; the server log has the details")

@@ -1,6 +1,18 @@
-"""Errors that are HTTP answers: each knows its status and JSON body."""
+"""Errors that are HTTP answers: each knows its status, JSON body and headers."""
 
 from __future__ import annotations
+
+QUOTED_PREFIX_CHARACTERS = 40
+"""Most characters of a client's value an error text repeats: enough to recognise
+it, never enough to echo a 5 MB value back."""
+
+
+def quote_prefix(value: object) -> str:
+    """``repr`` of a client's value, cut to its first characters (with the length when cut)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= QUOTED_PREFIX_CHARACTERS:
+        return repr(text)
+    return f"{text[:QUOTED_PREFIX_CHARACTERS]!r}... ({len(text)} characters)"
 
 
 class RequestError(Exception):
@@ -8,8 +20,9 @@ class RequestError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, **details: int) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **details: int) -> None:
         super().__init__(message)
+        self.headers = headers or {}
         self.details = details
 
     def body(self) -> dict[str, object]:
@@ -26,6 +39,62 @@ class ForbiddenError(RequestError):
     """The request lacks the header only App Engine itself can set."""
 
     status = 403
+
+
+class NotFoundError(RequestError):
+    """No route serves the request's path."""
+
+    status = 404
+
+
+class MethodNotAllowedError(RequestError):
+    """The path exists, but not for this method; ``Allow`` lists the methods it has."""
+
+    status = 405
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        super().__init__(
+            f"method {quote_prefix(method)} is not allowed here; use {', '.join(allowed)}",
+            headers={"Allow": ", ".join(allowed)},
+        )
+
+
+class LengthRequiredError(RequestError):
+    """A body of unknown length that the server in front of the app did not decode."""
+
+    status = 411
+
+
+class PayloadTooLargeError(RequestError):
+    """A request body over the app's limit; it was not read."""
+
+    status = 413
+
+
+class UriTooLongError(RequestError):
+    """A request URL over the app's limit."""
+
+    status = 414
+
+
+class ServiceUnavailableError(RequestError):
+    """The queue (memcache) failed; the client may retry."""
+
+    status = 503
+
+
+class HttpStatusError(RequestError):
+    """An HTTP error a handler raised through webapp2's ``abort``."""
+
+    def __init__(self, status: int, message: str, allow: str | None) -> None:
+        super().__init__(message, headers={"Allow": allow} if allow else None)
+        self.status = status
+
+
+class InternalError(RequestError):
+    """A bug: the traceback is in the log, not in the answer."""
+
+    status = 500
 
 
 class BatchFailedError(RequestError):

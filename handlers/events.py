@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from webob.multidict import MultiDict
 
-from handlers.errors import InvalidRequestError
+from handlers.errors import InvalidRequestError, quote_prefix
 
 EVENT_TYPES = ("click", "view")
 ITEM_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -37,8 +37,10 @@ def parse_item(value: object) -> str:
 def parse_event(fields: Mapping[str, object]) -> Event:
     """Build an Event from a form's fields or a JSON object."""
     event_type = fields.get("type")
+    if event_type is None:
+        raise InvalidRequestError(f"type is missing: give one of {', '.join(EVENT_TYPES)}")
     if event_type not in EVENT_TYPES:
-        raise InvalidRequestError(f"type must be one of {', '.join(EVENT_TYPES)}; got {event_type!r}")
+        raise InvalidRequestError(f"type must be one of {', '.join(EVENT_TYPES)}; got {quote_prefix(event_type)}")
     return Event(type=event_type, item=parse_item(fields.get("item")))
 
 
@@ -60,7 +62,9 @@ def parse_event_batch(body: bytes) -> list[Event]:
     try:
         document = json.loads(body)
     except ValueError as error:  # also bytes that are not UTF-8
-        raise InvalidRequestError(f"body is not valid JSON: {error}") from error
+        raise InvalidRequestError(f"body is not valid JSON: {quote_prefix(error)}") from error
+    except RecursionError as error:  # arrays or objects nested about 1000 deep
+        raise InvalidRequestError("body is not valid JSON for this API: nested too deeply") from error
     events = document.get("events") if isinstance(document, dict) else None
     if not isinstance(events, list):
         raise InvalidRequestError('body must be a JSON object {"events": [...]}')

@@ -50,6 +50,40 @@ class Settings:
     """Events tracked in one slot of this length share one processing task."""
     clock: Callable[[], float] = time.time
     scheduled_slot: ScheduledSlot = field(default_factory=ScheduledSlot)
+    task_age_limit_seconds: float = 3600
+    """queue.yaml's ``task_age_limit`` (1h): how long one processing task is retried."""
+    max_backoff_seconds: float = 60
+    """queue.yaml's ``max_backoff_seconds``: the longest wait between two tries of a task."""
+    cron_interval_seconds: float = 60
+    """cron.yaml's schedule (every 1 minutes): the longest wait for a processing task when none is queued."""
+    markers_pruned_per_run: int = 500
+    """Most ``AppliedBatch`` markers one cron run deletes: one Datastore commit (500 entities at most)."""
+
+    @property
+    def marker_retention_seconds(self) -> float:
+        """How long an ``AppliedBatch`` marker is kept: the longest a committed batch can come back.
+
+        A batch comes back only through its lease, under the same id: ``lease()``
+        hands it out again once ``lease_seconds`` have passed without an ack.
+        Each /process run leases within ``time_budget_seconds`` of its start, and
+        runs start at least every ``max(max_backoff_seconds, cron_interval_seconds)``
+        (a retry of a failed task, or cron's task). A delivery after the commit
+        finds the marker and acks the batch, so the batch comes back again only
+        while acks keep failing, that is while processing keeps failing: the task
+        queue retries a failing task for ``task_age_limit_seconds``. So:
+
+            retention = task_age_limit + lease + max(max_backoff, cron interval) + time budget
+                      = 3600 + 60 + 60 + 5 s = 3725 s (about 62 minutes)
+
+        A batch whose processing fails for longer than that (memcache refusing
+        every ack for over an hour) may be counted twice once its marker is gone.
+        """
+        return (
+            self.task_age_limit_seconds
+            + self.lease_seconds
+            + max(self.max_backoff_seconds, self.cron_interval_seconds)
+            + self.time_budget_seconds
+        )
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= counters.MAX_EVENTS_PER_COMMIT:

@@ -8,7 +8,7 @@ from google.appengine.api import taskqueue
 from webob.multidict import MultiDict
 
 from handlers.base import JsonHandler
-from handlers.errors import InvalidRequestError
+from handlers.errors import InvalidRequestError, quote_prefix
 from handlers.events import parse_event_batch, parse_event_params
 from handlers.processing import schedule_processing
 
@@ -25,19 +25,21 @@ class TrackHandler(JsonHandler):
     """
 
     def get(self) -> None:
-        self._record_one(self.request.GET)
+        self._record_one(self.query_params())
 
     def post(self) -> None:
-        content_type = self.request.content_type
-        if content_type in FORM_TYPES or not self.request.body:
-            self._record_one(self.request.params)  # the query string and the form
-        elif content_type == JSON_TYPE:
-            events = parse_event_batch(self.request.body)
+        media_type = self.media_type()
+        if media_type in FORM_TYPES or not self.request.body:
+            self._record_one(self.params())  # the query string and the form
+        elif media_type == JSON_TYPE:
+            events = parse_event_batch(self.text_body())
             self.settings.queue.write_multi([event.to_message() for event in events])
             self._schedule_processing()
             self.write_json(202, {"queued": len(events)})
         else:
-            raise InvalidRequestError(f"unsupported Content-Type {content_type!r}: send {FORM_TYPES[0]} or {JSON_TYPE}")
+            raise InvalidRequestError(
+                f"unsupported Content-Type {quote_prefix(media_type)}: send {FORM_TYPES[0]} or {JSON_TYPE}"
+            )
 
     def _record_one(self, params: MultiDict) -> None:
         event = parse_event_params(params)

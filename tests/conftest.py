@@ -189,7 +189,8 @@ def testbed(tmp_path):
     bed.activate()
     bed.setup_env(app_id=APP_ID, overwrite=True)
     bed.init_memcache_stub()
-    bed.init_datastore_v3_stub()
+    # As on App Engine, a query needs its index in index.yaml.
+    bed.init_datastore_v3_stub(require_indexes=True, root_path=str(REPO_ROOT))
     bed.init_taskqueue_stub(root_path=str(REPO_ROOT))
     from google.appengine.ext import ndb
 

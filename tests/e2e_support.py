@@ -1,21 +1,33 @@
-"""Shared by the end-to-end tests: a mixed plan of events, sent over real HTTP by
-concurrent clients, and a wait until ``/stats`` shows exactly those counts."""
+"""Shared by the end-to-end tests: ``python main.py`` as a server process, a mixed
+plan of events sent over real HTTP by concurrent clients, and a wait until
+``/stats`` shows exactly those counts."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import random
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
 
-from conftest import wait_until
+from conftest import REPO_ROOT, free_port, stop_process, wait_until
+
+from local_stubs import STOP_SECONDS
 
 JSON_BATCH_SIZE = 50
+SERVER_STOP_SECONDS = STOP_SECONDS + 10
+"""How long a stopped local server may take to finish requests, drain and save (it kills itself after STOP_SECONDS)."""
 
 
 @dataclass(frozen=True)
@@ -24,19 +36,24 @@ class HttpRequest:
     path: str
     body: bytes | None = None
     content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class HttpResponse:
     status: int
     body: bytes
+    headers: Message | None = None
+    """Case-insensitive, as ``http.client`` gives them."""
 
     def json(self):
         return json.loads(self.body)
 
 
 def send(base_url: str, request: HttpRequest, timeout_seconds: float = 60) -> HttpResponse:
-    headers = {"Content-Type": request.content_type} if request.content_type else {}
+    headers = dict(request.headers)
+    if request.content_type:
+        headers["Content-Type"] = request.content_type
     http_request = urllib.request.Request(
         base_url + request.path, data=request.body, method=request.method, headers=headers
     )
@@ -45,6 +62,20 @@ def send(base_url: str, request: HttpRequest, timeout_seconds: float = 60) -> Ht
             return HttpResponse(response.status, response.read())
     except urllib.error.HTTPError as error:
         return HttpResponse(error.code, error.read())
+
+
+def send_raw(
+    base_url: str, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout_seconds: float = 60
+) -> HttpResponse:
+    """One request on a connection of its own, exactly as given: no client-side checks or redirects."""
+    host, port = urllib.parse.urlsplit(base_url).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout_seconds)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return HttpResponse(response.status, response.read(), response.msg)
+    finally:
+        connection.close()
 
 
 def get_json(base_url: str, path: str):
@@ -66,6 +97,28 @@ def wait_until_serving(process: subprocess.Popen, base_url: str, timeout_seconds
         return True
 
     wait_until(serving, timeout_seconds, interval_seconds=0.2, message=f"{base_url} to serve the app")
+
+
+@contextmanager
+def local_server(data_dir: Path, log_path: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``python main.py`` on a free port in its own process group; SIGTERM it at the end."""
+    port = port or free_port()
+    env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "main.py"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(process, base_url, timeout_seconds=60)
+        yield base_url, process
+    finally:
+        stop_process(process, timeout_seconds=SERVER_STOP_SECONDS)
 
 
 @dataclass(frozen=True)

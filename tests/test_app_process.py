@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
+from google.appengine.api import croninfo, queueinfo
+from google.appengine.ext import ndb
 
 from clickqueue import Queue
+from conftest import REPO_ROOT, FakeClock
 from handlers import counters
 from handlers.events import Event
-from handlers.settings import Settings
+from handlers.settings import Settings, default_queue
 
 TASK_HEADERS = {"X-AppEngine-QueueName": "process"}
 CRON_HEADERS = {"X-Appengine-Cron": "true"}
@@ -211,7 +216,7 @@ def test_cron_schedules_the_slot_task_once(app, clock, queued_tasks):
     first = app.get("/cron/process", headers=CRON_HEADERS)
     second = app.get("/cron/process", headers=CRON_HEADERS)
 
-    assert (first.json, second.json) == ({"scheduled": True}, {"scheduled": False})
+    assert (first.json["scheduled"], second.json["scheduled"]) == (True, False)
     assert [task.name for task in queued_tasks()] == [f"process-events-{int(clock.now)}"]
 
 
@@ -237,3 +242,83 @@ def test_batch_size_must_fit_one_commit(batch_size):
 def test_queue_name_must_fit_task_names():
     with pytest.raises(ValueError, match="task names"):
         Settings(queue=Queue("my.events"))
+
+
+def test_remaining_counts_batches_still_leased(app, app_settings):
+    track(app, EVENTS[:30])
+    app_settings.queue.lease(10, seconds=60)  # a processor holding a batch, not acked yet
+    track(app, EVENTS[:5])
+
+    response = process(app)
+
+    assert response.json == {"processed": 25, "requeued": 0, "remaining": 10}
+
+
+def put_marker(batch_id: str, applied_at_posix: float) -> None:
+    """An AppliedBatch marker as apply_batch writes it, applied at the given time."""
+    applied_at = datetime.fromtimestamp(applied_at_posix, tz=UTC).replace(tzinfo=None)
+    parent = ndb.Key(counters.EventTotals, "all")
+    counters.AppliedBatch(key=ndb.Key(counters.AppliedBatch, batch_id, parent=parent), applied_at=applied_at).put()
+
+
+def stored_marker_ids() -> set[str]:
+    return {key.id() for key in counters.AppliedBatch.query().fetch(keys_only=True)}
+
+
+def test_cron_prunes_markers_older_than_their_retention_and_keeps_the_others(app, app_settings, clock):
+    retention = app_settings.marker_retention_seconds
+    put_marker("old", clock.now - retention - 1)
+    put_marker("at-the-edge", clock.now - retention + 1)
+    put_marker("recent", clock.now - 60)
+
+    response = app.get("/cron/process", headers=CRON_HEADERS)
+
+    assert response.json["pruned_markers"] == 1
+    assert stored_marker_ids() == {"at-the-edge", "recent"}
+
+
+def test_cron_prunes_a_bounded_number_of_markers_per_run(make_app, app_settings, clock):
+    app = make_app(dataclasses.replace(app_settings, markers_pruned_per_run=3))
+    for n in range(5):
+        put_marker(f"old-{n}", clock.now - app_settings.marker_retention_seconds - 100 + n)
+
+    first = app.get("/cron/process", headers=CRON_HEADERS)
+    second = app.get("/cron/process", headers=CRON_HEADERS)
+
+    assert (first.json["pruned_markers"], second.json["pruned_markers"]) == (3, 2)
+    assert stored_marker_ids() == set()
+
+
+def test_batch_delivered_again_within_the_retention_still_counts_once(make_app, testbed):
+    # apply_batch stamps markers with the real time: the app's clock starts there.
+    clock = FakeClock(time.time())
+    settings = Settings(queue=default_queue(clock), clock=clock)
+    app = make_app(settings)
+    track(app, EVENTS[:40])
+    lease = settings.queue.lease(100, seconds=settings.lease_seconds)
+    counters.apply_batch(lease.lease_id, [Event(**message) for message in lease.messages])  # then the processor dies
+    clock.advance(settings.marker_retention_seconds - 10)
+
+    cron = app.get("/cron/process", headers=CRON_HEADERS)
+    response = process(app)
+
+    assert (cron.json["pruned_markers"], stored_marker_ids()) == (0, {lease.lease_id})
+    assert response.json["processed"] == 40
+    assert stored_counts("abc") == expected_counts(EVENTS[:40])
+
+
+def test_marker_retention_is_derived_from_queue_yaml_and_cron_yaml():
+    from google.appengine.api import croninfo, queueinfo
+
+    from handlers.settings import Settings, default_queue
+
+    settings = Settings()
+    queues = queueinfo.LoadSingleQueue((REPO_ROOT / "queue.yaml").read_text()).queue
+    [queue] = [entry for entry in queues if entry.name == settings.task_queue_name]
+    crons = croninfo.LoadSingleCron((REPO_ROOT / "cron.yaml").read_text()).cron
+    [cron] = [entry for entry in crons if entry.url == "/cron/process"]
+
+    assert queueinfo.ParseTaskAgeLimit(queue.retry_parameters.task_age_limit) == settings.task_age_limit_seconds
+    assert queue.retry_parameters.max_backoff_seconds == settings.max_backoff_seconds
+    assert cron.schedule == f"every {settings.cron_interval_seconds // 60:g} minutes"
+    assert settings.marker_retention_seconds == 3600 + 60 + 60 + 5

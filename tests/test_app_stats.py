@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
+from google.appengine.ext import ndb
 
 from handlers import counters
 from handlers.events import Event
@@ -87,3 +91,42 @@ def test_stats_of_a_bad_item_are_refused(app, item):
     response = app.get("/stats", {"item": item}, status=400)
 
     assert set(response.json) == {"error"}
+
+
+def ranked_by_brute_force(counts: Counter) -> list[dict[str, object]]:
+    """Every item's counts, most events first, ties by item: the top TOP_ITEMS of them."""
+    entries = [{"item": item, "click": counts["click", item], "view": counts["view", item]} for _, item in counts]
+    unique = {entry["item"]: entry for entry in entries}.values()
+    return sorted(unique, key=lambda entry: (-(entry["click"] + entry["view"]), entry["item"]))[: counters.TOP_ITEMS]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_items_stay_exact_over_many_batches(testbed, seed):
+    rng = random.Random(seed)
+    items = [f"item-{n:03}" for n in range(300)]
+    counts: Counter = Counter()
+
+    for batch in range(40):
+        events = [Event(rng.choice(("click", "view")), rng.choice(items[: rng.randint(1, 300)])) for _ in range(60)]
+        counters.apply_batch(f"batch-{batch}", events)
+        counts.update((event.type, event.item) for event in events)
+
+    assert counters.top_items() == ranked_by_brute_force(counts)
+
+
+def test_items_counted_before_the_ranking_existed_are_ranked(testbed):
+    parent = ndb.Key(counters.EventTotals, "all")
+    ndb.put_multi(
+        [counters.ItemCounts(key=ndb.Key(counters.ItemCounts, f"old-{n}", parent=parent), view=n) for n in range(1, 4)]
+    )
+    before = counters.top_items()
+
+    apply("batch-1", {"new": (2, 0), "old-1": (5, 0)})
+
+    assert [entry["item"] for entry in before] == ["old-3", "old-2", "old-1"]
+    assert counters.top_items() == [
+        {"item": "old-1", "click": 5, "view": 1},
+        {"item": "old-3", "click": 0, "view": 3},
+        {"item": "new", "click": 2, "view": 0},
+        {"item": "old-2", "click": 0, "view": 2},
+    ]

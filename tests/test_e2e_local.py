@@ -1,42 +1,32 @@
-"""End to end: ``python main.py`` on real HTTP with concurrent clients counts
-exactly, stops cleanly on SIGTERM, and keeps its counts across a restart."""
+"""End to end: ``python main.py`` (gunicorn on the SDK's stubs) on real HTTP counts
+exactly, drains accepted events into Datastore when stopped, keeps its counts across
+a restart, and behaves like a server: idle connections, chunked bodies, a busy port."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-from conftest import REPO_ROOT, free_port, stop_process
-from e2e_support import EventPlan, get_json, send_concurrently, wait_for_counts, wait_until_serving
+import pytest
+
+from conftest import REPO_ROOT, free_port, wait_until
+from e2e_support import EventPlan, HttpRequest, get_json, local_server, send_concurrently, send_raw, wait_for_counts
+from handlers.base import MAX_BODY_BYTES
 
 CLIENTS = 16
+STOP_TIMEOUT_SECONDS = 60
 
 
-@contextmanager
-def local_server(data_dir: Path, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``python main.py`` on a free port in its own process group; SIGTERM it at the end."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "PYTHONDONTWRITEBYTECODE": "1"}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "main.py"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(process, base_url, timeout_seconds=60)
-        yield base_url, process
-    finally:
-        stop_process(process)
+def stopped(process: subprocess.Popen) -> int:
+    """Wait (with a deadline) for the server to exit; its exit status."""
+    wait_until(lambda: process.poll() is not None, STOP_TIMEOUT_SECONDS, message="the server to exit")
+    return process.returncode
 
 
 def test_local_server_counts_concurrent_events_exactly(tmp_path, server_log):
@@ -65,3 +55,143 @@ def test_local_server_keeps_counts_across_a_sigterm_restart(tmp_path, server_log
 
     assert (first.returncode, second.returncode) == (0, 0), "a server did not stop cleanly on SIGTERM"
     assert (restarted["totals"], restarted["items"]) == (plan.expected_totals(), plan.expected_items())
+
+
+def single_events_and_a_batch(count: int) -> tuple[list[HttpRequest], dict[str, int]]:
+    """``count`` single-event GETs and one JSON batch of ``count`` events; the totals they make."""
+    singles = [HttpRequest("GET", f"/track?type=click&item=single-{n % 7}") for n in range(count)]
+    events = [{"type": "view", "item": f"batched-{n % 11}"} for n in range(count)]
+    batch = HttpRequest("POST", "/track", json.dumps({"events": events}).encode(), "application/json")
+    return [*singles, batch], {"click": count, "view": count}
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda process: os.kill(process.pid, signal.SIGTERM), id="sigterm"),
+        pytest.param(lambda process: os.killpg(process.pid, signal.SIGINT), id="ctrl-c"),
+    ],
+)
+def test_events_accepted_just_before_a_stop_are_counted_after_restart(tmp_path, server_log, stop):
+    requests, expected_totals = single_events_and_a_batch(150)
+    data_dir = tmp_path / "data"
+    with local_server(data_dir, server_log) as (base_url, first):
+        statuses = send_concurrently(base_url, requests, CLIENTS)
+        stop(first)
+        first_status = stopped(first)
+
+    with local_server(data_dir, server_log) as (base_url, _):
+        restarted = get_json(base_url, "/stats")
+
+    assert statuses == Counter({204: 150, 202: 1})
+    assert first_status == 0
+    assert restarted["totals"] == expected_totals
+
+
+IDLE_OPENINGS = [
+    pytest.param(b"", id="nothing-sent"),
+    pytest.param(b"GET /stats HTTP/1.1\r\nHost: x\r\n", id="headers-unfinished"),
+    pytest.param(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n", id="kept-alive-after-a-request"),
+]
+
+
+@pytest.mark.parametrize("opening", IDLE_OPENINGS)
+def test_idle_connection_does_not_keep_the_server_from_stopping(tmp_path, server_log, opening):
+    with local_server(tmp_path / "data", server_log) as (base_url, process):
+        port = int(base_url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.sendall(opening)
+            os.kill(process.pid, signal.SIGTERM)
+
+            assert stopped(process) == 0  # while the idle connection is still open
+
+
+def send_chunked(base_url: str, body_chunks: list[bytes]) -> tuple[int, bytes]:
+    port = int(base_url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(
+            "POST", "/track", body=iter(body_chunks), headers={"Content-Type": "application/json"}, encode_chunked=True
+        )
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_chunked_json_batch_is_counted_exactly(tmp_path, server_log):
+    plan = EventPlan.random(500, item_count=20, seed=8)
+    body = json.dumps({"events": [{"type": t, "item": i} for t, i in plan.events]}).encode()
+    chunks = [body[start : start + 1000] for start in range(0, len(body), 1000)]
+
+    with local_server(tmp_path / "data", server_log) as (base_url, _):
+        status, answer = send_chunked(base_url, chunks)
+        stats = wait_for_counts(base_url, plan, timeout_seconds=60)
+
+    assert (status, json.loads(answer)) == (202, {"queued": 500})
+    assert stats["queue"]["written"] == 500
+
+
+def test_chunked_body_over_the_limit_answers_413_and_records_nothing(tmp_path, server_log):
+    chunks = [b" " * 65536] * (MAX_BODY_BYTES // 65536 + 1)
+
+    with local_server(tmp_path / "data", server_log) as (base_url, _):
+        status, answer = send_chunked(base_url, chunks)
+        stats = get_json(base_url, "/stats")
+
+    assert status == 413
+    assert set(json.loads(answer)) == {"error"}
+    assert stats["queue"]["written"] == 0
+
+
+def test_head_over_http_answers_without_a_body(tmp_path, server_log):
+    with local_server(tmp_path / "data", server_log) as (base_url, _):
+        response = send_raw(base_url, "HEAD", "/stats", {}, None)
+
+    assert (response.status, response.body, response.headers["Content-Type"]) == (200, b"", "application/json")
+
+
+def run_main(port: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PORT": port, "CLICKQUEUE_DATA_DIR": str(tmp_path / "data"), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [sys.executable, "main.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_busy_port_is_named_in_one_line_and_exits_non_zero(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        port = holder.getsockname()[1]
+
+        done = run_main(str(port), tmp_path)
+
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"port {port} on 127.0.0.1 is in use: stop what listens there, or set PORT to another port"
+    ]
+
+
+@pytest.mark.parametrize("port", ["abc", "", "0", "65536", "-1", "80 80"])
+def test_bad_port_is_named_in_one_line_and_exits_non_zero(tmp_path, port):
+    done = run_main(port, tmp_path)
+
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [f"PORT must be a port number from 1 to 65535; got {port!r}"]
+
+
+def test_first_run_logs_no_warning(tmp_path, server_log):
+    with local_server(tmp_path / "fresh-data", server_log):
+        pass
+
+    log = server_log.read_text()
+    assert "WARNING" not in log
+    assert "Could not read" not in log
+
+
+def test_startup_log_says_what_an_unclean_stop_loses(tmp_path, server_log):
+    with local_server(tmp_path / "data", server_log):
+        pass
+
+    assert "kill -9 or a crash loses them" in server_log.read_text()

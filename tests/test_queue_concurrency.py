@@ -11,6 +11,8 @@ from clickqueue import Queue, QueueStats
 
 WRITERS, READERS, PER_WRITER = 4, 3, 3000  # 12,000 messages
 
+pytestmark = pytest.mark.slow
+
 
 def expected_ids() -> Counter:
     return Counter(message_id for writer in range(WRITERS) for message_id in message_ids(writer, PER_WRITER))
