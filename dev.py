@@ -3,6 +3,8 @@
     python3 dev.py run      # the app on http://127.0.0.1:8080 (PORT overrides), on the SDK's stubs
     python3 dev.py test     # the whole test suite; extra arguments go to pytest
     python3 dev.py bench    # the benchmark; extra arguments go to `python -m bench`
+    python3 dev.py soak --minutes 30   # the queue's fault simulation, seed after seed
+    python3 dev.py mutants run         # mutation testing of the library (hours)
     python3 dev.py test --python 3.13   # the same on another Python
 
 Needs only Python 3.11+. The Python running dev.py gets the virtualenv .venv;
@@ -30,6 +32,11 @@ COMMANDS = {
     "run": (["main.py"], "serve the app locally on the App Engine SDK's stubs (arguments go to main.py)"),
     "test": (["-m", "pytest"], "run the test suite (arguments go to pytest)"),
     "bench": (["-m", "bench"], "run the benchmark (arguments go to `python -m bench`)"),
+    "soak": (
+        ["-m", "tests.sim"],
+        "run the queue's deterministic simulation on many seeds (e.g. --minutes 30; arguments go to `python -m tests.sim`)",
+    ),
+    "mutants": (["-m", "mutmut"], "mutation-test clickqueue/ (e.g. `run`, `results`; arguments go to mutmut)"),
 }
 VERSION = re.compile(r"(\d+)\.(\d+)")
 PROBE = "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.executable)"
