@@ -50,14 +50,19 @@ def test_a_replay_of_the_injected_faults_is_the_same_run():
 # Seeds the simulator found each bug with (docs/simulation.md); each runs in about a second.
 # Bug 6 needs ~220,000 steps (about two minutes): it is in the docs, not here.
 BUG_SEEDS = [
-    pytest.param("bug1", 2, "G1 no duplicates", "delivered by lease", id="bug1-node-restart-releases-leased-batch"),
+    pytest.param("bug1", 1, "G1 no duplicates", "again by lease", id="bug1-node-restart-re-leases-a-batch"),
     pytest.param("bug2", 235, "G3 loss counted", "never delivered", id="bug2-counter-reseeded-at-0"),
-    pytest.param("bug3", 1, "G1 no duplicates", "delivered by", id="bug3-lost-add-reply-stores-twice"),
+    pytest.param("bug3", 1068, "G3 loss counted", "never delivered", id="bug3a-failed-tombstone-add"),
+    pytest.param("bug3", 5, "G3 loss counted", "never delivered", id="bug3b-get-multi-answers-nothing"),
+    pytest.param("bug3", 0, "G1 no duplicates", "delivered", id="bug3c-lost-add-reply-stores-twice"),
     pytest.param("bug4", 15, "G3 loss counted", "never delivered", id="bug4-kept-gap-hides-eviction"),
-    pytest.param("bug5", 0, "G4 safety", "asked for at most", id="bug5-takeover-ignores-max-items"),
+    pytest.param("bug5", 0, "G4 safety", "asked for at most", id="bug5a-takeover-ignores-max-items"),
+    pytest.param("bug5", 10, "G5 ack contract", "returned True", id="bug5b-late-ack-returns-true"),
+    pytest.param("bug5", 1, "G1 no duplicates", "never delivered", id="bug5c-stale-ack-deletes-new-messages"),
     pytest.param("bug7", 0, "G2 liveness", "never delivered", id="bug7-tombstones-over-30-days"),
-    pytest.param("bug8", 8, "G1 no duplicates", "delivered by", id="bug8-partial-add-then-retry"),
-    pytest.param("bug9", 19, "G4 safety", "unpickled", id="bug9-pickled-value-in-a-slot"),
+    pytest.param("bug8", 2, "G1 no duplicates", "twice in one call", id="bug8-partial-add-then-retry"),
+    pytest.param("bug9", 6, "G4 safety", "unpickled", id="bug9a-pickled-value-in-a-slot"),
+    pytest.param("bug9", 5, "G4 safety", "RecursionError", id="bug9b-message-nested-985-deep"),
 ]
 
 

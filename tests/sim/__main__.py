@@ -17,6 +17,7 @@ from tests.sim.runner import RunSpec, failure_report, parse_seeds, run, shrink
 from tests.sim.swarm import PRESETS, VIEWS
 
 PROGRESS_EVERY_SECONDS = 10.0
+SHOWN_FAILING_SEEDS = 30
 
 
 def main(argv: list[str]) -> int:
@@ -84,10 +85,16 @@ def _run_seeds(seeds, view: str, args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     print(
         f"{done} seeds ({view}, preset {args.preset}) in {elapsed:.0f}s, {steps} steps "
-        f"({steps / max(elapsed, 1e-9):.0f} steps/s): {len(failures)} failed"
-        + (f": seeds {', '.join(str(r.spec.seed) for r in failures)}" if failures else "")
+        f"({steps / max(elapsed, 1e-9):.0f} steps/s): {len(failures)} failed" + _failing_seeds(failures)
     )
     return 1 if failures else 0
+
+
+def _failing_seeds(failures: list) -> str:
+    if not failures:
+        return ""
+    shown = ", ".join(str(result.spec.seed) for result in failures[:SHOWN_FAILING_SEEDS])
+    return f": seeds {shown}{', ...' if len(failures) > SHOWN_FAILING_SEEDS else ''}"
 
 
 def _report_first(result, shrink_it: bool) -> None:
