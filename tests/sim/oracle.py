@@ -44,7 +44,6 @@ G3_IDENTITY = "G3 stats identity"
 G3_LOST = "G3 loss counted"
 G4 = "G4 safety"
 G5_ACK = "G5 ack contract"
-CHECKS = (G1, G2_BOUND, G2_LIVENESS, G3_IDENTITY, G3_LOST, G4, G5_ACK)
 
 MAX_CACHE_CALLS_PER_QUEUE_CALL = 64
 """The bound G2 puts on the cache calls of any one queue call, whatever the cache holds."""

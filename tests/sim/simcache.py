@@ -206,10 +206,6 @@ class SimCache:
         """Every stored (node, key), node by node, oldest use first."""
         return [(node, key) for node, items in enumerate(self.nodes) for key in items]
 
-    def peek(self, node: int, key: str) -> Item | None:
-        """The item as stored, without touching its use or expiry (for fault targeting)."""
-        return self.nodes[node].get(key)
-
     # -- bookkeeping ------------------------------------------------------------------
 
     def _new_cas_id(self) -> int:
