@@ -1,0 +1,276 @@
+"""Running seeds: the two phases of a run, the failure report, shrinking, many seeds.
+
+A run is one seed (with a view and a preset): the chaos phase runs the
+swarm's steps with faults on, stopping every ``QUIESCE_EVERY_STEPS`` to let
+every call finish and compare ``stats()`` with the oracle; then the liveness
+phase turns faults off, lets writers write a last quota, and requires every
+message of that phase delivered, and the queue drained, within
+``LIVENESS_STEP_BUDGET`` steps. The run stops at the first violation.
+
+A failure shrinks: it replays the seed with exactly the faults that were
+injected (the same run), then with fewer chaos steps and fewer faults
+(delta debugging) while the same guarantee still fails, and prints the
+smallest run's trace and the one command that replays it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+from tests.sim.faults import MAX_CLOCK_SKEW_SECONDS, FaultKind, FaultPlan, PlannedFault
+from tests.sim.library import seeded_legacy_entropy
+from tests.sim.oracle import G2_LIVENESS, G3_IDENTITY, G3_LOST, Violation
+from tests.sim.parties import Role
+from tests.sim.swarm import Swarm, draw_swarm
+from tests.sim.trace import Trace
+from tests.sim.world import World
+
+QUIESCE_EVERY_STEPS = 400
+LIVENESS_STEP_BUDGET = 10_000
+"""Steps the liveness phase may take to deliver its messages and drain the queue."""
+STALLED_STEPS = 300
+"""Steps without a delivery after which time jumps past every lease's deadline."""
+DRAIN_CHECK_EVERY_STEPS = 100
+MAX_SHRINK_RUNS = 150
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run, as one command line token: the seed, and what a replay pins down."""
+
+    seed: int
+    view: str = "contract"
+    preset: str = "swarm"
+    chaos_steps: int | None = None
+    faults: tuple[PlannedFault, ...] | None = None
+    """Replay exactly these faults (None: the seed's random faults)."""
+
+    def token(self) -> str:
+        parts = [f"seed={self.seed}", f"view={self.view}", f"preset={self.preset}"]
+        if self.chaos_steps is not None:
+            parts.append(f"steps={self.chaos_steps}")
+        if self.faults is not None:
+            parts.append("faults=" + "+".join(f"{fault.step}:{fault.kind.value}" for fault in self.faults))
+        return ",".join(parts)
+
+    @classmethod
+    def parse(cls, token: str, view: str, preset: str) -> RunSpec:
+        """A seed number (with the given view and preset) or a token from ``token()``."""
+        if token.isdigit():
+            return cls(int(token), view, preset)
+        fields = dict(part.split("=", 1) for part in token.split(","))
+        faults = None
+        if "faults" in fields:
+            faults = tuple(
+                PlannedFault(int(step), FaultKind(kind))
+                for step, kind in (item.split(":", 1) for item in fields["faults"].split("+") if item)
+            )
+        return cls(
+            int(fields["seed"]),
+            fields.get("view", view),
+            fields.get("preset", preset),
+            int(fields["steps"]) if "steps" in fields else None,
+            faults,
+        )
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    swarm: Swarm
+    violations: list[Violation]
+    injected: list[PlannedFault]
+    trace: Trace
+    steps: int
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations)
+
+
+@contextmanager
+def _quiet_library_logging() -> Iterator[None]:
+    """The queue logs each foreign value it skips; the trace already says so."""
+    library_logger = logging.getLogger("clickqueue")
+    level = library_logger.level
+    library_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        library_logger.setLevel(level)
+
+
+def run(spec: RunSpec, keep_trace: bool = False) -> RunResult:
+    swarm = draw_swarm(spec.seed, spec.view, spec.preset)
+    if spec.chaos_steps is not None:
+        swarm = replace(swarm, chaos_steps=spec.chaos_steps)
+    world = World(spec.seed, swarm, FaultPlan(spec.seed, swarm.fault_rates, spec.faults), keep_trace)
+    with seeded_legacy_entropy(world.entropy), _quiet_library_logging():
+        try:
+            world.begin()
+            _chaos_phase(world)
+            if not world.oracle.violations:
+                _liveness_phase(world)
+        finally:
+            world.shutdown()
+    return RunResult(spec, swarm, world.oracle.violations, world.injected, world.trace, world.step)
+
+
+def _stats_checked(world: World) -> bool:
+    return not {G3_IDENTITY, G3_LOST} <= world.swarm.skip_checks
+
+
+def _check_stats(world: World) -> None:
+    if _stats_checked(world) and world.oracle.accounting_disturbance is None and not world.counters_missing():
+        stats = world.read_stats()
+        if stats is not None:
+            world.oracle.stats_checked(stats, world.step)
+
+
+def _chaos_phase(world: World) -> None:
+    violations = world.oracle.violations
+    while world.step < world.swarm.chaos_steps and not violations:
+        if not world.advance() and not world.skip_idle_time():
+            break
+        if world.step % QUIESCE_EVERY_STEPS == 0:
+            world.quiesce()
+            if not violations:
+                _check_stats(world)
+    if not violations:
+        world.quiesce()
+
+
+def _liveness_phase(world: World) -> None:
+    world.start_liveness()
+    if not world.oracle.violations:
+        _check_stats(world)
+    oracle = world.oracle
+    start = last_progress = world.step
+    deliveries = oracle.delivery_count
+    while not oracle.violations:
+        if world.step - start > LIVENESS_STEP_BUDGET:
+            _liveness_failed(world)
+            return
+        writing = world.liveness_writes_left > 0 or any(
+            party.actor.busy for party in world.parties if party.role is Role.WRITER
+        )
+        if not writing and world.step % DRAIN_CHECK_EVERY_STEPS == 0 and not oracle.undelivered_liveness():
+            world.quiesce()
+            stats = world.read_stats()
+            if stats is not None and _drained(world, stats):
+                if world.oracle.accounting_disturbance is None and _stats_checked(world):
+                    oracle.stats_checked(stats, world.step)
+                return
+        if oracle.delivery_count != deliveries:
+            deliveries, last_progress = oracle.delivery_count, world.step
+        elif world.step - last_progress > STALLED_STEPS:
+            world.jump_time(world.max_lease_seconds + 2 * MAX_CLOCK_SKEW_SECONDS + 1)
+            last_progress = world.step
+        if not world.advance() and not world.skip_idle_time():
+            _liveness_failed(world)
+            return
+
+
+def _drained(world: World, stats) -> bool:
+    return stats.depth == 0 and stats.leased == 0 and not any(party.held for party in world.parties)
+
+
+def _liveness_failed(world: World) -> None:
+    pending = world.oracle.undelivered_liveness()
+    if pending:
+        message = (
+            f"{len(pending)} messages written after the faults stopped were never delivered: {', '.join(pending[:8])}"
+        )
+    else:
+        stats = world.read_stats()
+        counts = f"depth {stats.depth}, leased {stats.leased}" if stats is not None else "stats() failing"
+        message = f"the queue did not drain after the faults stopped ({counts})"
+    world.oracle.violate(G2_LIVENESS, world.step, "world", f"{message} within {LIVENESS_STEP_BUDGET} steps", pending)
+
+
+# -- shrinking -----------------------------------------------------------------------------------
+
+
+def shrink(result: RunResult, progress: Callable[[str], None] = lambda line: None) -> RunResult:
+    """The smallest run found that still violates the same guarantee."""
+    check = result.violations[0].check
+    if not result.injected:
+        progress("no faults were injected: nothing to remove, the run is its own smallest case")
+        return result
+    runs = 0
+
+    def still_fails(spec: RunSpec) -> RunResult | None:
+        nonlocal runs
+        runs += 1
+        attempt = run(spec)
+        return attempt if any(violation.check == check for violation in attempt.violations) else None
+
+    best = still_fails(replace(result.spec, faults=tuple(result.injected)))
+    if best is None:
+        progress("replaying the injected faults does not fail again: not shrunk")
+        return result
+    first_step = best.violations[0].step
+    if first_step < best.swarm.chaos_steps:
+        best = still_fails(replace(best.spec, chaos_steps=first_step)) or best
+    while runs < MAX_SHRINK_RUNS and best.swarm.chaos_steps > 1:
+        faults = best.spec.faults or ()
+        shorter = best.swarm.chaos_steps // 2
+        if any(fault.step > shorter for fault in faults):
+            break
+        smaller = still_fails(replace(best.spec, chaos_steps=shorter))
+        if smaller is None:
+            break
+        best = smaller
+    faults = list(best.spec.faults or ())
+    chunk = max(1, len(faults) // 2)
+    while chunk >= 1 and runs < MAX_SHRINK_RUNS:
+        index = 0
+        while index < len(faults) and runs < MAX_SHRINK_RUNS:
+            candidate = faults[:index] + faults[index + chunk :]
+            smaller = still_fails(replace(best.spec, faults=tuple(candidate)))
+            if smaller is not None:
+                best, faults = smaller, candidate
+            else:
+                index += chunk
+        chunk //= 2
+    progress(
+        f"shrunk in {runs} replays: {len(result.injected)} -> {len(faults)} faults, "
+        f"{result.steps} -> {best.steps} steps"
+    )
+    return best
+
+
+# -- reports -----------------------------------------------------------------------------------------
+
+
+def replay_command(spec: RunSpec) -> str:
+    return f"python -m tests.sim --trace '{spec.token()}'"
+
+
+def failure_report(result: RunResult, title: str, full_trace: bool = False) -> list[str]:
+    first = result.violations[0]
+    lines = [
+        f"{title}: seed {result.spec.seed} ({result.spec.view}, preset {result.spec.preset})",
+        *("  " + line for line in result.swarm.describe().splitlines()),
+        f"  violated: {first}",
+        *(f"  also:     {violation}" for violation in result.violations[1:4]),
+        f"  faults injected: {len(result.injected)}, steps: {result.steps}",
+    ]
+    entries = result.trace.entries if full_trace else result.trace.relevant(first.subjects)
+    lines.append("  trace (all steps):" if full_trace else "  trace (faults, the messages named, last steps):")
+    lines += ["    " + line for line in result.trace.format(entries)]
+    lines.append(f"  replay: {replay_command(result.spec)}")
+    return lines
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-199`` or ``3,17,40`` (or both: ``0-9,40``)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)-(\d+)", part)
+        seeds += list(range(int(match[1]), int(match[2]) + 1)) if match else [int(part)]
+    return seeds
