@@ -17,9 +17,13 @@ Each call is one round trip per cache server it touches.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
+
+from clickqueue.errors import ContentionError
 
 CasToken = Any
 """Opaque: whatever the backend needs to compare-and-set the value it came with."""
@@ -52,42 +56,86 @@ class Cache(Protocol):
 CACHE_METHODS = ("get_multi", "gets_multi", "add_multi", "cas_multi", "incr", "delete_multi")
 
 
-class CountingCache:
+class ObservedCache:
+    """A Cache that reports every call it passes on to ``observe(method_name)``."""
+
+    def __init__(self, inner: Cache, observe: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.observe = observe
+
+    def get_multi(self, keys):
+        self.observe("get_multi")
+        return self.inner.get_multi(keys)
+
+    def gets_multi(self, keys):
+        self.observe("gets_multi")
+        return self.inner.gets_multi(keys)
+
+    def add_multi(self, values, expire_seconds=0):
+        self.observe("add_multi")
+        return self.inner.add_multi(values, expire_seconds)
+
+    def cas_multi(self, values, expire_seconds=0):
+        self.observe("cas_multi")
+        return self.inner.cas_multi(values, expire_seconds)
+
+    def incr(self, key, delta):
+        self.observe("incr")
+        return self.inner.incr(key, delta)
+
+    def delete_multi(self, keys):
+        self.observe("delete_multi")
+        return self.inner.delete_multi(keys)
+
+
+class CountingCache(ObservedCache):
     """A Cache that counts the calls made through it, by method name.
 
     The round-trip tests and the benchmark use it to show calls per operation.
     """
 
     def __init__(self, inner: Cache) -> None:
-        self.inner = inner
+        super().__init__(inner, self._count)
         self.calls: Counter[str] = Counter()
+
+    def _count(self, method_name: str) -> None:
+        self.calls[method_name] += 1
 
     def total(self) -> int:
         return sum(self.calls.values())
 
-    def get_multi(self, keys):
-        self.calls["get_multi"] += 1
-        return self.inner.get_multi(keys)
 
-    def gets_multi(self, keys):
-        self.calls["gets_multi"] += 1
-        return self.inner.gets_multi(keys)
+class CallBudget:
+    """The cache calls each public queue call may make, counted per thread.
 
-    def add_multi(self, values, expire_seconds=0):
-        self.calls["add_multi"] += 1
-        return self.inner.add_multi(values, expire_seconds)
+    ``one_call()`` opens the count for a public call (calls nested in it share
+    it); every cache call spends one; ``check(key)``, made only where stopping
+    leaves nothing half-done, raises ``ContentionError`` once it is spent.
+    """
 
-    def cas_multi(self, values, expire_seconds=0):
-        self.calls["cas_multi"] += 1
-        return self.inner.cas_multi(values, expire_seconds)
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._thread = threading.local()
 
-    def incr(self, key, delta):
-        self.calls["incr"] += 1
-        return self.inner.incr(key, delta)
+    @contextmanager
+    def one_call(self) -> Iterator[None]:
+        thread = self._thread
+        if getattr(thread, "open", False):
+            yield
+            return
+        thread.open, thread.spent = True, 0
+        try:
+            yield
+        finally:
+            thread.open = False
 
-    def delete_multi(self, keys):
-        self.calls["delete_multi"] += 1
-        return self.inner.delete_multi(keys)
+    def spend(self, _method_name: str) -> None:
+        if getattr(self._thread, "open", False):
+            self._thread.spent += 1
+
+    def check(self, key: str) -> None:
+        if getattr(self._thread, "spent", 0) > self.limit and getattr(self._thread, "open", False):
+            raise ContentionError(key, self._thread.spent)
 
 
 def wrap_client(client: object | None) -> Cache:

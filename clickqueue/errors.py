@@ -118,13 +118,15 @@ class TooManyLeasesError(QueueError):
 
 
 class ContentionError(QueueError):
-    """A claim lost its compare-and-set to other readers too many times in one call.
+    """A call gave up: the keys it works on kept changing under it.
 
-    Lock-free means some reader always progresses, not every one: this bounds
-    one call. Calling again is safe.
+    Other readers winning every compare-and-set, or values being lost or
+    replaced faster than it could repair them. Lock-free means some call always
+    progresses, not every one: this bounds one call (``attempts`` cache calls or
+    compare-and-sets). It stopped where nothing was half-done; calling again is safe.
     """
 
     def __init__(self, key: str, attempts: int) -> None:
-        super().__init__(f"gave up after {attempts} compare-and-set attempts on {key!r}: other readers kept winning")
+        super().__init__(f"gave up on {key!r} after {attempts} attempts: it kept changing under this call")
         self.key = key
         self.attempts = attempts

@@ -114,6 +114,7 @@ Limits (what cannot be promised)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -124,7 +125,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from clickqueue.cache import Cache, wrap_client
+from clickqueue.cache import CallBudget, ObservedCache, wrap_client
 from clickqueue.codec import (
     GAP_TOMBSTONE,
     LEASE_PREFIX,
@@ -161,6 +162,12 @@ MAX_BATCH_BYTES = 30_000_000
 
 MAX_WRITE_ATTEMPTS = 100
 """Fresh slots a write takes for a message before it gives up (``WriteFailedError``)."""
+
+MAX_CACHE_CALLS_PER_CALL = 500
+"""Cache calls one public call may make, whatever the cache holds: past it, the call
+raises ``ContentionError`` at its next point where nothing is half-done. A normal
+call makes 1 to 6; the most a call needs on its own terms is a write taking all its
+``MAX_WRITE_ATTEMPTS`` fresh slots (about 4 calls each)."""
 
 MAX_EMPTY_ROUNDS = 4
 """Claims one ``read_multi``/``lease`` makes that yield nothing before it returns
@@ -212,6 +219,7 @@ class _Claim:
     ranges: list[SlotRange]
     lease_id: str | None = None
     attempt: int = 0
+    holder: str = ""
     settled_slots: int = 0
     slots: dict[str, tuple] = field(default_factory=dict)
     """The claimed slots as read just before the claim's CAS (value, token)."""
@@ -225,6 +233,17 @@ class _Fetched:
     messages: list[Any]
     skipped: int
     gapped: int
+
+
+def _one_call(method: Callable) -> Callable:
+    """Count the cache calls of one public call against ``MAX_CACHE_CALLS_PER_CALL``."""
+
+    @functools.wraps(method)
+    def counted(queue: Queue, *args: Any, **kwargs: Any) -> Any:
+        with queue._budget.one_call():
+            return method(queue, *args, **kwargs)
+
+    return counted
 
 
 class Queue:
@@ -258,7 +277,8 @@ class Queue:
             raise InvalidArgumentError("max_write_seconds", max_write_seconds, "must be below tombstone_seconds")
         self.name = name
         self.keys = QueueKeys(name)
-        self.cache: Cache = wrap_client(client)
+        self._budget = CallBudget(MAX_CACHE_CALLS_PER_CALL)
+        self.cache = ObservedCache(wrap_client(client), self._budget.spend)
         self.shards = shards
         self.clock = clock
         self.tombstone_seconds = tombstone_seconds
@@ -267,8 +287,10 @@ class Queue:
         first_shard = self._rng.randrange(shards)
         self._writer_shards = itertools.cycle([*range(first_shard, shards), *range(first_shard)])
         self._counter_keys = [self.keys.write_counter(shard) for shard in range(shards)]
-        self._store = StateStore(self.cache, self.keys, shards)
-        self._recovery = Recovery(self.cache, self.keys, self._store, seen_before=lambda: self._seen_queue)
+        self._store = StateStore(self.cache, self.keys, shards, self._budget.check)
+        self._recovery = Recovery(
+            self.cache, self.keys, self._store, seen_before=lambda: self._seen_queue, check_budget=self._budget.check
+        )
         self._seen_queue = False
 
     # -- writing -------------------------------------------------------------------
@@ -277,6 +299,7 @@ class Queue:
         """Append one message: 2 cache calls (``incr``, ``add_multi``)."""
         self.write_multi([message])
 
+    @_one_call
     def write_multi(self, messages: Iterable[Any]) -> None:
         """Append messages in order: 2 cache calls (``incr``, ``add_multi``) for any number.
 
@@ -293,6 +316,7 @@ class Queue:
         if batch:
             _BatchWrite(self, batch).run()
 
+    @_one_call
     def requeue(self, messages: Iterable[Any]) -> None:
         """Write messages again (after failed processing): 4 cache calls."""
         messages = list(messages)
@@ -321,6 +345,7 @@ class Queue:
         messages = self.read_multi(1)
         return messages[0] if messages else None
 
+    @_one_call
     def read_multi(self, max_items: int = 100) -> list[Any]:
         """Take up to ``max_items`` messages: 4 cache calls (``gets_multi`` and
         ``cas_multi`` of the state, ``gets_multi`` and ``cas_multi`` of the slots);
@@ -338,6 +363,7 @@ class Queue:
                 return fetched.messages
         return []
 
+    @_one_call
     def lease(self, max_items: int = 100, seconds: float = 60) -> Lease:
         """Take up to ``max_items`` messages that stay stored until ``ack``: 4 cache
         calls, 3 to take over an expired lease; ``ack`` 3 more.
@@ -356,11 +382,11 @@ class Queue:
                 if claim.settled_slots:
                     continue
                 break
-            lease = Lease(self, claim.lease_id, claim.attempt, self._fetch(claim))
+            lease = Lease(self, claim, self._fetch(claim))
             if lease.messages:
                 return lease
             lease.ack()  # nothing in it: settle it now, with its counts
-        return Lease(self, None, 0, _Fetched([], [], 0, 0))
+        return Lease(self, _Claim([]), _Fetched([], [], 0, 0))
 
     def _claim(self, max_items: int, lease_seconds: float | None, settle_empty_runs: bool = False) -> _Claim:
         """Move the state forward over the next slots (or take over an expired
@@ -368,6 +394,7 @@ class Queue:
         counters, of the slots, ``cas_multi``), plus repairs of whatever the first
         finds missing, plus 2 to settle runs of slots without messages (``_settle_runs``)."""
         for _ in range(MAX_CAS_ATTEMPTS):
+            self._budget.check(self.keys.state)
             found = self.cache.gets_multi([self.keys.state, *self._counter_keys])
             if self.keys.state not in found:
                 self._recovery.recreate_state(found)
@@ -382,8 +409,7 @@ class Queue:
             counters = [decimal(found[key][0]) if key in found else None for key in self._counter_keys]
             broken = [shard for shard, counter in enumerate(counters) if counter is None or counter < state.claimed[shard]]
             if broken:
-                for shard in broken:
-                    self._recovery.repair_counter(shard)
+                self._recovery.repair_counters(dict.fromkeys(broken, 0))
                 continue
             self._seen_queue = True
             claim = self._plan_claim(state, counters, max_items, lease_seconds, settle_empty_runs)
@@ -409,17 +435,17 @@ class Queue:
         now = self.clock()
         if lease_seconds is not None and (expired_id := state.first_expired_lease(now, max_items)):
             record = state.leases[expired_id]
-            record.deadline, record.attempt = now + lease_seconds, record.attempt + 1
-            return _Claim(record.ranges, expired_id, record.attempt)
+            record.deadline, record.attempt, record.holder = now + lease_seconds, record.attempt + 1, self._nonce()
+            return _Claim(record.ranges, expired_id, record.attempt, record.holder)
         settled = self._settle_runs(state, counters, gaps_only=not settle_empty_runs)
         ranges = state.claim(counters, max_items)
         if not ranges or lease_seconds is None:
             return _Claim(ranges, settled_slots=settled)
         if len(state.leases) >= MAX_LEASES:
             raise TooManyLeasesError(self.keys.state, MAX_LEASES)
-        lease_id = f"{self._rng.getrandbits(128):032x}"
-        state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1)
-        return _Claim(ranges, lease_id, 1, settled)
+        lease_id, holder = f"{self._rng.getrandbits(128):032x}", self._nonce()
+        state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1, (0, 0), holder)
+        return _Claim(ranges, lease_id, 1, holder, settled)
 
     def _settle_runs(self, state: ReadState, counters: list[int], gaps_only: bool) -> int:
         """Claim in bulk, in this claim's CAS, the next slots that hold no message:
@@ -476,6 +502,9 @@ class Queue:
         if record is not None:
             record.precounted = claim.counted
 
+    def _nonce(self) -> str:
+        return f"{self._rng.getrandbits(64):016x}"
+
     def _claim_landed(self, claim: _Claim) -> bool:
         """After a claim's CAS went unanswered: does the state show it? (1 call)
         For ``read_multi``, slots claimed by anyone are fine: the takes decide."""
@@ -488,7 +517,7 @@ class Queue:
             return False
         if claim.lease_id is not None:
             record = state.leases.get(claim.lease_id)
-            return record is not None and record.attempt == claim.attempt
+            return record is not None and record.holder == claim.holder
         return all(r.last <= state.claimed[r.shard] for r in claim.ranges)
 
     def _fetch(self, claim: _Claim) -> _Fetched:
@@ -565,6 +594,7 @@ class Queue:
 
     # -- leases --------------------------------------------------------------------
 
+    @_one_call
     def _ack(self, lease: Lease) -> bool:
         def settle(state: ReadState) -> bool:
             record = state.leases.pop(lease.lease_id, None)
@@ -598,10 +628,11 @@ class Queue:
         if own:
             self.cache.cas_multi(own, TAKEN_SECONDS)
 
+    @_one_call
     def _release(self, lease: Lease) -> bool:
         def give_back(state: ReadState) -> bool:
             record = state.leases.get(lease.lease_id)
-            if record is None or record.attempt != lease.attempt or record.deadline == 0:
+            if record is None or record.holder != lease.holder or record.deadline == 0:
                 return False
             record.deadline = 0
             state.counts.requeued += len(lease.messages)
@@ -609,12 +640,13 @@ class Queue:
 
         def released(state: ReadState) -> bool:
             record = state.leases.get(lease.lease_id)
-            return record is not None and record.deadline == 0
+            return record is not None and record.holder == lease.holder and record.deadline == 0
 
         return self._store.change(give_back, landed=released)
 
     # -- stats ---------------------------------------------------------------------
 
+    @_one_call
     def stats(self) -> QueueStats:
         """Counts of the queue: 1 cache call. All zero while there is no state."""
         found = self.cache.get_multi([self.keys.state, *self._counter_keys])
@@ -668,8 +700,8 @@ class _BatchWrite:
         self.batch = batch
         self.stored: list[int] = []
         self.unknown: list[int] = []
-        self.left_empty: Counter[int] = Counter()
-        """Per message, slots it left that a reader counts as skipped."""
+        self.left_tombstoned: Counter[int] = Counter()
+        """Per message, the tombstoned slots it left, which their reader counts as skipped."""
         self.collided = 0
         self.last_key = ""
 
@@ -679,8 +711,9 @@ class _BatchWrite:
             for _ in range(MAX_WRITE_ATTEMPTS):
                 if not pending:
                     break
+                self.queue._budget.check(self.last_key or self.queue.keys.write_counter(0))
                 pending = self._attempt(pending)
-        except CacheUnavailableError as error:
+        except (CacheUnavailableError, ContentionError) as error:
             self._record_counts()
             if not self.stored and not self.unknown:
                 raise
@@ -699,14 +732,14 @@ class _BatchWrite:
         started = queue.clock()
         last = queue.cache.incr(self.last_key, len(pending))
         if last is None:
-            queue._recovery.repair_counter(shard)
+            queue._recovery.repair_counters({shard: 0})
             return pending
         queue._seen_queue = True
         numbers = range(last - len(pending) + 1, last + 1)
         slots = dict(zip(queue.keys.slots(shard, numbers), pending))
         self.last_key = next(iter(slots))
         if queue.clock() - started > queue.max_write_seconds:
-            self.left_empty.update(pending)  # a reader will tombstone them
+            self._abandon(slots)
             return pending
         added = queue.cache.add_multi({key: self.batch[index] for key, index in slots.items()})
         self.stored += [index for key, index in slots.items() if added.get(key) is True]
@@ -721,28 +754,42 @@ class _BatchWrite:
         self.unknown += unanswered
         current = self.queue.cache.get_multi(list(doubtful))  # raising leaves the unanswered unknown
         self.unknown = [index for index in self.unknown if index not in unanswered]
-        retry, collided_at = [], []
+        retry, collided_at, empty = [], [], {}
         for key, index in doubtful.items():
             value, mine = current.get(key), self.batch[index]
             if added.get(key) is None and (value == mine or _leased_copy_of(value, mine)):
                 self.stored.append(index)  # stored; only the reply was lost
             elif added.get(key) is None and value == TAKEN:
                 self.unknown.append(index)  # stored and already taken, or someone else's: cannot tell
-            elif value is None or value == TOMBSTONE:
-                self.left_empty[index] += 1
+            elif value is None:
+                empty[key] = index
+                retry.append(index)
+            elif value == TOMBSTONE:
+                self.left_tombstoned[index] += 1  # its reader counted it skipped
                 retry.append(index)
             elif value == GAP_TOMBSTONE:
                 retry.append(index)
             else:
                 collided_at.append(number_of[key])
                 retry.append(index)
+        if empty:
+            self._abandon(empty)
         if collided_at:
             self.collided += len(collided_at)
-            self.queue._recovery.repair_counter(shard, stored_at=max(collided_at))
+            self.queue._recovery.repair_counters({shard: max(collided_at)})
         return retry
 
+    def _abandon(self, empty_slots: dict[str, int]) -> None:
+        """Tombstone the empty slots this write leaves (1 call), so whoever claims
+        them counts them skipped, as their ``retried`` needs: left empty, a later
+        counter repair's margin could cover them and count them as gapped."""
+        added = self.queue.cache.add_multi(dict.fromkeys(empty_slots, TOMBSTONE), self.queue.tombstone_seconds)
+        for key, index in empty_slots.items():
+            if added.get(key) is True:
+                self.left_tombstoned[index] += 1
+
     def _record_counts(self) -> None:
-        retried = sum(self.left_empty[index] for index in self.stored)
+        retried = sum(self.left_tombstoned[index] for index in self.stored)
         self.queue._record_counts(retried=retried, collided=self.collided)
 
 
@@ -759,10 +806,11 @@ class Lease:
     An empty lease (nothing to read) is falsy and its ack/release do nothing.
     """
 
-    def __init__(self, queue: Queue, lease_id: str | None, attempt: int, fetched: _Fetched) -> None:
+    def __init__(self, queue: Queue, claim: _Claim, fetched: _Fetched) -> None:
         self.queue = queue
-        self.lease_id = lease_id
-        self.attempt = attempt
+        self.lease_id = claim.lease_id
+        self.attempt = claim.attempt
+        self.holder = claim.holder
         self.message_keys = fetched.message_keys
         self.messages = fetched.messages
         self._skipped = fetched.skipped

@@ -5,9 +5,9 @@ Each path is one method, called by the claim or the write when it finds:
 * no state: ``recreate_state`` (a new generation, counted as a reset unless
   the queue is brand new);
 * a state that is not ours: ``replace_corrupt_state`` (the same, by CAS);
-* a write counter missing, not a number, behind the claims, or behind slots
-  already stored: ``repair_counter`` (above every slot in use, plus a margin
-  recorded as a gap).
+* write counters missing, not numbers, behind the claims, or behind slots
+  already stored: ``repair_counters`` (above every slot in use, plus a margin
+  recorded as a gap; all the shards at once).
 
 Safety never rests on these: a message is delivered only by whoever wins its
 slot (see ``clickqueue.queue``). They keep the queue moving and the counts
@@ -53,11 +53,19 @@ class Recovery:
     """Repairs one queue's keys. ``seen_before`` tells whether this process has used
     the queue: then a missing state is a reset even if nothing else survived."""
 
-    def __init__(self, cache: Cache, keys: QueueKeys, store: StateStore, seen_before: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        cache: Cache,
+        keys: QueueKeys,
+        store: StateStore,
+        seen_before: Callable[[], bool],
+        check_budget: Callable[[str], None],
+    ) -> None:
         self.cache = cache
         self.keys = keys
         self.store = store
         self.seen_before = seen_before
+        self.check_budget = check_budget
         self.counter_keys = [keys.write_counter(shard) for shard in range(store.shards)]
 
     # -- the state -----------------------------------------------------------------
@@ -68,18 +76,16 @@ class Recovery:
         It starts ``RECOVERY_SLOTS`` below each write counter (or below the last
         stored slot where the counter is gone too), as a gap: recent messages are
         still delivered, older ones are left unread. A brand-new queue gets its
-        counters here too, before its state; any sign the queue existed (a
-        counter above 0, a generation marker, this process having used it)
-        makes it a reset.
+        counters here too, after its state and before its generation marker;
+        any sign the queue existed (a counter above 0, a generation marker,
+        this process having used it) makes it a reset.
         """
         state, existed = self._fresh_state(found)
-        if not existed:
-            # A new queue's counters come first: whoever sees its state sees them,
-            # so a missing counter always means a lost one (repaired with a margin).
-            self.cache.add_multi({key: b"0" for key in self.counter_keys if key not in found})
         if self.cache.add_multi({self.keys.state: self.store.encode(state)})[self.keys.state] is not True:
             return  # another party created it (or the outcome is unknown: the next read tells)
-        self._mark_generation(state.generation)
+        if not existed:
+            self.cache.add_multi({key: b"0" for key in self.counter_keys if key not in found})
+        self._mark_generation(state.generation)  # last: until then, the creation is visibly unfinished
 
     def replace_corrupt_state(self, token: CasToken, found: Mapping[str, tuple[bytes, CasToken]]) -> None:
         """Replace a state value this module did not write (compare-and-set on what was read)."""
@@ -94,9 +100,11 @@ class Recovery:
         previous_generation = max((decimal(value) or 0 for value in markers.values()), default=0)
         counters = [decimal(found[key][0]) if key in found else None for key in self.counter_keys]
         existed = known_to_exist or self.seen_before() or previous_generation > 0 or any(counters)
+        lost = {shard: 0 for shard, counter in enumerate(counters) if counter is None} if existed else {}
+        tops = self.last_stored_slots(lost)
         start, gaps = [], []
         for shard, counter in enumerate(counters):
-            top = counter if counter is not None else (self.last_stored_slot(shard, 0) if existed else 0)
+            top = counter if counter is not None else tops.get(shard, 0)
             start.append(max(0, top - RECOVERY_SLOTS))
             if top > start[shard]:
                 gaps.append(SlotRange(shard, start[shard] + 1, top, in_gap=True))
@@ -114,17 +122,17 @@ class Recovery:
 
     # -- write counters ------------------------------------------------------------
 
-    def repair_counter(self, shard: int, stored_at: int = 0) -> None:
-        """Put shard ``shard``'s write counter above every slot in use, if it is not.
+    def repair_counters(self, evidence: Mapping[int, int]) -> None:
+        """Put the write counters of the shards in ``evidence`` above every slot in use,
+        where they are not, all at once: about 15 cache calls for any number of shards.
 
-        Called when the counter was missing or foreign, or a writer found
-        ``stored_at`` (a slot the counter handed it) already holding someone
-        else's value. The counter goes to the last stored slot plus
-        ``REPAIR_MARGIN``; the party whose add or CAS of it wins records the
-        margin as a gap and counts a reset, in one state CAS.
+        Called when a counter was missing or foreign, or a writer found a slot its
+        counter handed out (``evidence[shard]``, else 0) already holding someone
+        else's value. A counter goes to its shard's last stored slot plus
+        ``REPAIR_MARGIN``; each whose add or CAS wins has its margin recorded as
+        a gap and counted as a reset, in one state CAS.
         """
-        counter_key = self.counter_keys[shard]
-        found = self.cache.gets_multi([self.keys.state, *self.counter_keys])
+        found = self.cache.gets_multi([self.keys.state, *self.counter_keys, *self.keys.generation_markers])
         if self.keys.state not in found:
             self.recreate_state(found)
             return  # the caller goes round again, against the new state
@@ -134,62 +142,107 @@ class Recovery:
         except CorruptStateError:
             self.replace_corrupt_state(state_token, found)
             return
-        raw_counter, token = found.get(counter_key, (None, None))
-        counter = decimal(raw_counter)
-        floor = max(state.used_through(shard), stored_at, counter or 0)
-        top = self.last_stored_slot(shard, floor)
-        if counter is not None and counter >= top:
-            return  # in place already (repaired by someone else, or never lost)
-        target = top + REPAIR_MARGIN
-        if raw_counter is None:
-            applied = self.cache.add_multi({counter_key: str(target).encode()})[counter_key]
-        else:
-            applied = self.cache.cas_multi({counter_key: (str(target).encode(), token)})[counter_key]
-        if applied is not True:
-            return
-        gap = SlotRange(shard, top + 1, target, in_gap=True)
+        counters = {shard: found.get(self.counter_keys[shard], (None, None)) for shard in evidence}
+        floors = {
+            shard: max(state.used_through(shard), stored_at, decimal(counters[shard][0]) or 0)
+            for shard, stored_at in evidence.items()
+        }
+        tops = self.last_stored_slots(floors)
+        behind = {
+            shard: top
+            for shard, top in tops.items()
+            if (counter := decimal(counters[shard][0])) is None or counter < top
+        }
+        if not any(marker in found for marker in self.keys.generation_markers):
+            # The queue is still being created (its marker comes last): a counter not
+            # made yet, of a shard where nothing was claimed or stored, starts at 0.
+            unborn = {
+                self.counter_keys[shard]: b"0"
+                for shard, top in behind.items()
+                if counters[shard][0] is None and top == state.base[shard] == state.used_through(shard)
+            }
+            self.cache.add_multi(unborn)
+            behind = {shard: top for shard, top in behind.items() if self.counter_keys[shard] not in unborn}
+        targets = {self.counter_keys[shard]: str(top + REPAIR_MARGIN).encode() for shard, top in behind.items()}
+        missing = {key: target for key, target in targets.items() if key not in found}
+        foreign = {key: (target, found[key][1]) for key, target in targets.items() if key in found}
+        applied = {**self.cache.add_multi(missing), **self.cache.cas_multi(foreign)}
+        gaps = [
+            SlotRange(shard, top + 1, top + REPAIR_MARGIN, in_gap=True)
+            for shard, top in behind.items()
+            if applied.get(self.counter_keys[shard]) is True
+        ]
+        if gaps:
 
-        def record(state: ReadState) -> bool:
-            state.add_gap(gap)
-            state.counts.resets += 1
-            return True
+            def record(state: ReadState) -> bool:
+                for gap in gaps:
+                    state.add_gap(gap)
+                state.counts.resets += len(gaps)
+                return True
 
-        self.store.change(record, landed=lambda state: True)
+            self.store.change(record, landed=lambda state: True)
 
-    def last_stored_slot(self, shard: int, start: int) -> int:
-        """The highest slot above ``start`` holding anything, found in a bounded number
-        of calls: windows at exponentially growing distances, then bisection.
+    def last_stored_slots(self, starts: Mapping[int, int]) -> dict[int, int]:
+        """Per shard, the highest slot above its start holding anything, for all the
+        shards at once in a bounded number of calls (about 10): windows at
+        exponentially growing distances, then bisection.
 
-        A probe, not a scan: exact for a stored run that begins near ``start``
+        A probe, not a scan: exact for a stored run that begins near the start
         (a backlog), but a short run far above it can fall between windows.
         A counter set too low that way is lifted again by the first writer
-        whose slot is found taken (``repair_counter(stored_at=...)``)."""
-        windows = [start + 1 + PROBE_WINDOW * (2**step - 1) for step in range(GALLOP_STEPS)]
-        top, next_empty = self._probe(shard, windows)
-        if top is None:
-            return start
-        while next_empty is not None and next_empty - top > PROBE_WINDOW * BISECT_WINDOWS:
-            stride = (next_empty - top) // (BISECT_WINDOWS + 1)
-            found_top, found_empty = self._probe(shard, [top + 1 + stride * n for n in range(BISECT_WINDOWS)])
-            if found_top is not None:
-                top = found_top
-            next_empty = found_empty if found_empty is not None and found_empty > top else next_empty
-        if next_empty is not None:
-            found_top, _ = self._probe(shard, list(range(top + 1, next_empty, PROBE_WINDOW)))
-            top = found_top if found_top is not None else top
-        return top
+        whose slot is found taken (``repair_counters`` with its evidence)."""
+        if not starts:
+            return {}
+        self.check_budget(self.keys.state)
+        gallop = {shard: [start + 1 + PROBE_WINDOW * (2**step - 1) for step in range(GALLOP_STEPS)] for shard, start in starts.items()}
+        tops: dict[int, int] = dict(starts)
+        bounds = {}  # shard -> the start of an empty window above its top
+        for shard, (top, next_empty) in self._probe(gallop).items():
+            if top is not None:
+                tops[shard], bounds[shard] = top, next_empty
+        while wide := {
+            shard: next_empty
+            for shard, next_empty in bounds.items()
+            if next_empty is not None and next_empty - tops[shard] > PROBE_WINDOW * BISECT_WINDOWS
+        }:
+            windows = {}
+            for shard, next_empty in wide.items():
+                stride = (next_empty - tops[shard]) // (BISECT_WINDOWS + 1)
+                windows[shard] = [tops[shard] + 1 + stride * n for n in range(BISECT_WINDOWS)]
+            for shard, (top, next_empty) in self._probe(windows).items():
+                if top is not None:
+                    tops[shard] = top
+                if next_empty is not None and next_empty > tops[shard]:
+                    bounds[shard] = next_empty
+                elif top is None:
+                    bounds[shard] = windows[shard][0]
+        narrow = {
+            shard: list(range(tops[shard] + 1, next_empty, PROBE_WINDOW))
+            for shard, next_empty in bounds.items()
+            if next_empty is not None and next_empty > tops[shard] + 1
+        }
+        for shard, (top, _next_empty) in self._probe(narrow).items():
+            if top is not None:
+                tops[shard] = top
+        return tops
 
-    def _probe(self, shard: int, window_starts: list[int]) -> tuple[int | None, int | None]:
-        """Read windows of ``PROBE_WINDOW`` slots from each start (ascending) in one call.
-
-        Returns the highest stored slot, and the start of the first empty window above it.
-        """
-        numbers = {}
-        for first in window_starts:
-            numbers.update(zip(self.keys.slots(shard, range(first, first + PROBE_WINDOW)), range(first, first + PROBE_WINDOW)))
-        stored = self.cache.get_multi(list(numbers))
-        if not stored:
-            return None, window_starts[0] if window_starts else None
-        top = max(numbers[key] for key in stored)
-        above = [first for first in window_starts if first > top]
-        return top, above[0] if above else None
+    def _probe(self, windows: Mapping[int, list[int]]) -> dict[int, tuple[int | None, int | None]]:
+        """Read, for each shard, windows of ``PROBE_WINDOW`` slots from each start
+        (ascending), all in one call. Per shard: the highest stored slot, and the
+        start of the first empty window above it (None where there is none)."""
+        numbers: dict[str, tuple[int, int]] = {}
+        for shard, starts in windows.items():
+            for first in starts:
+                span = range(first, first + PROBE_WINDOW)
+                numbers.update(zip(self.keys.slots(shard, span), ((shard, number) for number in span)))
+        stored = self.cache.get_multi(list(numbers)) if numbers else {}
+        result: dict[int, tuple[int | None, int | None]] = {}
+        for shard, starts in windows.items():
+            found = [numbers[key][1] for key in stored if numbers[key][0] == shard]
+            if not found:
+                result[shard] = (None, starts[0] if starts else None)
+                continue
+            top = max(found)
+            above = [first for first in starts if first > top]
+            result[shard] = (top, above[0] if above else None)
+        return result

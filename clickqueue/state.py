@@ -71,8 +71,11 @@ class LeaseRecord:
     ranges: list[SlotRange]
     deadline: float
     attempt: int
-    precounted: tuple[int, int] = (0, 0)
+    precounted: tuple[int, int]
     """(skipped, gapped): its slots without a message, counted in the CAS that made it."""
+    holder: str
+    """A nonce of the claim or takeover that holds it now: after a CAS whose reply was
+    lost, tells this holder's claim from another's that planned the same attempt."""
 
     def slot_count(self) -> int:
         return sum(len(r) for r in self.ranges)
@@ -112,6 +115,7 @@ class ReadState:
                         deadline=float(record[0]),
                         attempt=_integer(record[1]),
                         precounted=(_integer(record[3][0]), _integer(record[3][1])),
+                        holder=str(record[4]),
                     )
                     for lease_id, record in data["leases"].items()
                 },
@@ -138,6 +142,7 @@ class ReadState:
                     record.attempt,
                     [r.as_list() for r in record.ranges],
                     list(record.precounted),
+                    record.holder,
                 ]
                 for lease_id, record in self.leases.items()
             },
@@ -269,10 +274,11 @@ def _slot_range(bounds: object) -> SlotRange:
 class StateStore:
     """Reads and changes the state by gets + compare-and-set."""
 
-    def __init__(self, cache: Cache, keys: QueueKeys, shards: int) -> None:
+    def __init__(self, cache: Cache, keys: QueueKeys, shards: int, check_budget: Callable[[str], None]) -> None:
         self.cache = cache
         self.key = keys.state
         self.shards = shards
+        self.check_budget = check_budget
 
     def parse(self, raw: bytes) -> ReadState:
         return ReadState.from_bytes(self.key, raw, self.shards)
@@ -297,6 +303,7 @@ class StateStore:
         """
         outcome_unknown = False
         for _ in range(MAX_CAS_ATTEMPTS):
+            self.check_budget(self.key)
             found = self.cache.gets_multi([self.key])
             if self.key not in found:
                 return False

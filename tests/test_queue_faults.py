@@ -302,6 +302,76 @@ def test_bug3_add_whose_reply_was_lost_is_stored_once_on_memcached(memcached_ser
     proxy.close()
 
 
+class RaceBeforeCounterAdd:
+    """A Cache that runs ``race`` once, just before the next ``add_multi`` of ``counter``."""
+
+    def __init__(self, inner, counter, race):
+        self.inner, self.counter, self.race = inner, counter, race
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def add_multi(self, values, expire_seconds=0):
+        if self.counter in values and self.race is not None:
+            race, self.race = self.race, None
+            race()
+        return self.inner.add_multi(values, expire_seconds)
+
+
+def test_bug4_a_counter_repair_that_lost_its_race_records_no_gap(make_queue, cache, clock):
+    """Two writers repair a lost counter; the one whose add loses must not leave its
+    margin as a gap: 1,030 messages written meanwhile lie there, and an eviction
+    among them must count as lost, not as a gap."""
+    queue = make_queue()
+    queue.write({"id": "first"})
+    counter = queue.keys.write_counter(0)
+    cache.delete_multi([counter])
+
+    def another_repair_wins_and_writers_go_on():
+        cache.add_multi({counter: b"1"})
+        make_queue().write_multi([{"id": n} for n in range(1030)])
+
+    Queue("q", RaceBeforeCounterAdd(cache, counter, another_repair_wins_and_writers_go_on), clock=clock).write(
+        {"id": "late"}
+    )
+    cache.delete_multi([queue.keys.slot(0, 18)])  # one of the 1,030, evicted
+    received = ids(drain(queue, 1000))
+    assert len(received) == 1031 and 16 not in received
+    stats = queue.stats()
+    assert (stats.lost, stats.gapped) == (1, 0)
+
+
+def test_a_takeover_whose_reply_was_lost_never_passes_another_holders_takeover_for_its_own(
+    testbed, memcache_rpc_faults, clock
+):
+    """Found by the simulation (seed 36): two readers plan the same takeover (attempt 2);
+    the other lands, this one's compare-and-set fails and its reply is lost. Checking
+    the state for "attempt 2 of this lease" would take the other's for its own."""
+    queue = Queue("q", clock=clock)
+    queue.write_multi(["a", "b"])
+    first = queue.lease(10, seconds=30)
+    clock.advance(31)
+    theirs = []
+
+    class TheyTakeOverFirst:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def cas_multi(self, values, expire_seconds=0):
+            if queue.keys.state in values and not theirs:
+                theirs.append(Queue("q", clock=clock).lease(10, seconds=30))
+                memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=True)
+            return self.inner.cas_multi(values, expire_seconds)
+
+    mine = Queue("q", TheyTakeOverFirst(wrap_client(None)), clock=clock).lease(10, seconds=30)
+    assert (theirs[0].lease_id, theirs[0].attempt, theirs[0].messages) == (first.lease_id, 2, ["a", "b"])
+    assert memcache_rpc_faults.failed == ["Set"]
+    assert not mine, "the batch went to one holder of attempt 2 only"
+
+
 def test_bug5_stale_ack_after_a_flush_deletes_nothing_written_after_it(make_queue, cache, cache_client):
     queue = make_queue()
     queue.write("before the flush")

@@ -22,7 +22,8 @@ def cache(testbed):
 
 
 def recovery(cache, shards=1, seen_before=False):
-    return Recovery(cache, KEYS, StateStore(cache, KEYS, shards), seen_before=lambda: seen_before)
+    store = StateStore(cache, KEYS, shards, check_budget=lambda key: None)
+    return Recovery(cache, KEYS, store, seen_before=lambda: seen_before, check_budget=lambda key: None)
 
 
 def stored_state(cache, shards=1):
@@ -47,7 +48,7 @@ def test_decimal_reads_only_plain_counters(raw, value):
 # -- a missing state -----------------------------------------------------------------------------
 
 
-def test_a_brand_new_queue_gets_its_counters_before_its_state_and_no_reset(cache):
+def test_a_brand_new_queue_gets_its_counters_and_marker_after_its_state_and_no_reset(cache):
     recovery(cache, shards=2).recreate_state(claim_read(cache, 2))
     state = stored_state(cache, 2)
     assert (state.claimed, state.gaps, state.counts.resets, state.generation) == ([0, 0], [], 0, 1)
@@ -122,17 +123,35 @@ def test_a_missing_counter_goes_above_the_last_stored_slot_plus_the_margin_recor
     new_queue(cache)
     store_slots(cache, range(1, 41))
     cache.delete_multi([KEYS.write_counter(0)])
-    recovery(cache).repair_counter(0)
+    recovery(cache).repair_counters({0: 0})
     assert counter(cache) == 40 + REPAIR_MARGIN
     state = stored_state(cache)
     assert (state.gaps, state.counts.resets) == ([SlotRange(0, 41, 40 + REPAIR_MARGIN, True)], 1)
+
+
+def test_a_counter_not_made_yet_by_a_queue_still_being_created_starts_at_zero(cache):
+    """The creator adds the state, then counters, then the generation marker: seen in
+    between, a missing counter of a shard with nothing claimed or stored is new, not lost."""
+    cache.add_multi({KEYS.state: ReadState.starting_at(1, [0]).to_bytes()})
+    recovery(cache).repair_counters({0: 0})
+    assert counter(cache) == 0
+    state = stored_state(cache)
+    assert (state.gaps, state.counts.resets) == ([], 0)
+
+
+def test_a_counter_lost_once_the_queue_was_created_gets_its_margin_even_when_nothing_is_stored(cache):
+    new_queue(cache)
+    cache.delete_multi([KEYS.write_counter(0)])
+    recovery(cache).repair_counters({0: 0})
+    assert counter(cache) == REPAIR_MARGIN
+    assert stored_state(cache).counts.resets == 1
 
 
 def test_a_counter_in_place_is_left_alone(cache):
     new_queue(cache)
     store_slots(cache, range(1, 6))
     cache.incr(KEYS.write_counter(0), 5)
-    recovery(cache).repair_counter(0)
+    recovery(cache).repair_counters({0: 0})
     assert (counter(cache), stored_state(cache).counts.resets) == (5, 0)
 
 
@@ -141,7 +160,7 @@ def test_a_foreign_counter_is_replaced_by_compare_and_set(cache, value):
     new_queue(cache)
     token = cache.gets_multi([KEYS.write_counter(0)])[KEYS.write_counter(0)][1]
     cache.cas_multi({KEYS.write_counter(0): (value, token)})
-    recovery(cache).repair_counter(0)
+    recovery(cache).repair_counters({0: 0})
     assert counter(cache) == REPAIR_MARGIN
     assert stored_state(cache).counts.resets == 1
 
@@ -151,7 +170,7 @@ def test_a_counter_behind_the_claims_goes_above_them(cache):
     token = cache.gets_multi([KEYS.state])[KEYS.state][1]
     claimed = ReadState.starting_at(1, [500])
     cache.cas_multi({KEYS.state: (claimed.to_bytes(), token)})
-    recovery(cache).repair_counter(0)
+    recovery(cache).repair_counters({0: 0})
     assert counter(cache) == 500 + REPAIR_MARGIN
 
 
@@ -159,19 +178,19 @@ def test_a_slot_found_taken_lifts_the_counter_above_the_stored_run_it_is_in(cach
     new_queue(cache)
     cache.incr(KEYS.write_counter(0), 10)
     store_slots(cache, range(11, 300))  # written under a counter that went back
-    recovery(cache).repair_counter(0, stored_at=11)
+    recovery(cache).repair_counters({0: 11})
     assert counter(cache) == 299 + REPAIR_MARGIN
 
 
 def test_repair_without_a_state_recreates_the_state_first(cache):
     cache.add_multi({KEYS.write_counter(0): b"7"})
-    recovery(cache).repair_counter(0)
+    recovery(cache).repair_counters({0: 0})
     assert stored_state(cache).claimed == [0]
 
 
 def test_repair_with_a_corrupt_state_replaces_the_state_first(cache):
     cache.add_multi({KEYS.state: b"garbage", KEYS.write_counter(0): b"7"})
-    recovery(cache).repair_counter(0)
+    recovery(cache).repair_counters({0: 0})
     assert stored_state(cache).counts.resets == 1
 
 
@@ -183,27 +202,40 @@ def test_last_stored_slot_is_found_in_a_few_calls(cache, top):
     first = max(1, top - 40)
     store_slots(cache, range(first, top + 1))
     cache.calls.clear()
-    assert recovery(cache).last_stored_slot(0, first - 1) == top
+    assert recovery(cache).last_stored_slots({0: first - 1}) == {0: top}
     assert cache.total() <= 12
 
 
 def test_last_stored_slot_steps_over_holes_shorter_than_a_window(cache):
     store_slots(cache, [n for n in range(1, 200) if n % 10])
-    assert recovery(cache).last_stored_slot(0, 0) == 199
+    assert recovery(cache).last_stored_slots({0: 0}) == {0: 199}
 
 
 def test_last_stored_slot_may_miss_a_short_run_far_above_the_start(cache):
     """A probe, not a scan: a run of 100 slots 5,000 above the start falls between
     windows. Missing it costs collisions later (the counter is lifted then), never safety."""
     store_slots(cache, range(5000, 5100))
-    assert recovery(cache).last_stored_slot(0, 0) == 0
+    assert recovery(cache).last_stored_slots({0: 0}) == {0: 0}
 
 
 def test_last_stored_slot_is_the_start_when_nothing_is_stored_above_it(cache):
     store_slots(cache, range(1, 10))
     cache.calls.clear()
-    assert recovery(cache).last_stored_slot(0, 20) == 20
+    assert recovery(cache).last_stored_slots({0: 20}) == {0: 20}
     assert cache.calls == {"get_multi": 1}
+
+
+def test_counters_of_every_shard_are_repaired_together_in_a_few_calls(cache):
+    new_queue(cache, shards=64)
+    for shard in range(64):
+        store_slots(cache, range(1, shard + 2), shard=shard)
+    cache.delete_multi([KEYS.write_counter(shard) for shard in range(64)])
+    cache.calls.clear()
+    recovery(cache, shards=64).repair_counters(dict.fromkeys(range(64), 0))
+    calls = cache.total()
+    assert [counter(cache, shard) for shard in range(64)] == [shard + 1 + REPAIR_MARGIN for shard in range(64)]
+    assert stored_state(cache, shards=64).counts.resets == 64
+    assert calls <= 8
 
 
 def test_the_gallop_reaches_far(cache):

@@ -105,7 +105,7 @@ def test_settle_run_claims_and_counts_skipped_and_gapped():
 
 
 def lease(deadline, slots=1, attempt=1):
-    return LeaseRecord([SlotRange(0, 1, slots)], deadline, attempt)
+    return LeaseRecord([SlotRange(0, 1, slots)], deadline, attempt, (0, 0), "holder")
 
 
 def test_first_expired_lease_is_the_longest_expired_that_fits():
@@ -118,7 +118,7 @@ def test_first_expired_lease_is_the_longest_expired_that_fits():
 
 def test_leased_slots_sum_every_lease():
     s = state([0])
-    s.leases = {"a" * 32: lease(1, slots=3), "b" * 32: LeaseRecord([SlotRange(0, 1, 2), SlotRange(1, 7, 7)], 1, 1)}
+    s.leases = {"a" * 32: lease(1, slots=3), "b" * 32: LeaseRecord([SlotRange(0, 1, 2), SlotRange(1, 7, 7)], 1, 1, (0, 0), "h")}
     assert s.leased_slots() == 6
 
 
@@ -127,7 +127,7 @@ def test_leased_slots_sum_every_lease():
 
 def test_state_round_trips_through_its_bytes():
     s = state([3, 4], gaps=[SlotRange(1, 9, 20, True)], seen=[5, 6])
-    s.leases["e" * 32] = LeaseRecord([SlotRange(0, 1, 3), SlotRange(1, 5, 5, True)], 12.5, 2, (1, 1))
+    s.leases["e" * 32] = LeaseRecord([SlotRange(0, 1, 3), SlotRange(1, 5, 5, True)], 12.5, 2, (1, 1), "0123456789abcdef")
     s.counts.skipped, s.counts.resets = 7, 2
     assert ReadState.from_bytes(KEY, s.to_bytes(), shards=2) == s
 
@@ -146,7 +146,7 @@ CORRUPT = {
     "a bool counter": json.dumps({**valid(), "claimed": [True]}).encode(),
     "no shards": json.dumps({**valid(), "claimed": [], "seen": [], "base": []}).encode(),
     "lengths that differ": json.dumps({**valid(), "seen": [0, 0]}).encode(),
-    "a bad lease id": json.dumps({**valid(), "leases": {"x": [1, 1, [[0, 1, 1, 0]], None]}}).encode(),
+    "a bad lease id": json.dumps({**valid(), "leases": {"x": [1, 1, [[0, 1, 1, 0]], [0, 0], "h"]}}).encode(),
     "a short range": json.dumps({**valid(), "gaps": [[0, 1]]}).encode(),
     "a missing count": json.dumps({**valid(), "counts": {"skipped": 0}}).encode(),
 }
@@ -168,7 +168,7 @@ def test_a_state_of_another_shard_count_is_a_mismatch_not_corruption():
 
 
 def test_encode_drops_the_oldest_gaps_when_the_state_would_outgrow_its_budget(testbed):
-    store = StateStore(None, QueueKeys("q"), shards=1)
+    store = StateStore(None, QueueKeys("q"), shards=1, check_budget=lambda key: None)
     s = state([0], gaps=[SlotRange(0, n * 10 + 1, n * 10 + 5, True) for n in range(30_000)])
     encoded = store.encode(s)
     assert len(encoded) <= MAX_STATE_BYTES
@@ -200,7 +200,7 @@ def bump(s):
 
 
 def store_on(cache):
-    return StateStore(cache, QueueKeys("q"), shards=1)
+    return StateStore(cache, QueueKeys("q"), shards=1, check_budget=lambda key: None)
 
 
 def test_change_retries_a_lost_cas_until_it_lands():

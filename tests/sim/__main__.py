@@ -1,6 +1,6 @@
 """``python -m tests.sim``: run seeds, replay one with its full trace, or soak for a while.
 
-    python -m tests.sim --seeds 0-199 [--view contract|legacy-appengine|legacy-pymemcache] [--preset NAME]
+    python -m tests.sim --seeds 0-199 [--preset NAME]
     python -m tests.sim --trace SEED_OR_TOKEN      # one run, every step printed
     python -m tests.sim --minutes 30               # soak: seeds from --seeds' first on, until time is up
 
@@ -14,7 +14,7 @@ import sys
 import time
 
 from tests.sim.runner import RunSpec, failure_report, parse_seeds, run, shrink
-from tests.sim.swarm import PRESETS, VIEWS
+from tests.sim.swarm import PRESETS
 
 PROGRESS_EVERY_SECONDS = 10.0
 SHOWN_FAILING_SEEDS = 30
@@ -23,20 +23,18 @@ SHOWN_FAILING_SEEDS = 30
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.sim", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-199", help="0-199, or 3,17,40 (default 0-199)")
-    parser.add_argument("--view", choices=VIEWS, help="default: the preset's (contract for swarm)")
     parser.add_argument("--preset", choices=list(PRESETS), default="swarm")
     parser.add_argument("--trace", metavar="SEED_OR_TOKEN", help="replay one run and print every step")
     parser.add_argument("--minutes", type=float, help="soak: run seeds until this much time has passed")
     parser.add_argument("--no-shrink", action="store_true", help="report failures without shrinking them")
     parser.add_argument("--stop-at-first", action="store_true", help="stop at the first failing seed")
     args = parser.parse_args(argv)
-    view = args.view or PRESETS[args.preset].view
     if args.trace:
-        return _trace(RunSpec.parse(args.trace, view, args.preset))
+        return _trace(RunSpec.parse(args.trace, args.preset))
     seeds = parse_seeds(args.seeds)
     if args.minutes is not None:
         seeds = _endless(seeds[0])
-    return _run_seeds(seeds, view, args)
+    return _run_seeds(seeds, args)
 
 
 def _trace(spec: RunSpec) -> int:
@@ -56,7 +54,7 @@ def _endless(first: int):
         seed += 1
 
 
-def _run_seeds(seeds, view: str, args: argparse.Namespace) -> int:
+def _run_seeds(seeds, args: argparse.Namespace) -> int:
     started = last_progress = time.monotonic()
     deadline = None if args.minutes is None else started + args.minutes * 60
     done = steps = 0
@@ -64,7 +62,7 @@ def _run_seeds(seeds, view: str, args: argparse.Namespace) -> int:
     for seed in seeds:
         if deadline is not None and time.monotonic() >= deadline:
             break
-        result = run(RunSpec(seed, view, args.preset))
+        result = run(RunSpec(seed, args.preset))
         done += 1
         steps += result.steps
         if result.failed:
@@ -84,7 +82,7 @@ def _run_seeds(seeds, view: str, args: argparse.Namespace) -> int:
             )
     elapsed = time.monotonic() - started
     print(
-        f"{done} seeds ({view}, preset {args.preset}) in {elapsed:.0f}s, {steps} steps "
+        f"{done} seeds (preset {args.preset}) in {elapsed:.0f}s, {steps} steps "
         f"({steps / max(elapsed, 1e-9):.0f} steps/s): {len(failures)} failed" + _failing_seeds(failures)
     )
     return 1 if failures else 0

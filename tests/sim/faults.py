@@ -66,15 +66,14 @@ DEEP_JSON_LEVELS = 10_000
 
 
 # -- which queue key is which -----------------------------------------------------------
-# The fault plan targets keys by the shape of today's key names (clickqueue.QueueKeys);
-# a rewrite that renames keys only makes the targeted faults fall back to any queue key.
+# The fault plan targets keys by the shape of their names (clickqueue.QueueKeys).
 
 
 class KeyClass(enum.Enum):
     STATE = "state"
     COUNTER = "counter"
     SLOT = "slot"
-    STAT = "stat"
+    GENERATION = "generation marker"
     OTHER = "other"
 
 
@@ -82,7 +81,7 @@ _KEY_CLASSES = [
     (re.compile(r":state$"), KeyClass.STATE),
     (re.compile(r":w:\d+$"), KeyClass.COUNTER),
     (re.compile(r":m:\d+:\d+$"), KeyClass.SLOT),
-    (re.compile(r":stat:"), KeyClass.STAT),
+    (re.compile(r":gen:\d+$"), KeyClass.GENERATION),
 ]
 
 
@@ -94,8 +93,8 @@ def key_class(key: str) -> KeyClass:
 
 
 def is_accounting_key(key: str) -> bool:
-    """The keys ``stats()`` counts from: while none of them was lost or overwritten, G3 is exact."""
-    return key_class(key) in (KeyClass.STATE, KeyClass.STAT)
+    """The key ``stats()`` counts from: while it was never lost or overwritten, G3 is exact."""
+    return key_class(key) is KeyClass.STATE
 
 
 def next_slot_key(counter_key: str, counter_value: int, ahead: int) -> str:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from clickqueue import Lease
 from tests.sim.faults import MAX_CLOCK_SKEW_SECONDS
-from tests.sim.oracle import Delivery, Phase, WriteOutcome, describe_error, write_error_outcome
+from tests.sim.oracle import Delivery, Phase, WriteOutcome, describe_error, write_error_outcomes
 from tests.sim.scheduler import Actor, OpAborted
 
 if TYPE_CHECKING:
@@ -240,12 +240,22 @@ class Party:
                 oracle.write_finished(self.name, ids, attempts, WriteOutcome.UNKNOWN, "died mid-call", world.step)
                 raise
             except Exception as error:
-                outcome = write_error_outcome(error)
-                oracle.write_finished(self.name, ids, attempts, outcome, describe_error(error), world.step)
-                self.world.report_error(self, label, error, writing=True)
+                outcomes = write_error_outcomes(error, len(ids))
+                for outcome in set(outcomes):
+                    indices = [index for index, each in enumerate(outcomes) if each is outcome]
+                    oracle.write_finished(
+                        self.name,
+                        [ids[index] for index in indices],
+                        [attempts[index] for index in indices],
+                        outcome,
+                        describe_error(error),
+                        world.step,
+                    )
+                self.world.report_error(self, label, error)
+                not_stored = [body for body, outcome in zip(bodies, outcomes) if outcome is WriteOutcome.NOT_STORED]
                 retryable = "deep" not in bodies[0] and "pad" not in bodies[0]
-                if outcome is WriteOutcome.NOT_STORED and retryable and self.retries < MAX_WRITE_RETRIES:
-                    self.retry_bodies = bodies
+                if not_stored and retryable and self.retries < MAX_WRITE_RETRIES:
+                    self.retry_bodies = not_stored
                 return
             oracle.write_finished(self.name, ids, attempts, WriteOutcome.OK, "", world.step)
 
@@ -339,7 +349,7 @@ class Party:
         except OpAborted:
             raise
         except Exception as error:
-            self.world.report_error(self, label, error, writing=False)
+            self.world.report_error(self, label, error)
             return None
 
     def _deliver(

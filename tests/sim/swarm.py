@@ -17,11 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from tests.sim.faults import FaultKind, KeyClass
-from tests.sim.oracle import G2_BOUND, G3_IDENTITY
 from tests.sim.parties import LEASE_PLANS, OpKind, Role
 from tests.sim.simcache import APPENGINE, MEMCACHED, Backend
 
-VIEWS = ("contract", "legacy-appengine", "legacy-pymemcache")
 THIRTY_ONE_DAYS_SECONDS = 31 * 86400
 
 _RARE_FAULTS = frozenset({FaultKind.FLUSH_ALL, FaultKind.RESTART_NODE})
@@ -32,7 +30,6 @@ _MULTI_NODE_FAULTS = frozenset({FaultKind.RESTART_NODE, FaultKind.NODE_DEAD_FOR_
 class Swarm:
     """Everything a seed decides before its first step."""
 
-    view: str
     backend: Backend
     fault_rates: Mapping[FaultKind, float]
     evict_weights: Mapping[KeyClass, float]
@@ -70,7 +67,7 @@ class Swarm:
         lines = [
             f"faults/step: {faults}",
             f"operations: {ops}; parties: {parties}",
-            f"view {self.view} on {self.backend.name}; {self.shards} shards; {self.nodes} nodes of "
+            f"{self.backend.name}; {self.shards} shards; {self.nodes} nodes of "
             f"{self.node_capacity_bytes // 1024} KB; tombstone_seconds={self.tombstone_seconds} "
             f"max_write_seconds={self.max_write_seconds:g}; aged_slots={self.aged_slots}; "
             f"chaos {self.chaos_steps} steps, {self.liveness_write_ops} liveness writes",
@@ -87,12 +84,10 @@ def _rate(rng: random.Random, kind: FaultKind) -> float:
     return round(10 ** rng.uniform(low, high), 5)
 
 
-def draw_swarm(seed: int, view: str, preset: str = "swarm") -> Swarm:
+def draw_swarm(seed: int, preset: str = "swarm") -> Swarm:
     """The seed's swarm: the full random draw, then the preset's bias."""
     rng = random.Random(f"{seed}:swarm")
-    backend = {"legacy-appengine": APPENGINE, "legacy-pymemcache": MEMCACHED}.get(view) or rng.choice(
-        [APPENGINE, MEMCACHED]
-    )
+    backend = PRESETS[preset].backend or rng.choice([APPENGINE, MEMCACHED])
     nodes = rng.choice([1, 1, 2, 3])
     fault_rates = {
         kind: _rate(rng, kind)
@@ -111,7 +106,6 @@ def draw_swarm(seed: int, view: str, preset: str = "swarm") -> Swarm:
         [(3600, 60.0), (2, 0.5), (THIRTY_ONE_DAYS_SECONDS, 60.0)], weights=[7, 2, 1]
     )[0]
     swarm = Swarm(
-        view=view,
         backend=backend,
         fault_rates=fault_rates,
         evict_weights=evict_weights,
@@ -139,7 +133,7 @@ def draw_swarm(seed: int, view: str, preset: str = "swarm") -> Swarm:
     return PRESETS[preset].bias(swarm, rng)
 
 
-_CACHE_CALLS = ["get_multi", "gets_multi", "add_multi", "cas", "cas_multi", "incr", "delete_multi"]
+_CACHE_CALLS = ["get_multi", "gets_multi", "add_multi", "cas_multi", "incr", "delete_multi"]
 
 _OP_CHANCES = {
     OpKind.WRITE: 0.7,
@@ -161,10 +155,11 @@ _OP_CHANCES = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A bias of the swarm towards a scenario; ``view`` is the view it is meant for."""
+    """A bias of the swarm towards a scenario (the one where a confirmed bug of issue 7
+    showed), and the backend whose semantics it needs (None: either)."""
 
     about: str
-    view: str
+    backend: Backend | None
     bias: Callable[[Swarm, random.Random], Swarm]
 
 
@@ -186,10 +181,10 @@ def _ordinary(swarm: Swarm) -> Swarm:
 
 
 PRESETS: dict[str, Preset] = {
-    "swarm": Preset("the full swarm draw, unbiased", "contract", lambda swarm, rng: swarm),
+    "swarm": Preset("the full swarm draw, unbiased", None, lambda swarm, rng: swarm),
     "calm": Preset(
         "no faults, no hostile messages: only interleavings, clocks and leases",
-        "contract",
+        None,
         lambda swarm, rng: replace(
             swarm,
             fault_rates={},
@@ -200,7 +195,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "bug1": Preset(
         "node restarts (several nodes) while batches are leased",
-        "legacy-pymemcache",
+        MEMCACHED,
         lambda swarm, rng: replace(
             _ordinary(swarm),
             nodes=rng.choice([2, 3]),
@@ -208,12 +203,11 @@ PRESETS: dict[str, Preset] = {
             op_kinds=_ops(OpKind.WRITE, OpKind.WRITE_MULTI, OpKind.LEASE_ACK, OpKind.LEASE_STALL, OpKind.LEASE_HOARD),
             parties=_parties(rng.randint(2, 3), 0, rng.randint(2, 3)),
             shards=rng.choice([1, 2]),
-            skip_checks=frozenset({G3_IDENTITY}),
         ),
     ),
     "bug2": Preset(
         "write counters evicted early, while shards are new and writers are mid-write",
-        "legacy-appengine",
+        APPENGINE,
         lambda swarm, rng: replace(
             _ordinary(swarm),
             nodes=1,
@@ -224,12 +218,11 @@ PRESETS: dict[str, Preset] = {
             shards=rng.choice([4, 8]),
             read_sizes=(1000,),
             chaos_steps=300,
-            skip_checks=frozenset({G3_IDENTITY, G2_BOUND}),
         ),
     ),
     "bug3": Preset(
         "RPC errors (before or after applying) on App Engine memcache's adds and gets",
-        "legacy-appengine",
+        APPENGINE,
         lambda swarm, rng: replace(
             _ordinary(swarm),
             fault_rates=_some(
@@ -247,12 +240,11 @@ PRESETS: dict[str, Preset] = {
             shards=rng.choice([1, 2, 4]),
             lease_sizes=(100,),
             lease_seconds=(30.0,),
-            skip_checks=frozenset({G3_IDENTITY}),
         ),
     ),
     "bug4": Preset(
         "write counters and slots evicted, several writers reseeding at once",
-        "legacy-appengine",
+        APPENGINE,
         lambda swarm, rng: replace(
             _ordinary(swarm),
             nodes=1,
@@ -266,7 +258,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "bug5": Preset(
         "leases of every size taken over, released, acked late, across flushes",
-        "legacy-appengine",
+        APPENGINE,
         lambda swarm, rng: replace(
             _ordinary(swarm),
             fault_rates=_some(rng, {FaultKind.FLUSH_ALL: (0.0005, 0.003)}),
@@ -275,12 +267,11 @@ PRESETS: dict[str, Preset] = {
             ),
             parties=_parties(rng.randint(1, 3), 0, rng.randint(2, 3)),
             lease_sizes=(1, 2, 5, 100),
-            skip_checks=frozenset({G3_IDENTITY}),
         ),
     ),
     "bug6": Preset(
         "many outstanding leases on 64 shards of a long-used queue",
-        "legacy-appengine",
+        APPENGINE,
         lambda swarm, rng: replace(
             swarm,
             fault_rates={},
@@ -292,23 +283,21 @@ PRESETS: dict[str, Preset] = {
             pause_seconds={Role.LEASER: 5.0},
             aged_slots=1_000_000_000,
             chaos_steps=300_000,
-            skip_checks=frozenset({G3_IDENTITY}),
         ),
     ),
     "bug7": Preset(
         "tombstone_seconds over 30 days, no faults",
-        "legacy-appengine",
+        APPENGINE,
         lambda swarm, rng: replace(
             swarm,
             fault_rates={},
             tombstone_seconds=THIRTY_ONE_DAYS_SECONDS,
             max_write_seconds=60.0,
-            skip_checks=frozenset({G3_IDENTITY}),
         ),
     ),
     "bug8": Preset(
         "server errors cutting pymemcache's batched adds short",
-        "legacy-pymemcache",
+        MEMCACHED,
         lambda swarm, rng: replace(
             _ordinary(swarm),
             fault_rates=_some(rng, {FaultKind.PARTIAL: (0.01, 0.05)}),
@@ -316,12 +305,11 @@ PRESETS: dict[str, Preset] = {
             op_kinds=(swarm.op_kinds | {OpKind.WRITE_MULTI}) - {OpKind.WRITE_DEEP, OpKind.LEASE_STALL},
             lease_sizes=(100,),
             lease_seconds=(30.0,),
-            skip_checks=frozenset({G3_IDENTITY}),
         ),
     ),
     "bug9": Preset(
         "foreign values in slots, and messages nested near json's limit",
-        "legacy-appengine",
+        APPENGINE,
         lambda swarm, rng: replace(
             _ordinary(swarm),
             fault_rates=_some(
@@ -334,7 +322,6 @@ PRESETS: dict[str, Preset] = {
             ),
             op_kinds=swarm.op_kinds | {OpKind.WRITE_DEEP, OpKind.READ_MULTI, OpKind.LEASE_ACK},
             parties=_parties(rng.randint(1, 3), rng.randint(1, 2), rng.randint(1, 2)),
-            skip_checks=frozenset({G3_IDENTITY}),
         ),
     ),
 }
