@@ -207,17 +207,25 @@ def second_memcached_server() -> Iterator[MemcachedServer]:
     server.stop()
 
 
-class PauseAfterIncr:
+class CacheWrapper:
+    """A Cache that passes every call on to ``inner``: a test's seam changes one call."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class PauseAfterIncr(CacheWrapper):
     """A Cache that runs ``between`` once, right after the next ``incr`` that hands out slots.
 
     It stands for a writer paused between taking its slot and storing its message.
     """
 
     def __init__(self, inner, between):
-        self.inner, self.between = inner, between
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        super().__init__(inner)
+        self.between = between
 
     def incr(self, key, delta):
         value = self.inner.incr(key, delta)

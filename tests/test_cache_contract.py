@@ -11,6 +11,7 @@ import pickle
 from contextlib import closing
 
 import pytest
+from conftest import CacheWrapper
 from fault_proxy import FaultProxy
 
 from clickqueue import CacheUnavailableError, CountingCache, wrap_client
@@ -342,25 +343,16 @@ def test_pymemcache_client_that_would_change_values_or_keys_is_refused(memcached
         wrap_client(Client(memcached_server.address, **options))
 
 
-class DelegatingCache:
-    """A wrapper as users write them (metrics, tracing): every call passes through ``__getattr__``."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def test_an_object_with_the_cache_methods_is_used_as_it_is(testbed):
-    wrapper = DelegatingCache(wrap_client(None))
+    """Delegating through ``__getattr__``, as users' metrics or tracing wrappers do."""
+    wrapper = CacheWrapper(wrap_client(None))
     assert wrap_client(wrapper) is wrapper
     assert wrapper.add_multi({"contract:a": b"1"}) == {"contract:a": True}
 
 
 @pytest.mark.parametrize(
     ("client", "missing"),
-    [(object(), "get_multi"), ("127.0.0.1:11211", "get_multi"), (11211, "get_multi"), (DelegatingCache(object()), "incr")],
+    [(object(), "get_multi"), ("127.0.0.1:11211", "get_multi"), (11211, "get_multi"), (CacheWrapper(object()), "get_multi")],
 )
 def test_unsupported_client_is_refused_naming_what_it_lacks(client, missing):
     with pytest.raises(TypeError, match=f"unsupported cache client.*{missing}"):

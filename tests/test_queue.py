@@ -3,7 +3,7 @@
 import pickle
 
 import pytest
-from conftest import PauseAfterIncr, drain
+from conftest import CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import (
     MAX_BATCH_MESSAGES,
@@ -498,13 +498,7 @@ def test_message_stored_after_the_reader_got_an_empty_slot_wins_the_add_race(mak
     value = cache.get_multi([slot])[slot]
     cache.delete_multi([slot])
 
-    class StoreBeforeTombstone:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
+    class StoreBeforeTombstone(CacheWrapper):
         def add_multi(self, values, expire_seconds=0):
             if slot in values:
                 self.inner.add_multi({slot: value})

@@ -16,7 +16,7 @@ from collections import defaultdict
 from contextlib import closing
 
 import pytest
-from conftest import REPO_ROOT, PauseAfterIncr, drain, stop_process, wait_until
+from conftest import REPO_ROOT, CacheWrapper, PauseAfterIncr, drain, stop_process, wait_until
 from fault_proxy import FaultProxy
 from queue_workers import memcached_client, message_ids, run_on_memcached
 
@@ -302,14 +302,12 @@ def test_bug3_add_whose_reply_was_lost_is_stored_once_on_memcached(memcached_ser
     proxy.close()
 
 
-class RaceBeforeCounterAdd:
+class RaceBeforeCounterAdd(CacheWrapper):
     """A Cache that runs ``race`` once, just before the next ``add_multi`` of ``counter``."""
 
     def __init__(self, inner, counter, race):
-        self.inner, self.counter, self.race = inner, counter, race
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        super().__init__(inner)
+        self.counter, self.race = counter, race
 
     def add_multi(self, values, expire_seconds=0):
         if self.counter in values and self.race is not None:
@@ -353,13 +351,7 @@ def test_a_takeover_whose_reply_was_lost_never_passes_another_holders_takeover_f
     clock.advance(31)
     theirs = []
 
-    class TheyTakeOverFirst:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
+    class TheyTakeOverFirst(CacheWrapper):
         def cas_multi(self, values, expire_seconds=0):
             if queue.keys.state in values and not theirs:
                 theirs.append(Queue("q", clock=clock).lease(10, seconds=30))
