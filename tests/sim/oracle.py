@@ -165,7 +165,7 @@ class LeaseTruth:
     first_true_ack_step: int | None = None
 
 
-def check_stats(stats: Any, undelivered: int, exact: bool) -> list[tuple[str, str]]:
+def check_stats(stats: Any, undelivered: int, taken_unreturned: int, exact: bool) -> list[tuple[str, str]]:
     """G3 on ``stats()`` read at a quiescent point while the state was never lost.
 
     ``written == read + lost + depth + leased`` (checked when ``exact``: no
@@ -173,7 +173,9 @@ def check_stats(stats: Any, undelivered: int, exact: bool) -> list[tuple[str, st
     counted: in ``lost``, or still queued (``depth``) or held (``leased``), or,
     as ``clickqueue.queue`` documents, in ``gapped`` when it was lost together
     with its write counter (the true loss lies between ``lost`` and
-    ``lost + gapped``).
+    ``lost + gapped``). ``taken_unreturned`` allows for the documented limit that
+    a ``read_multi`` ending mid-call (killed, or raising) may have claimed up to
+    its ``max_items`` messages it never returned: counted as read, not lost.
     """
     problems = []
     total = stats.read + stats.lost + stats.depth + stats.leased
@@ -185,12 +187,13 @@ def check_stats(stats: Any, undelivered: int, exact: bool) -> list[tuple[str, st
                 f" + leased {stats.leased} = {total}",
             )
         )
-    if stats.lost + stats.gapped + stats.depth + stats.leased < undelivered:
+    if stats.lost + stats.gapped + stats.depth + stats.leased + taken_unreturned < undelivered:
+        slack = f" + {taken_unreturned} claimed by reads that ended mid-call" if taken_unreturned else ""
         problems.append(
             (
                 G3_LOST,
                 f"{undelivered} messages written and never delivered, but lost {stats.lost} + gapped {stats.gapped}"
-                f" + depth {stats.depth} + leased {stats.leased} is less",
+                f" + depth {stats.depth} + leased {stats.leased}{slack} is less",
             )
         )
     return problems
@@ -204,6 +207,8 @@ class Oracle:
         self.leases: dict[str, LeaseTruth] = {}
         self.accounting_disturbance: str | None = None
         """Why ``stats()`` can no longer be trusted at all (first reason), or None."""
+        self.taken_unreturned = 0
+        """Messages ``read_multi`` calls that ended mid-call may have claimed (their max_items)."""
         self.liveness_exempt: str | None = None
         """Why G2's liveness is not checked in this run (a documented limit was hit), or None."""
         self.inexact: str | None = None
@@ -388,6 +393,9 @@ class Oracle:
         if self.accounting_disturbance is None:
             self.accounting_disturbance = reason
 
+    def read_ended_mid_call(self, max_items: int) -> None:
+        self.taken_unreturned += max_items
+
     def counts_inexact(self, reason: str) -> None:
         if self.inexact is None:
             self.inexact = reason
@@ -409,7 +417,7 @@ class Oracle:
         if self.accounting_disturbance is not None:
             return
         undelivered = self.undelivered_written()
-        for check, message in check_stats(stats, len(undelivered), exact=self.inexact is None):
+        for check, message in check_stats(stats, len(undelivered), self.taken_unreturned, exact=self.inexact is None):
             if check == G3_LOST:
                 message += f" (undelivered: {', '.join(undelivered[:8])})"
             self.violate(check, step, "stats", message, undelivered[:20])

@@ -272,8 +272,14 @@ class Party:
         label = f"read_multi({max_items}) #{self.reads}"
 
         def run() -> None:
-            messages = self._run_call(label, lambda: self.queue.read_multi(max_items))
-            if messages is not None:
+            try:
+                messages = self._run_call(label, lambda: self.queue.read_multi(max_items))
+            except OpAborted:
+                self.world.oracle.read_ended_mid_call(max_items)
+                raise
+            if messages is None:
+                self.world.oracle.read_ended_mid_call(max_items)
+            else:
                 ids = self._deliver(label, messages, max_items)
                 self.current.allowed_deletions.update(ids)
 
