@@ -35,6 +35,14 @@ def test_written_message_is_read_once(make_queue):
     assert queue.read() is None
 
 
+def test_read_takes_one_message_and_leaves_the_next(make_queue):
+    queue = make_queue()
+    queue.write_multi(["first", "second"])
+    assert queue.read() == "first"
+    assert queue.read() == "second"
+    assert queue.stats().lost == 0
+
+
 def test_single_shard_reads_in_write_order(make_queue):
     queue = make_queue()
     for n in range(5):

@@ -20,7 +20,14 @@ from conftest import REPO_ROOT, CacheWrapper, PauseAfterIncr, drain, stop_proces
 from fault_proxy import FaultProxy
 from queue_workers import memcached_client, message_ids, run_on_memcached
 
-from clickqueue import MAX_CLAIM_ITEMS, CacheUnavailableError, Queue, TooManyLeasesError, wrap_client
+from clickqueue import (
+    MAX_CLAIM_ITEMS,
+    CacheUnavailableError,
+    Queue,
+    TooManyLeasesError,
+    WriteIncompleteError,
+    wrap_client,
+)
 from clickqueue.codec import TAKEN
 from clickqueue.queue import MAX_EMPTY_ROUNDS
 from clickqueue.recovery import REPAIR_MARGIN
@@ -568,3 +575,114 @@ def test_unpickling_is_impossible_even_for_a_pickle_planted_in_the_state(testbed
     assert pickle.dumps(Exploit())  # it is a real pickle
     assert queue.read() == "x"
     assert queue.stats().resets == 1
+
+
+# -- lost replies and unknown outcomes, one call at a time on the App Engine stub ----------------
+
+
+def expiry_seconds(key):
+    """How long ``key`` has left to live, from the stub's own record (None: no expiry)."""
+    import time
+
+    from google.appengine.api import memcache
+
+    item = memcache.Client().peek(key)
+    expires = item.get_expiration_time_sec()
+    return None if not expires else expires - time.time()
+
+
+def test_marks_expire_and_messages_do_not(testbed, clock):
+    from clickqueue.queue import TAKEN_SECONDS
+
+    queue = Queue("q", clock=clock, tombstone_seconds=600, max_write_seconds=60)
+    queue.write_multi(["read", "held", "gone"])
+    assert expiry_seconds(queue.keys.slot(0, 3)) is None, "a message lives until read or evicted"
+    assert queue.read() == "read"
+    lease = queue.lease(1, seconds=30)
+    slow = Queue("q", PauseAfterIncr(wrap_client(None), lambda: queue.read_multi()), clock=clock)
+    slow.write("late")  # its slot is tombstoned by the read, then it writes again
+    assert 0 < expiry_seconds(queue.keys.slot(0, 1)) <= TAKEN_SECONDS
+    assert expiry_seconds(lease.message_keys[0]) is None, "a leased message lives until acked"
+    assert 590 < expiry_seconds(queue.keys.slot(0, 4)) <= 600
+    assert drain(queue) == ["late"] and lease.ack()
+
+
+def test_a_claim_whose_reply_was_lost_but_that_landed_delivers_its_slots(testbed, memcache_rpc_faults):
+    queue = Queue("q")
+    queue.write_multi(["a", "b"])
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=True)
+    lease = queue.lease(10, seconds=30)
+    assert (lease.messages, memcache_rpc_faults.failed) == (["a", "b"], ["Set"])
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=True)
+    queue.write_multi(["c", "d"])
+    assert queue.read_multi() == ["c", "d"]
+    assert lease.ack() and queue.read() is None
+
+
+def test_a_claim_that_failed_before_it_was_applied_is_made_again(testbed, memcache_rpc_faults):
+    queue = Queue("q")
+    queue.write_multi(["a", "b"])
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.state)
+    assert queue.read_multi() == ["a", "b"]
+    assert queue.stats().as_dict() | {"read": 2, "lost": 0} == queue.stats().as_dict()
+
+
+class LeaseItDuringTheAdd(CacheWrapper):
+    """The writer's add is applied, then ``meanwhile`` runs, then the reply is lost."""
+
+    def __init__(self, inner, meanwhile):
+        super().__init__(inner)
+        self.meanwhile = meanwhile
+
+    def add_multi(self, values, expire_seconds=0):
+        applied = self.inner.add_multi(values, expire_seconds)
+        if self.meanwhile is not None and any(":m:" in key for key in values):
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+            return dict.fromkeys(applied)
+        return applied
+
+
+def test_a_write_whose_reply_was_lost_and_whose_message_was_leased_meanwhile_is_stored_once(make_queue, cache):
+    queue = make_queue()
+    leases = []
+    Queue("q", LeaseItDuringTheAdd(cache, lambda: leases.append(queue.lease(10, seconds=30)))).write("once")
+    assert leases[0].messages == ["once"]
+    assert leases[0].ack() and queue.read() is None
+
+
+def test_a_write_whose_reply_was_lost_and_whose_message_was_taken_meanwhile_is_reported_unknown(make_queue, cache):
+    queue = make_queue()
+    taken = []
+    writer = Queue("q", LeaseItDuringTheAdd(cache, lambda: taken.extend(queue.read_multi())))
+    with pytest.raises(WriteIncompleteError) as raised:
+        writer.write_multi(["maybe"])
+    assert (raised.value.stored, raised.value.unknown, taken) == ([], [0], ["maybe"])
+    assert queue.read() is None, "not written twice"
+
+
+def test_a_write_that_cannot_read_back_its_unanswered_add_reports_those_messages_unknown(
+    testbed, memcache_rpc_faults
+):
+    queue = Queue("q")
+    queue.write("warm up")
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.slot(0, 2), after_applying=True)
+    for _read_and_its_half in range(2):  # the adapter makes a failed read again in halves
+        memcache_rpc_faults.fail_next("Get", key=queue.keys.slot(0, 2))
+    with pytest.raises(WriteIncompleteError) as raised:
+        queue.write_multi(["a", "b"])
+    assert (raised.value.stored, raised.value.unknown) == ([], [0, 1])
+    assert drain(queue) == ["warm up", "a", "b"], "they were stored: the outcome was only unknown"
+
+
+def test_an_ack_of_a_forgotten_lease_leaves_another_leases_marks_alone(make_queue, cache, cache_client):
+    first_process = make_queue()
+    first_process.write("before the flush")
+    forgotten = first_process.lease(10, seconds=300)
+    flush(cache_client)
+    second_process = make_queue()  # has never seen the queue, so starts it again at slot 1
+    second_process.write("after the flush")
+    current = second_process.lease(10, seconds=300)
+    assert forgotten.message_keys == current.message_keys
+    assert forgotten.ack() is False
+    assert current.ack() is True, "its mark was left alone"
