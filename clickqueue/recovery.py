@@ -124,7 +124,7 @@ class Recovery:
 
     def repair_counters(self, evidence: Mapping[int, int]) -> None:
         """Put the write counters of the shards in ``evidence`` above every slot in use,
-        where they are not, all at once: about 15 cache calls for any number of shards.
+        where they are not, all at once: about 16 cache calls for any number of shards.
 
         Called when a counter was missing or foreign, or a writer found a slot its
         counter handed out (``evidence[shard]``, else 0) already holding someone
@@ -148,10 +148,15 @@ class Recovery:
             for shard, stored_at in evidence.items()
         }
         tops = self.last_stored_slots(floors)
+        # Read again after the probe: each slot it found was handed out by an incr
+        # before it, so only a counter below its top now has really gone back (the
+        # first read may predate other writers' incr, which on App Engine's stub
+        # leaves the CAS id unchanged: a CAS on it would undo their slots).
+        current = self.cache.gets_multi([self.counter_keys[shard] for shard in tops])
         behind = {
             shard: top
             for shard, top in tops.items()
-            if (counter := decimal(counters[shard][0])) is None or counter < top
+            if (counter := decimal(current.get(self.counter_keys[shard], (None, None))[0])) is None or counter < top
         }
         if not any(marker in found for marker in self.keys.generation_markers):
             # The queue is still being created (its marker comes last): a counter not
@@ -159,13 +164,13 @@ class Recovery:
             unborn = {
                 self.counter_keys[shard]: b"0"
                 for shard, top in behind.items()
-                if counters[shard][0] is None and top == state.base[shard] == state.used_through(shard)
+                if self.counter_keys[shard] not in current and top == state.base[shard] == state.used_through(shard)
             }
             self.cache.add_multi(unborn)
             behind = {shard: top for shard, top in behind.items() if self.counter_keys[shard] not in unborn}
         targets = {self.counter_keys[shard]: str(top + REPAIR_MARGIN).encode() for shard, top in behind.items()}
-        missing = {key: target for key, target in targets.items() if key not in found}
-        foreign = {key: (target, found[key][1]) for key, target in targets.items() if key in found}
+        missing = {key: target for key, target in targets.items() if key not in current}
+        foreign = {key: (target, current[key][1]) for key, target in targets.items() if key in current}
         applied = {**self.cache.add_multi(missing), **self.cache.cas_multi(foreign)}
         gaps = [
             SlotRange(shard, top + 1, top + REPAIR_MARGIN, in_gap=True)

@@ -4,6 +4,7 @@ still transactional (a transaction whose group changed under it fails)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,15 +93,22 @@ def test_transaction_fails_when_its_group_changed_under_it(open_datastore, tmp_p
     key = ndb.Key(Tally, "t")
     Tally(key=key).put()
 
+    request_environment = dict(os.environ)
+
     def increment() -> None:
         tally = key.get()
         tally.count += 1
         tally.put()
 
+    def concurrent_request() -> None:
+        # The SDK's os.environ is per request; on Python 3.13 a new thread starts with an empty one.
+        os.environ.update(request_environment)
+        ndb.transactional()(increment)()
+
     @ndb.transactional(retries=0)
     def increment_after_a_concurrent_one() -> None:
         tally = key.get()
-        other = threading.Thread(target=ndb.transactional()(increment))
+        other = threading.Thread(target=concurrent_request)
         other.start()
         other.join()
         tally.count += 1

@@ -2,6 +2,8 @@
 
 import pytest
 
+from conftest import CacheWrapper
+
 from clickqueue import CountingCache, wrap_client
 from clickqueue.keys import QueueKeys
 from clickqueue.recovery import (
@@ -163,6 +165,24 @@ def test_a_foreign_counter_is_replaced_by_compare_and_set(cache, value):
     recovery(cache).repair_counters({0: 0})
     assert counter(cache) == REPAIR_MARGIN
     assert stored_state(cache).counts.resets == 1
+
+
+class WriterDuringTheProbe(CacheWrapper):
+    """Another writer takes slot 1 and stores it while the repair probes the slots."""
+
+    def get_multi(self, keys):
+        if KEYS.slots(0, [1])[0] in keys and self.inner.incr(KEYS.write_counter(0), 1) == 1:
+            store_slots(self.inner, [1])
+        return self.inner.get_multi(keys)
+
+
+def test_a_counter_that_moved_on_while_the_repair_probed_is_left_alone(cache):
+    """Read before the other writer's incr, the counter looks behind the slot it
+    stored; on the stub incr keeps the CAS id, so only the read after the probe
+    tells that nothing went back."""
+    new_queue(cache)
+    recovery(WriterDuringTheProbe(cache)).repair_counters({0: 0})
+    assert (counter(cache), stored_state(cache).counts.resets, stored_state(cache).gaps) == (1, 0, [])
 
 
 def test_a_counter_behind_the_claims_goes_above_them(cache):

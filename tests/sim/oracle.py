@@ -43,6 +43,7 @@ G2_BOUND = "G2 bounded calls"
 G2_LIVENESS = "G2 liveness"
 G3_IDENTITY = "G3 stats identity"
 G3_LOST = "G3 loss counted"
+G3_NO_FAULT = "G3 no reset without a fault"
 G4 = "G4 safety"
 G5_ACK = "G5 ack contract"
 
@@ -413,9 +414,13 @@ class Oracle:
             if truth.phase is Phase.LIVENESS and truth.written() and not truth.deliveries
         ]
 
-    def stats_checked(self, stats: Any, step: int) -> None:
+    def stats_checked(self, stats: Any, step: int, fault_free: bool) -> None:
         if self.accounting_disturbance is not None:
             return
+        if fault_free and (stats.resets, stats.gapped) != (0, 0):
+            self.violate(
+                G3_NO_FAULT, step, "stats", f"resets {stats.resets}, gapped {stats.gapped} in a run without faults"
+            )
         undelivered = self.undelivered_written()
         for check, message in check_stats(stats, len(undelivered), self.taken_unreturned, exact=self.inexact is None):
             if check == G3_LOST:

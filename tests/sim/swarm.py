@@ -324,4 +324,15 @@ PRESETS: dict[str, Preset] = {
             parties=_parties(rng.randint(1, 3), rng.randint(1, 2), rng.randint(1, 2)),
         ),
     ),
+    "bug10": Preset(
+        "no faults, many writers creating a queue at once on App Engine (incr keeps the CAS id)",
+        APPENGINE,
+        lambda swarm, rng: replace(
+            _ordinary(swarm),
+            fault_rates={},
+            op_kinds=_ops(OpKind.WRITE, OpKind.WRITE_MULTI, OpKind.READ_MULTI, OpKind.LEASE_ACK),
+            parties=_parties(rng.randint(4, 6), rng.randint(1, 2), rng.randint(0, 1)),
+            shards=rng.choice([1, 2, 4]),
+        ),
+    ),
 }

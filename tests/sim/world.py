@@ -163,6 +163,7 @@ class World:
         self._next_message = 0
         self._die_after_operation: set[str] = set()
         self._lost_counters: set[str] = set()
+        self._counters_ever_lost = False
         self.parties: list[Party] = []
         self.auditor: Any = None
 
@@ -369,6 +370,12 @@ class World:
             self.oracle.disturb_accounting(f"{key} {reason}")
         elif key_class(key) is KeyClass.COUNTER:
             self._lost_counters.add(key)
+            self._counters_ever_lost = True
+
+    def fault_free(self) -> bool:
+        """No fault injected, no counter lost so far, and not an aged queue (which begins as
+        counters without a state: a reset): then nothing may have been reset."""
+        return not self.injected and not self._counters_ever_lost and not self.swarm.aged_slots
 
     def counters_missing(self) -> bool:
         """A write counter lost and not yet recreated: until then nobody can know the depth of its shard."""
