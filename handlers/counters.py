@@ -173,9 +173,7 @@ def _tally(events: Iterable[Event]) -> Counter[str]:
     return Counter("bots" if event.bot else event.type for event in events)
 
 
-def plan_commits(
-    events: Mapping[str, Event], max_entities: int = MAX_ENTITIES_PER_COMMIT
-) -> list[dict[str, Event]]:
+def plan_commits(events: Mapping[str, Event], max_entities: int = MAX_ENTITIES_PER_COMMIT) -> list[dict[str, Event]]:
     """Split ``{message id: event}`` (each dated) into commits of at most
     ``max_entities`` entities, an item's events together."""
     commits: list[dict[str, Event]] = []
@@ -197,7 +195,9 @@ def apply_batch(batch_id: str, events: Mapping[str, Event], max_entities: int = 
     all were counted before). An event without a time is dated now.
     """
     now = int(time.time())
-    dated = {message_id: event if event.at is not None else replace(event, at=now) for message_id, event in events.items()}
+    dated = {
+        message_id: event if event.at is not None else replace(event, at=now) for message_id, event in events.items()
+    }
     added = 0
     for commit in plan_commits(dated, max_entities):
         committed = _commit(batch_id, commit, seed=None)
@@ -228,7 +228,7 @@ def _commit(batch_id: str, events: dict[str, Event], seed: list[list] | None) ->
         for key in _counter_keys(event):
             by_key[key].append(event)
     keys = list(by_key)
-    updated = [stored or _new_counter(key) for key, stored in zip(keys, ndb.get_multi(keys))]
+    updated = [stored or _new_counter(key) for key, stored in zip(keys, ndb.get_multi(keys), strict=True)]
     for counter in updated:
         counter.add(_tally(by_key[counter.key]))
     totals = totals or EventTotals(key=totals_key)

@@ -16,7 +16,9 @@ from handlers.stats import overview
 
 TEMPLATE = Template((Path(__file__).resolve().parent.parent / "templates" / "dashboard.html").read_text())
 
-CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 """Scripts, styles and requests from this app only: the page has no inline script or style."""
 
 
@@ -28,6 +30,14 @@ def number(count: int) -> str:
     return f"{count:,}"
 
 
+def duration(seconds: int) -> str:
+    """Such as "45 s", "12 min", "5 h" or "3 d": the largest unit that fits."""
+    for unit, unit_seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * unit_seconds:
+            return f"{seconds // unit_seconds} {unit}"
+    return f"{seconds} s"
+
+
 class DashboardHandler(AdminHandler):
     """The dashboard page, rendered from the same data as ``/stats``."""
 
@@ -37,9 +47,9 @@ class DashboardHandler(AdminHandler):
         stats = overview(self.settings)
         totals, queue, last_commit = stats["totals"], stats["queue"], stats["last_commit"]
         rows = "\n".join(
-            f"      <tr><td>{html.escape(entry['item'])}</td><td class=\"number\">{number(entry['view'])}</td>"
-            f"<td class=\"number\">{number(entry['click'])}</td><td class=\"number\">{percent(entry['ctr'])}</td>"
-            f"<td class=\"number\">{number(entry['bots'])}</td></tr>"
+            f'      <tr><td>{html.escape(entry["item"])}</td><td class="number">{number(entry["view"])}</td>'
+            f'<td class="number">{number(entry["click"])}</td><td class="number">{percent(entry["ctr"])}</td>'
+            f'<td class="number">{number(entry["bots"])}</td></tr>'
             for entry in stats["items"]
         )
         base_url = self.request.host_url
@@ -56,14 +66,16 @@ class DashboardHandler(AdminHandler):
             "lost": number(queue["lost"]),
             "resets": number(queue["resets"]),
             "last_commit": (
-                f"{last_commit['at']} (oldest event {number(last_commit['lag_seconds'])} s old)"
+                f"{last_commit['at']} (its oldest event was {duration(last_commit['lag_seconds'])} old)"
                 if last_commit["at"]
                 else "never"
             ),
             "snippet": f'<script defer src="{base_url}/t.js" data-item="ITEM"></script>',
             "pixel": f'<img src="{base_url}/p.gif?type=view&item=ITEM" width="1" height="1" alt="">',
         }
-        page = TEMPLATE.substitute({name: value if name == "item_rows" else html.escape(value) for name, value in values.items()})
+        page = TEMPLATE.substitute(
+            {name: value if name == "item_rows" else html.escape(value) for name, value in values.items()}
+        )
         self.response.content_type = "text/html"
         self.response.charset = "utf-8"
         self.response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY

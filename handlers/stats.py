@@ -29,7 +29,8 @@ def parse_time(value: str, name: str) -> int:
         return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
     except (ValueError, OverflowError) as error:
         raise InvalidRequestError(
-            f"{name} must be an ISO 8601 date or time such as 2025-01-31 or 2025-01-31T13:00Z; got {quote_prefix(value)}"
+            f"{name} must be an ISO 8601 date or time, such as 2025-01-31 or 2025-01-31T13:00Z; "
+            f"got {quote_prefix(value)}"
         ) from error
 
 

@@ -15,10 +15,19 @@
   var pending = [];
   var timer = null;
 
-  /* The item rule: leading and trailing slashes dropped, each "/" made ":",
-     each run of other characters outside [A-Za-z0-9._:-] made "-", cut to
-     128 characters; nothing left is "index". So "/blog/2024/hello world"
-     is "blog:2024:hello-world" and "/" is "index". */
+  /* The item rule: data-item, or else the page's path percent-decoded; then
+     leading and trailing slashes dropped, each "/" made ":", each run of
+     other characters outside [A-Za-z0-9._:-] made "-", cut to 128
+     characters; nothing left is "index". So "/blog/2024/hello%20world/" is
+     "blog:2024:hello-world" and "/" is "index". */
+  function decodedPath() {
+    try {
+      return decodeURIComponent(location.pathname);
+    } catch (malformed) {
+      return location.pathname;
+    }
+  }
+
   function toItem(text) {
     var item = String(text)
       .replace(/^\/+|\/+$/g, "")
@@ -51,7 +60,7 @@
     else if (!timer) timer = setTimeout(send, BATCH_MS);
   }
 
-  var pageItem = toItem(script.getAttribute("data-item") || location.pathname);
+  var pageItem = toItem(script.getAttribute("data-item") || decodedPath());
 
   function onClick(event) {
     if (event.type === "auxclick" && event.button !== 1) return;

@@ -464,7 +464,7 @@ def leased_events(lease) -> dict:
     """A lease's events by message id, as ``drain`` hands them to ``apply_batch``."""
     from handlers.events import event_from_message
 
-    return dict(zip(lease.message_keys, map(event_from_message, lease.messages)))
+    return dict(zip(lease.message_keys, map(event_from_message, lease.messages), strict=True))
 
 
 def clicks_and_views(counts: dict) -> dict[str, int]:

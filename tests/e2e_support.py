@@ -104,10 +104,19 @@ def wait_until_serving(process: subprocess.Popen, base_url: str, timeout_seconds
 
 
 @contextmanager
-def local_server(data_dir: Path, log_path: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``python main.py`` on a free port in its own process group; SIGTERM it at the end."""
+def local_server(
+    data_dir: Path, log_path: Path, port: int | None = None, environment: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``python main.py`` on a free port in its own process group (with ``environment``
+    added to its environment); SIGTERM it at the end."""
     port = port or free_port()
-    env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        **(environment or {}),
+        "PORT": str(port),
+        "CLICKQUEUE_DATA_DIR": str(data_dir),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "main.py"],

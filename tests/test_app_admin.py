@@ -91,10 +91,12 @@ def test_dashboard_renders_totals_top_items_and_queue_health(app):
     assert page.html.find(id="total-bots").text == "1"
     rows = [[cell.text for cell in row.find_all("td")] for row in page.html.find(id="top-items").tbody.find_all("tr")]
     assert rows == [["pricing", "4", "1", "25.0%", "1"]]
-    health = dict(zip(
-        (term.text for term in page.html.find(id="queue-health").find_all("dt")),
-        (value.text for value in page.html.find(id="queue-health").find_all("dd")),
-    ))
+    health = dict(
+        zip(
+            (term.text for term in page.html.find(id="queue-health").find_all("dt")),
+            (value.text for value in page.html.find(id="queue-health").find_all("dd")),
+        )
+    )
     assert (health["Waiting (depth)"], health["Lost"], health["Resets"]) == ("2", "0", "0")
 
 
@@ -104,9 +106,10 @@ def test_dashboard_allows_only_its_own_scripts_and_styles(app):
     assert page.headers["Content-Security-Policy"].startswith("default-src 'self';")
     assert not page.html.find_all("script", src=False), "an inline script"
     assert not page.html.find_all("style") and not page.html.find_all(style=True), "an inline style"
-    assert all(
-        tag.get("src", tag.get("href", "")).startswith("/static/") for tag in page.html.find_all(["script", "link"])
-    )
+    scripts = [tag["src"] for tag in page.html.find_all("script")]
+    styles = [tag["href"] for tag in page.html.find_all("link", rel="stylesheet")]
+    assert all(url.startswith("/static/") for url in scripts + styles), scripts + styles
+    assert [tag["href"] for tag in page.html.find_all("link", rel="icon")] == ["data:,"], "no favicon request"
 
 
 def test_dashboard_shows_the_snippet_for_this_app(app):

@@ -77,8 +77,16 @@ def test_pixel_from_another_page_answers_the_gif_and_records_nothing(app_allowin
     ("setting", "expected"),
     [
         pytest.param("", AllowedOrigins(), id="empty"),
-        pytest.param(" https://a.example  http://b.example:8080 ", AllowedOrigins(frozenset({"https://a.example", "http://b.example:8080"})), id="spaces"),
-        pytest.param("https://a.example,https://b.example", AllowedOrigins(frozenset({"https://a.example", "https://b.example"})), id="commas"),
+        pytest.param(
+            " https://a.example  http://b.example:8080 ",
+            AllowedOrigins(frozenset({"https://a.example", "http://b.example:8080"})),
+            id="spaces",
+        ),
+        pytest.param(
+            "https://a.example,https://b.example",
+            AllowedOrigins(frozenset({"https://a.example", "https://b.example"})),
+            id="commas",
+        ),
         pytest.param("https://a.example *", AllowedOrigins(any_origin=True), id="any"),
     ],
 )

@@ -40,7 +40,9 @@ def counted(testbed):
 
 
 def test_hourly_series_of_an_item_counts_each_utc_hour(app, counted):
-    response = app.get("/stats", {"item": "a", "bucket": "hour", "from": "2025-03-01T08:00Z", "to": "2025-03-01T11:00Z"})
+    response = app.get(
+        "/stats", {"item": "a", "bucket": "hour", "from": "2025-03-01T08:00Z", "to": "2025-03-01T11:00Z"}
+    )
 
     assert response.json == {
         "item": "a",
@@ -76,7 +78,9 @@ def test_bucket_boundaries_are_exact_to_the_second(app, counted):
 
 
 def test_from_is_rounded_down_to_its_bucket_and_to_is_exclusive(app, counted):
-    response = app.get("/stats", {"item": "a", "bucket": "hour", "from": "2025-03-01T09:45Z", "to": "2025-03-01T10:00Z"})
+    response = app.get(
+        "/stats", {"item": "a", "bucket": "hour", "from": "2025-03-01T09:45Z", "to": "2025-03-01T10:00Z"}
+    )
 
     assert (response.json["from"], response.json["to"]) == ("2025-03-01T09:00:00Z", "2025-03-01T10:00:00Z")
     assert response.json["series"] == [point("2025-03-01T09:00:00Z", click=1, view=2)]

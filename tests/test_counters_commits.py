@@ -10,7 +10,6 @@ import pytest
 from google.appengine.api import apiproxy_stub_map
 from google.appengine.ext import ndb
 
-from conftest import keyed
 from handlers import counters
 from handlers.events import Event
 
@@ -34,7 +33,9 @@ class CommitSizes:
 
     def sizes(self) -> list[int]:
         """Entities written by each commit that wrote any, in order."""
-        return [self.entities_by_transaction[handle] for handle in self.committed if handle in self.entities_by_transaction]
+        return [
+            self.entities_by_transaction[handle] for handle in self.committed if handle in self.entities_by_transaction
+        ]
 
 
 @pytest.fixture
@@ -78,7 +79,12 @@ def stored_counts(events: dict[str, Event]) -> dict:
 def expected_counts(events: dict[str, Event], extra: int = 0) -> dict:
     """As ``stored_counts``, for each event counted once (``extra``: the ``ranked`` fixture's)."""
     views = Counter(event.item for event in events.values())
-    return {"items": dict(views), "hours": dict(views), "all hours": len(events) + extra, "all days": len(events) + extra}
+    return {
+        "items": dict(views),
+        "hours": dict(views),
+        "all hours": len(events) + extra,
+        "all days": len(events) + extra,
+    }
 
 
 def test_batch_on_100_items_on_100_days_is_counted_in_two_commits_under_the_limit(ranked, commit_sizes):

@@ -31,7 +31,7 @@ from e2e_support import EventPlan, HttpRequest, send, send_concurrently, send_ra
 # The app runs from a copy of what `gcloud app deploy` uploads, so dev_appserver
 # neither watches nor writes anything in the checkout.
 NOT_DEPLOYED = shutil.ignore_patterns(
-    ".git", ".ci", "tests", "bench", ".local-data", "__pycache__", ".pytest_cache", ".hypothesis", ".venv*"
+    ".git", ".ci", "tests", "bench", ".local-data", "artifacts", "__pycache__", ".pytest_cache", ".hypothesis", ".venv*"
 )
 EVENT_COUNT = 300
 FIRST_START_SECONDS = 300  # the first start pip-installs requirements.txt into a fresh virtualenv

@@ -153,6 +153,18 @@ def test_chunked_body_over_the_limit_answers_413_and_records_nothing(tmp_path, s
     assert stats["queue"]["written"] == 0
 
 
+def test_admin_pages_are_open_locally_on_loopback_and_the_log_says_so(tmp_path, server_log):
+    with local_server(tmp_path / "data", server_log) as (base_url, _):
+        dashboard = send_raw(base_url, "GET", "/dashboard", {}, None)
+        signed = send_raw(base_url, "GET", "/links?item=a&to=https%3A%2F%2Fexample.com%2F", {}, None)
+
+    log = server_log.read_text()
+    assert (dashboard.status, signed.status) == (200, 200)
+    assert b"Signed in as admin@localhost" in dashboard.body
+    assert f"admin pages are open locally: {base_url}/dashboard" in log
+    assert f"Listening at: {base_url} " in log
+
+
 def test_head_over_http_answers_without_a_body(tmp_path, server_log):
     with local_server(tmp_path / "data", server_log) as (base_url, _):
         response = send_raw(base_url, "HEAD", "/stats", {}, None)
