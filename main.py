@@ -14,7 +14,11 @@ from wsgiref.types import WSGIApplication
 import webapp2
 from google.appengine.api import wrap_wsgi_app
 
+from handlers.assets import AssetHandler
 from handlers.base import JsonApplication
+from handlers.dashboard import DashboardHandler, HomeHandler
+from handlers.go import GoHandler, SignLinkHandler
+from handlers.pixel import PixelHandler
 from handlers.process import ProcessCronHandler, ProcessTaskHandler
 from handlers.processing import PROCESS_PATH
 from handlers.settings import CONFIG_KEY, Settings
@@ -22,13 +26,21 @@ from handlers.stats import StatsHandler
 from handlers.track import TrackHandler
 
 # Each handler's methods (get, post) are the methods its path answers; any
-# other answers 405 with Allow.
+# other answers 405 with Allow. app.yaml keeps ADMIN_PATHS for admins (login: admin).
 ROUTES = [
     webapp2.Route("/track", TrackHandler),
+    webapp2.Route("/p.gif", PixelHandler),
+    webapp2.Route("/go", GoHandler),
+    webapp2.Route("/t.js", AssetHandler),
+    webapp2.Route("/static/<name:.+>", AssetHandler),
     webapp2.Route(PROCESS_PATH, ProcessTaskHandler),
     webapp2.Route("/cron/process", ProcessCronHandler),
+    webapp2.Route("/", HomeHandler),
+    webapp2.Route("/dashboard", DashboardHandler),
     webapp2.Route("/stats", StatsHandler),
+    webapp2.Route("/links", SignLinkHandler),
 ]
+ADMIN_PATHS = ("/dashboard", "/stats", "/links")
 
 
 def create_app(settings: Settings | None = None) -> WSGIApplication:

@@ -104,3 +104,21 @@ class BatchFailedError(RequestError):
 
     def __init__(self, cause: Exception, processed: int, requeued: int) -> None:
         super().__init__(f"batch failed and was given back: {cause!r}", processed=processed, requeued=requeued)
+
+
+class OriginNotAllowedError(RequestError):
+    """A browser sent events from a page whose origin is not in the allowed-origins setting."""
+
+    status = 403
+
+    def __init__(self, origin: str | None) -> None:
+        super().__init__(
+            f"pages of origin {quote_prefix(origin)} may not send events here: "
+            "add it to the app's CLICKQUEUE_ALLOWED_ORIGINS (app.yaml)"
+        )
+
+
+class AdminRequiredError(RequestError):
+    """Only the app's admins may see this (App Engine's ``login: admin`` and the Users API)."""
+
+    status = 403

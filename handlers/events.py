@@ -18,13 +18,25 @@ MAX_BATCH_EVENTS = 500
 
 @dataclass(frozen=True)
 class Event:
-    """One click or view of an item; its message form is what the queue carries."""
+    """One click or view of an item; its message form is what the queue carries.
+
+    ``at`` (POSIX seconds) is when the app accepted it: it picks the event's hour
+    and day. ``bot`` marks one sent by a known bot, counted apart. Both are set
+    by the app, never taken from a client.
+    """
 
     type: str
     item: str
+    at: int | None = None
+    bot: bool = False
 
-    def to_message(self) -> dict[str, str]:
-        return {"type": self.type, "item": self.item}
+    def to_message(self) -> dict[str, object]:
+        message: dict[str, object] = {"type": self.type, "item": self.item}
+        if self.at is not None:
+            message["at"] = self.at
+        if self.bot:
+            message["bot"] = True
+        return message
 
 
 def parse_item(value: object) -> str:
@@ -82,10 +94,17 @@ def parse_event_batch(body: bytes) -> list[Event]:
 
 
 def event_from_message(message: object) -> Event | None:
-    """The Event a queue message holds, or None if it holds none (written by something else)."""
+    """The Event a queue message holds, or None if it holds none (written by something else).
+
+    A message without ``at`` (queued before events carried their time) is dated
+    when it is counted."""
     if not isinstance(message, dict):
         return None
     try:
-        return parse_event(message)
+        event = parse_event(message)
     except InvalidRequestError:
         return None
+    at, bot = message.get("at"), message.get("bot", False)
+    if not (at is None or (type(at) is int and at >= 0)) or type(bot) is not bool:
+        return None
+    return Event(event.type, event.item, at, bot)

@@ -71,7 +71,11 @@ def drain(settings: Settings) -> DrainReport:
         with settings.queue.lease(settings.batch_size, settings.lease_seconds) as batch:
             if not batch:
                 return DrainReport(processed, budget_spent=False)
-            events = [event for event in map(event_from_message, batch.messages) if event is not None]
+            events = {
+                message_id: event
+                for message_id, event in zip(batch.message_keys, map(event_from_message, batch.messages), strict=True)
+                if event is not None
+            }
             if len(events) < len(batch.messages):
                 logger.warning(
                     "batch %s: dropped %d messages that are not events",
@@ -79,8 +83,15 @@ def drain(settings: Settings) -> DrainReport:
                     len(batch.messages) - len(events),
                 )
             try:
-                if events and not settings.aggregate(batch.lease_id, events):
-                    logger.info("batch %s (attempt %d) was applied before", batch.lease_id, batch.attempt)
+                added = settings.aggregate(batch.lease_id, events) if events else 0
+                if added < len(events):
+                    logger.info(
+                        "batch %s (attempt %d): %d of its %d events were counted before",
+                        batch.lease_id,
+                        batch.attempt,
+                        len(events) - added,
+                        len(events),
+                    )
             except Exception as error:  # any failure: leaving the block releases the batch
                 raise BatchFailedError(error, processed=processed, requeued=len(batch.messages)) from error
         processed += len(batch.messages)

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from clickqueue import Queue
 from handlers import counters
 from handlers.events import Event
+from handlers.links import LinkSigner
+from handlers.origins import AllowedOrigins
 
 CONFIG_KEY = "clickqueue.settings"
 TASK_NAME_PART = re.compile(r"[A-Za-z0-9_-]+")
 
-Aggregate = Callable[[str, Sequence[Event]], bool]
-"""Adds a batch's events to the counters once per batch id; True if this call did."""
+Aggregate = Callable[[str, Mapping[str, Event]], int]
+"""Adds a batch's ``{message id: event}`` to the counters, each message once per
+batch id; returns how many this call added."""
 
 
 def default_queue(clock: Callable[[], float] = time.time) -> Queue:
@@ -37,7 +40,8 @@ class ScheduledSlot:
 
 @dataclass(frozen=True)
 class Settings:
-    """The queue, the aggregation step, and the knobs of processing."""
+    """The queue, the aggregation step, the knobs of processing, who may send
+    events from a browser, and the key of tracked links."""
 
     queue: Queue = field(default_factory=default_queue)
     aggregate: Aggregate = counters.apply_batch
@@ -58,6 +62,9 @@ class Settings:
     """cron.yaml's schedule (every 1 minutes): the longest wait for a processing task when none is queued."""
     markers_pruned_per_run: int = 500
     """Most ``AppliedBatch`` markers one cron run deletes: one Datastore commit (500 entities at most)."""
+    allowed_origins: AllowedOrigins = field(default_factory=AllowedOrigins.from_environment)
+    """Whose pages may send events from their visitors' browsers (env CLICKQUEUE_ALLOWED_ORIGINS)."""
+    links: LinkSigner = field(default_factory=LinkSigner)
 
     @property
     def marker_retention_seconds(self) -> float:
@@ -86,7 +93,7 @@ class Settings:
         )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= counters.MAX_EVENTS_PER_COMMIT:
-            raise ValueError(f"batch_size must be 1 to {counters.MAX_EVENTS_PER_COMMIT}")
+        if not 1 <= self.batch_size <= counters.MAX_EVENTS_PER_LEASE:
+            raise ValueError(f"batch_size must be 1 to {counters.MAX_EVENTS_PER_LEASE}")
         if not TASK_NAME_PART.fullmatch(self.queue.name):
             raise ValueError(f"queue name {self.queue.name!r} must be usable in task names: [A-Za-z0-9_-]")

@@ -192,6 +192,7 @@ def testbed(tmp_path):
     # As on App Engine, a query needs its index in index.yaml.
     bed.init_datastore_v3_stub(require_indexes=True, root_path=str(REPO_ROOT))
     bed.init_taskqueue_stub(root_path=str(REPO_ROOT))
+    bed.init_user_stub()
     from google.appengine.ext import ndb
 
     ndb.get_context().clear_cache()
@@ -315,14 +316,22 @@ def app_settings(testbed, clock):
     return Settings(queue=default_queue(clock), clock=clock)
 
 
+ADMIN_ENVIRON = {"HTTP_X_APPENGINE_USER_IS_ADMIN": "1"}
+"""What App Engine's front end says of a request from a signed-in admin (it strips
+X-AppEngine-* headers from outside requests)."""
+
+
 @pytest.fixture
 def make_app(testbed):
-    """Build the app as App Engine serves it (wrapped), with the given Settings, on the stubs."""
+    """Build the app as App Engine serves it (wrapped), with the given Settings, on the
+    stubs; its requests come from an admin unless ``admin=False``."""
     import webtest
 
     import main
 
-    return lambda settings: webtest.TestApp(main.create_app(settings))
+    return lambda settings, admin=True: webtest.TestApp(
+        main.create_app(settings), extra_environ=ADMIN_ENVIRON if admin else {}
+    )
 
 
 @pytest.fixture
@@ -429,12 +438,43 @@ class _FailingStub:
             raise apiproxy_errors.ResponseTooLargeError(f"injected: {call} answer over {self.max_response_bytes} bytes")
 
 
-@pytest.fixture
-def memcache_rpc_faults(testbed) -> Iterator[MemcacheRpcFaults]:
+def _rpc_faults(service: str) -> Iterator[MemcacheRpcFaults]:
     from google.appengine.api import apiproxy_stub_map
 
     faults = MemcacheRpcFaults()
     hooks = apiproxy_stub_map.apiproxy.GetPreCallHooks()
-    hooks.Append("clickqueue-test-faults", faults.hook, "memcache")
+    hooks.Append("clickqueue-test-faults", faults.hook, service)
     yield faults
     hooks.Clear()
+
+
+@pytest.fixture
+def memcache_rpc_faults(testbed) -> Iterator[MemcacheRpcFaults]:
+    yield from _rpc_faults("memcache")
+
+
+@pytest.fixture
+def datastore_rpc_faults(testbed) -> Iterator[MemcacheRpcFaults]:
+    """The same faults, for Datastore RPCs ("Put", "Commit"...): a commit that fails,
+    or whose answer is lost after it applied."""
+    yield from _rpc_faults("datastore_v3")
+
+
+# -- counting (handlers/counters.py) -------------------------------------------
+
+
+def keyed(events) -> dict:
+    """Events as ``counters.apply_batch`` takes them: each under a message id of its own."""
+    return {f"message-{n}": event for n, event in enumerate(events)}
+
+
+def leased_events(lease) -> dict:
+    """A lease's events by message id, as ``drain`` hands them to ``apply_batch``."""
+    from handlers.events import event_from_message
+
+    return dict(zip(lease.message_keys, map(event_from_message, lease.messages), strict=True))
+
+
+def clicks_and_views(counts: dict) -> dict[str, int]:
+    """The clicks and views of counts as ``counters`` answers them (without bots and CTR)."""
+    return {"click": counts["click"], "view": counts["view"]}

@@ -78,20 +78,24 @@ def send_raw(
         connection.close()
 
 
-def get_json(base_url: str, path: str):
-    response = send(base_url, HttpRequest("GET", path))
+Headers = tuple[tuple[str, str], ...]
+
+
+def get_json(base_url: str, path: str, headers: Headers = ()):
+    """GET ``path`` (an admin page under dev_appserver needs its sign-in cookie in ``headers``)."""
+    response = send(base_url, HttpRequest("GET", path, headers=headers))
     assert response.status == 200, response
     return response.json()
 
 
-def wait_until_serving(process: subprocess.Popen, base_url: str, timeout_seconds: float) -> None:
+def wait_until_serving(process: subprocess.Popen, base_url: str, timeout_seconds: float, headers: Headers = ()) -> None:
     """Wait until the server answers /stats; fail at once if its process ended."""
 
     def serving() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"{process.args} exited with {process.returncode}")
         try:
-            get_json(base_url, "/stats")
+            get_json(base_url, "/stats", headers)
         except OSError:
             return False
         return True
@@ -100,10 +104,19 @@ def wait_until_serving(process: subprocess.Popen, base_url: str, timeout_seconds
 
 
 @contextmanager
-def local_server(data_dir: Path, log_path: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``python main.py`` on a free port in its own process group; SIGTERM it at the end."""
+def local_server(
+    data_dir: Path, log_path: Path, port: int | None = None, environment: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``python main.py`` on a free port in its own process group (with ``environment``
+    added to its environment); SIGTERM it at the end."""
     port = port or free_port()
-    env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        **(environment or {}),
+        "PORT": str(port),
+        "CLICKQUEUE_DATA_DIR": str(data_dir),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "main.py"],
@@ -153,6 +166,7 @@ class EventPlan:
         return requests
 
     def expected_totals(self) -> dict[str, int]:
+        """As ``people_counts`` shows them."""
         by_type = Counter(event_type for event_type, _ in self.events)
         return {"click": by_type["click"], "view": by_type["view"]}
 
@@ -170,12 +184,21 @@ def send_concurrently(base_url: str, requests: list[HttpRequest], clients: int) 
         return Counter(response.status for response in pool.map(lambda r: send(base_url, r), requests))
 
 
-def wait_for_counts(base_url: str, plan: EventPlan, timeout_seconds: float) -> dict:
+def people_counts(stats: dict) -> tuple[dict[str, int], list[dict[str, object]]]:
+    """/stats's totals and items, clicks and views only (neither bots nor CTR)."""
+
+    def counts(entry: dict) -> dict:
+        return {name: entry[name] for name in ("item", "click", "view") if name in entry}
+
+    return counts(stats["totals"]), [counts(entry) for entry in stats["items"]]
+
+
+def wait_for_counts(base_url: str, plan: EventPlan, timeout_seconds: float, headers: Headers = ()) -> dict:
     """Poll /stats until it shows exactly the plan's counts; return those stats."""
 
     def counts_are_exact():
-        stats = get_json(base_url, "/stats")
-        if stats["totals"] == plan.expected_totals() and stats["items"] == plan.expected_items():
+        stats = get_json(base_url, "/stats", headers)
+        if people_counts(stats) == (plan.expected_totals(), plan.expected_items()):
             return stats
         return None
 

@@ -106,4 +106,22 @@ HOSTILE_REQUESTS = [
     pytest.param(HostileRequest("GET", "/process", 405, allow="POST"), id="get-process"),
     pytest.param(HostileRequest("POST", "/cron/process", 405, allow="GET, HEAD"), id="post-cron"),
     pytest.param(HostileRequest("POST", "/process", 403), id="process-without-task-header"),
+    # the tracker's own paths
+    pytest.param(post("/track", "text/plain", b"{"), id="beacon-malformed-json"),
+    pytest.param(
+        HostileRequest("POST", "/track", 403, {"Content-Type": "text/plain", "Origin": "https://evil.example"}, json_events(CLICK)),
+        id="beacon-from-another-origin",
+    ),
+    pytest.param(HostileRequest("GET", "/go", 400), id="go-without-parameters"),
+    pytest.param(HostileRequest("GET", "/go?item=x&to=https%3A%2F%2Fexample.com%2F&sig=%FF", 400), id="go-sig-not-utf-8"),
+    pytest.param(HostileRequest("GET", "/go?item=x&to=javascript%3Aalert(1)&sig=x", 400), id="go-to-javascript"),
+    pytest.param(HostileRequest("POST", "/go", 405, allow="GET, HEAD"), id="post-go"),
+    pytest.param(HostileRequest("POST", "/p.gif", 405, allow="GET, HEAD"), id="post-pixel"),
+    pytest.param(HostileRequest("PUT", "/t.js", 405, allow="GET, HEAD"), id="put-snippet"),
+    pytest.param(HostileRequest("GET", "/static/%FF", 400), id="static-path-not-utf-8"),
+    pytest.param(HostileRequest("GET", "/static/../main.py", 404), id="static-outside-its-folder"),
+    pytest.param(HostileRequest("GET", "/stats?bucket=hour&from=%FF", 400), id="stats-from-not-utf-8"),
+    pytest.param(HostileRequest("GET", "/stats?bucket=year", 400), id="stats-unknown-bucket"),
+    pytest.param(HostileRequest("POST", "/links", 405, allow="GET, HEAD"), id="post-links"),
+    pytest.param(HostileRequest("GET", "/links?item=x&to=ftp%3A%2F%2Fexample.com%2F", 400), id="links-ftp-url"),
 ]

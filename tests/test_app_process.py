@@ -12,7 +12,7 @@ from google.appengine.api import croninfo, queueinfo
 from google.appengine.ext import ndb
 
 from clickqueue import Queue
-from conftest import REPO_ROOT, FakeClock
+from conftest import REPO_ROOT, FakeClock, clicks_and_views, keyed, leased_events
 from handlers import counters
 from handlers.events import Event
 from handlers.settings import Settings, default_queue
@@ -36,7 +36,10 @@ def expected_counts(events: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
 
 
 def stored_counts(items) -> dict[str, dict[str, int]]:
-    return {item: counters.item_counts(item) for item in items}
+    return {item: clicks_and_views(counters.item_counts(item)) for item in items}
+
+
+NOTHING = {"click": 0, "view": 0, "bots": 0, "ctr": None}
 
 
 EVENTS = [("click", "a"), ("view", "a"), ("view", "a"), ("click", "b"), ("view", "c")] * 50
@@ -59,7 +62,7 @@ def test_requests_not_from_app_engine_are_forbidden(app, queued_tasks, path, met
     response = getattr(app, method)(path, headers=headers, status=403)
 
     assert set(response.json) == {"error"}
-    assert counters.totals() == {"click": 0, "view": 0}
+    assert counters.totals() == NOTHING
     assert len(queued_tasks()) == len(tasks_before)
 
 
@@ -70,14 +73,14 @@ def test_process_counts_every_event_exactly_by_item(app):
 
     assert response.json == {"processed": len(EVENTS), "requeued": 0, "remaining": 0}
     assert stored_counts("abc") == expected_counts(EVENTS)
-    assert counters.totals() == {"click": 100, "view": 150}
+    assert counters.totals() == {"click": 100, "view": 150, "bots": 0, "ctr": 100 / 150}
 
 
 def test_process_of_an_empty_queue_does_nothing(app):
     response = process(app)
 
     assert response.json == {"processed": 0, "requeued": 0, "remaining": 0}
-    assert counters.totals() == {"click": 0, "view": 0}
+    assert counters.totals() == NOTHING
 
 
 def test_process_commits_one_batch_per_lease(make_app, app_settings):
@@ -120,7 +123,7 @@ def test_failed_batch_is_given_back_and_answers_503(make_app, app_settings):
     assert response.json["processed"] == 0
     assert response.json["requeued"] == 30
     assert "datastore is down" in response.json["error"]
-    assert counters.totals() == {"click": 0, "view": 0}
+    assert counters.totals() == NOTHING
     assert app_settings.queue.stats().requeued == 30
 
 
@@ -173,7 +176,7 @@ def test_batch_given_back_after_its_commit_counts_once(make_app, app_settings):
 def test_expired_lease_delivered_again_counts_once(app, app_settings, clock):
     track(app, EVENTS[:40])
     lease = app_settings.queue.lease(100, seconds=60)
-    counters.apply_batch(lease.lease_id, [Event(**message) for message in lease.messages])  # then the processor dies
+    counters.apply_batch(lease.lease_id, leased_events(lease))  # then the processor dies
     clock.advance(61)
 
     response = process(app)
@@ -183,10 +186,10 @@ def test_expired_lease_delivered_again_counts_once(app, app_settings, clock):
 
 
 def test_same_batch_applied_twice_counts_once(testbed):
-    events = [Event(type=t, item=i) for t, i in EVENTS[:10]]
+    events = keyed(Event(type=t, item=i) for t, i in EVENTS[:10])
 
-    assert counters.apply_batch("lease-1", events) is True
-    assert counters.apply_batch("lease-1", events) is False
+    assert counters.apply_batch("lease-1", events) == 10
+    assert counters.apply_batch("lease-1", events) == 0
 
     assert stored_counts("abc") == expected_counts(EVENTS[:10])
 
@@ -233,8 +236,8 @@ def test_cron_task_counts_events_whose_slot_task_was_lost(app, clock, testbed, r
     assert stored_counts("abc") == expected_counts(EVENTS[:20])
 
 
-@pytest.mark.parametrize("batch_size", [0, counters.MAX_EVENTS_PER_COMMIT + 1])
-def test_batch_size_must_fit_one_commit(batch_size):
+@pytest.mark.parametrize("batch_size", [0, counters.MAX_EVENTS_PER_LEASE + 1])
+def test_batch_size_is_bounded(batch_size):
     with pytest.raises(ValueError, match="batch_size"):
         Settings(batch_size=batch_size)
 
@@ -296,7 +299,7 @@ def test_batch_delivered_again_within_the_retention_still_counts_once(make_app, 
     app = make_app(settings)
     track(app, EVENTS[:40])
     lease = settings.queue.lease(100, seconds=settings.lease_seconds)
-    counters.apply_batch(lease.lease_id, [Event(**message) for message in lease.messages])  # then the processor dies
+    counters.apply_batch(lease.lease_id, leased_events(lease))  # then the processor dies
     clock.advance(settings.marker_retention_seconds - 10)
 
     cron = app.get("/cron/process", headers=CRON_HEADERS)

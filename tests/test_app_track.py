@@ -10,7 +10,8 @@ LONGEST_ITEM = "i" * 128
 
 
 def queued_messages(settings) -> list:
-    return settings.queue.read_multi(1000)
+    """The queued messages, less the time each carries (test_app_track.py checks it)."""
+    return [{k: v for k, v in message.items() if k != "at"} for message in settings.queue.read_multi(1000)]
 
 
 def test_get_records_one_event(app, app_settings):
@@ -54,6 +55,32 @@ def test_json_batch_of_500_events_is_accepted(app, app_settings):
 
     assert response.json == {"queued": 500}
     assert queued_messages(app_settings) == events
+
+
+def test_json_batch_sent_as_text_plain_is_queued(app, app_settings):
+    """What navigator.sendBeacon sends a string as: a CORS-simple request."""
+    events = [{"type": "view", "item": "page"}, {"type": "click", "item": "button"}]
+
+    response = app.post(
+        "/track", json.dumps({"events": events}), content_type="text/plain;charset=UTF-8", status=202
+    )
+
+    assert response.json == {"queued": 2}
+    assert queued_messages(app_settings) == events
+
+
+def test_events_carry_the_time_the_app_accepted_them(app, app_settings, clock):
+    app.get("/track", {"type": "click", "item": "x"}, status=204)
+    clock.advance(90)
+    app.post_json("/track", {"events": [{"type": "view", "item": "x"}]}, status=202)
+
+    assert sorted(message["at"] for message in app_settings.queue.read_multi(10)) == [clock.now - 90, clock.now]
+
+
+def test_time_given_by_a_client_is_ignored(app, app_settings, clock):
+    app.post_json("/track", {"events": [{"type": "view", "item": "x", "at": 5, "bot": True}]}, status=202)
+
+    assert app_settings.queue.read_multi(10) == [{"type": "view", "item": "x", "at": clock.now}]
 
 
 def test_json_content_type_with_charset_is_accepted(app):
@@ -145,7 +172,7 @@ def test_invalid_event_is_named_by_its_index(app):
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "application/xml", "application/octet-stream", ""],
+    ["text/html", "application/xml", "application/octet-stream", ""],
 )
 def test_post_of_other_content_type_is_refused(app, app_settings, content_type):
     response = app.post("/track", b"type=click&item=x", content_type=content_type, status=400)

@@ -76,16 +76,29 @@ def test_main_app_is_a_wsgi_app_gunicorn_can_load(testbed):
     assert callable(import_app("main:app"))
 
 
-def test_every_url_goes_to_the_app():
-    handlers = appinfo.LoadSingleAppInfo(read("app.yaml")).handlers
-    assert [(handler.url, handler.script) for handler in handlers] == [("/.*", "auto")]
-
-
-def test_login_option_parses_on_a_python_3_handler():
+def test_every_url_goes_to_the_app_the_admin_pages_for_admins_only():
     """`login: admin` is available to Python 3 apps with app_engine_apis: true."""
-    with_login = read("app.yaml").replace("  script: auto\n", "  script: auto\n  login: admin\n")
-    handlers = appinfo.LoadSingleAppInfo(with_login).handlers
-    assert [handler.login for handler in handlers] == ["admin"]
+    handlers = appinfo.LoadSingleAppInfo(read("app.yaml")).handlers
+    assert [(handler.url, handler.script, handler.login) for handler in handlers] == [
+        ("/(dashboard|stats|links)", "auto", "admin"),
+        ("/.*", "auto", "optional"),
+    ]
+
+
+def test_login_admin_covers_exactly_the_apps_admin_paths():
+    """App Engine matches a handler's url against the whole path (query string aside)."""
+    import main
+
+    admin_url = appinfo.LoadSingleAppInfo(read("app.yaml")).handlers[0].url
+    paths = [route.template for route in main.ROUTES]
+    assert [path for path in paths if re.fullmatch(admin_url, path)] == list(main.ADMIN_PATHS)
+
+
+def test_allowed_origins_setting_in_app_yaml_parses():
+    from handlers.origins import ALLOWED_ORIGINS_ENV, AllowedOrigins
+
+    setting = appinfo.LoadSingleAppInfo(read("app.yaml")).env_variables[ALLOWED_ORIGINS_ENV]
+    assert AllowedOrigins.parse(setting) == AllowedOrigins(), "the sample allows only its own pages"
 
 
 # -- queue.yaml -----------------------------------------------------------------------------------
@@ -187,7 +200,7 @@ def test_index_yaml_parses():
     """Whether it holds every index the app's queries need is proven by the dev_appserver
     test, which runs them with --require_indexes=yes."""
     indexes = datastore_index.ParseIndexDefinitions(read("index.yaml")).indexes
-    assert [index.kind for index in indexes] == ["ItemCounts", "AppliedBatch"]
+    assert [index.kind for index in indexes] == ["ItemCounts", "AppliedBatch", "BucketCounts"]
 
 
 # -- a bad edit to any file fails its parser ------------------------------------------------------
@@ -208,9 +221,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
         ),
         pytest.param("app.yaml", "runtime:", "# runtime:", 'You must specify a "runtime" field', id="app-no-runtime"),
         pytest.param("app.yaml", "handlers:", "handler:", "Unexpected attribute 'handler'", id="app-misspelt-key"),
-        pytest.param(
-            "app.yaml", "  script: auto\n", "  script: auto\n  login: everyone\n", "for login not in", id="app-login"
-        ),
+        pytest.param("app.yaml", "  login: admin", "  login: admins", "for login not in", id="app-login"),
         pytest.param("queue.yaml", "rate: 20/s", "rate: 20/x", "for rate does not match", id="queue-rate"),
         pytest.param(
             "queue.yaml",

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -25,20 +26,26 @@ from pathlib import Path
 import pytest
 from cloud_sdk import cloud_sdk
 from conftest import REPO_ROOT, free_port, wait_until
-from e2e_support import EventPlan, HttpRequest, get_json, send, send_concurrently, wait_for_counts, wait_until_serving
+from e2e_support import EventPlan, HttpRequest, send, send_concurrently, send_raw, wait_for_counts, wait_until_serving
 
 # The app runs from a copy of what `gcloud app deploy` uploads, so dev_appserver
 # neither watches nor writes anything in the checkout.
 NOT_DEPLOYED = shutil.ignore_patterns(
-    ".git", ".ci", "tests", "bench", ".local-data", "__pycache__", ".pytest_cache", ".hypothesis", ".venv*"
+    ".git", ".ci", "tests", "bench", ".local-data", "artifacts", "__pycache__", ".pytest_cache", ".hypothesis", ".venv*"
 )
 EVENT_COUNT = 300
 FIRST_START_SECONDS = 300  # the first start pip-installs requirements.txt into a fresh virtualenv
 
+ADMIN_EMAIL = "admin@example.com"
+ADMIN = (("Cookie", f"dev_appserver_login={ADMIN_EMAIL}:True:1"),)
+"""dev_appserver's sign-in cookie of an admin, as its login page sets it (email:admin:user id)."""
+
 PRUNE_MARKERS = HttpRequest("GET", "/cron/process", headers=(("X-Appengine-Cron", "true"),))
 
 QUERY_REQUESTS = [
-    pytest.param(HttpRequest("GET", "/stats"), id="stats-top-items"),
+    pytest.param(HttpRequest("GET", "/stats", headers=ADMIN), id="stats-top-items"),
+    pytest.param(HttpRequest("GET", "/stats?bucket=hour", headers=ADMIN), id="stats-series-of-all-items"),
+    pytest.param(HttpRequest("GET", "/stats?bucket=day&item=a", headers=ADMIN), id="stats-series-of-an-item"),
     pytest.param(PRUNE_MARKERS, id="cron-prunes-applied-batch-markers"),
 ]
 """Every request that makes the app run a Datastore query: one entry per query. The
@@ -127,7 +134,7 @@ def dev_appserver(tmp_path_factory) -> Iterator[DevAppserver]:
     cloud_sdk()
     server = DevAppserver(tmp_path_factory.mktemp("dev_appserver"))
     try:
-        wait_until_serving(server.process, server.base_url, FIRST_START_SECONDS)
+        wait_until_serving(server.process, server.base_url, FIRST_START_SECONDS, headers=ADMIN)
         yield server
     finally:
         server.stop()
@@ -138,7 +145,7 @@ def test_dev_appserver_counts_events_exactly(dev_appserver):
     plan = EventPlan.random(EVENT_COUNT, item_count=25, seed=11)
 
     statuses = send_concurrently(dev_appserver.base_url, plan.requests(), clients=4)
-    stats = wait_for_counts(dev_appserver.base_url, plan, timeout_seconds=120)
+    stats = wait_for_counts(dev_appserver.base_url, plan, timeout_seconds=120, headers=ADMIN)
 
     print(f"sent {EVENT_COUNT} events: {dict(statuses)}; /stats totals {stats['totals']}, queue {stats['queue']}")
     assert set(statuses) <= {202, 204}
@@ -172,3 +179,52 @@ def test_gunicorn_listens_on_loopback_only(dev_appserver):
     listening = re.findall(r"Listening at: (\S+)", dev_appserver.log_path.read_text(errors="replace"))
     assert listening, "gunicorn logged no listening address"
     assert all(address.startswith("http://127.0.0.1:") for address in listening), listening
+
+
+# -- admin pages: app.yaml's login: admin, and dev_appserver's sign-in page -----------------------
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/stats", "/links?item=a&to=https://example.com/"])
+def test_admin_page_without_sign_in_redirects_to_the_sign_in_page(dev_appserver, path):
+    response = send_raw(dev_appserver.base_url, "GET", path, {}, None)
+
+    assert response.status == 302
+    location = urllib.parse.urlsplit(response.headers["Location"])
+    assert location.path == "/_ah/login"
+    assert urllib.parse.parse_qs(location.query)["continue"] == [f"{dev_appserver.base_url}{path}"]
+
+
+def test_sign_in_page_signs_an_admin_in_and_the_dashboard_renders(dev_appserver):
+    base_url = dev_appserver.base_url
+    continue_url = f"{base_url}/dashboard"
+    form = send_raw(base_url, "GET", "/_ah/login?" + urllib.parse.urlencode({"continue": continue_url}), {}, None)
+    sign_in = "/_ah/login?" + urllib.parse.urlencode(
+        {"email": ADMIN_EMAIL, "admin": "True", "action": "Login", "continue": continue_url}
+    )
+
+    signed_in = send_raw(base_url, "GET", sign_in, {}, None)
+    cookie = signed_in.headers["Set-Cookie"].split(";", 1)[0]
+    dashboard = send_raw(base_url, "GET", "/dashboard", {"Cookie": cookie}, None)
+
+    assert (form.status, b'name="email"' in form.body) == (200, True)
+    assert (signed_in.status, signed_in.headers["Location"]) == (302, continue_url)
+    assert dashboard.status == 200
+    assert dashboard.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert f"Signed in as {ADMIN_EMAIL}".encode() in dashboard.body
+
+
+def test_signed_in_user_who_is_not_an_admin_is_refused(dev_appserver):
+    cookie = {"Cookie": "dev_appserver_login=reader@example.com:False:2"}
+
+    response = send_raw(dev_appserver.base_url, "GET", "/dashboard", cookie, None)
+
+    assert response.status == 401
+    assert b"reader@example.com is not authorized" in response.body
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/t.js", 200), ("/p.gif?type=view&item=public", 200), ("/track?type=view&item=public", 204)],
+)
+def test_tracking_paths_need_no_sign_in(dev_appserver, path, status):
+    assert send_raw(dev_appserver.base_url, "GET", path, {}, None).status == status

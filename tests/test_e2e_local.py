@@ -16,7 +16,16 @@ from collections import Counter
 import pytest
 
 from conftest import REPO_ROOT, free_port, wait_until
-from e2e_support import EventPlan, HttpRequest, get_json, local_server, send_concurrently, send_raw, wait_for_counts
+from e2e_support import (
+    EventPlan,
+    HttpRequest,
+    get_json,
+    local_server,
+    people_counts,
+    send_concurrently,
+    send_raw,
+    wait_for_counts,
+)
 from handlers.base import MAX_BODY_BYTES
 
 CLIENTS = 16
@@ -54,7 +63,7 @@ def test_local_server_keeps_counts_across_a_sigterm_restart(tmp_path, server_log
         restarted = get_json(base_url, "/stats")
 
     assert (first.returncode, second.returncode) == (0, 0), "a server did not stop cleanly on SIGTERM"
-    assert (restarted["totals"], restarted["items"]) == (plan.expected_totals(), plan.expected_items())
+    assert people_counts(restarted) == (plan.expected_totals(), plan.expected_items())
 
 
 def single_events_and_a_batch(count: int) -> tuple[list[HttpRequest], dict[str, int]]:
@@ -85,7 +94,7 @@ def test_events_accepted_just_before_a_stop_are_counted_after_restart(tmp_path, 
 
     assert statuses == Counter({204: 150, 202: 1})
     assert first_status == 0
-    assert restarted["totals"] == expected_totals
+    assert people_counts(restarted)[0] == expected_totals
 
 
 IDLE_OPENINGS = [
@@ -142,6 +151,18 @@ def test_chunked_body_over_the_limit_answers_413_and_records_nothing(tmp_path, s
     assert status == 413
     assert set(json.loads(answer)) == {"error"}
     assert stats["queue"]["written"] == 0
+
+
+def test_admin_pages_are_open_locally_on_loopback_and_the_log_says_so(tmp_path, server_log):
+    with local_server(tmp_path / "data", server_log) as (base_url, _):
+        dashboard = send_raw(base_url, "GET", "/dashboard", {}, None)
+        signed = send_raw(base_url, "GET", "/links?item=a&to=https%3A%2F%2Fexample.com%2F", {}, None)
+
+    log = server_log.read_text()
+    assert (dashboard.status, signed.status) == (200, 200)
+    assert b"Signed in as admin@localhost" in dashboard.body
+    assert f"admin pages are open locally: {base_url}/dashboard" in log
+    assert f"Listening at: {base_url} " in log
 
 
 def test_head_over_http_answers_without_a_body(tmp_path, server_log):

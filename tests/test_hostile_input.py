@@ -61,7 +61,7 @@ class OverHttp:
 
     def recorded(self) -> int:
         stats = get_json(self.server.base_url, "/stats")
-        return stats["queue"]["written"] + sum(stats["totals"].values())
+        return stats["queue"]["written"] + sum(stats["totals"][kind] for kind in ("click", "view", "bots"))
 
     def log_problems(self) -> list[str]:
         log = self.server.log_path.read_text(errors="replace")

@@ -15,6 +15,7 @@ from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
 import local_stubs
+from conftest import keyed
 from handlers import counters
 from handlers.events import Event
 
@@ -51,7 +52,7 @@ def test_a_missing_file_is_an_empty_datastore_without_a_warning(open_datastore, 
     with caplog.at_level(logging.WARNING):
         open_datastore(tmp_path / "datastore.db")
 
-    assert counters.totals() == {"click": 0, "view": 0}
+    assert counters.totals() == {"click": 0, "view": 0, "bots": 0, "ctr": None}
     assert caplog.records == []
 
 
@@ -59,7 +60,7 @@ def test_commits_are_written_by_save_not_before(open_datastore, tmp_path):
     path = tmp_path / "datastore.db"
     stub = open_datastore(path)
 
-    counters.apply_batch("batch-1", [Event("click", "a")])
+    counters.apply_batch("batch-1", keyed([Event("click", "a")]))
     written_before_save = path.exists()
     saved = stub.save()
 
@@ -68,7 +69,7 @@ def test_commits_are_written_by_save_not_before(open_datastore, tmp_path):
 
 def test_save_without_changes_writes_nothing(open_datastore, tmp_path):
     stub = open_datastore(tmp_path / "datastore.db")
-    counters.apply_batch("batch-1", [Event("click", "a")])
+    counters.apply_batch("batch-1", keyed([Event("click", "a")]))
     stub.save()
 
     assert stub.save() is False
@@ -77,14 +78,17 @@ def test_save_without_changes_writes_nothing(open_datastore, tmp_path):
 def test_saved_data_is_there_after_a_restart(open_datastore, tmp_path):
     path = tmp_path / "datastore.db"
     stub = open_datastore(path)
-    counters.apply_batch("batch-1", [Event("click", "a"), Event("view", "b")])
+    counters.apply_batch("batch-1", keyed([Event("click", "a"), Event("view", "b")]))
     stub.save()
 
     open_datastore(path)
 
     assert (counters.totals(), counters.top_items()) == (
-        {"click": 1, "view": 1},
-        [{"item": "a", "click": 1, "view": 0}, {"item": "b", "click": 0, "view": 1}],
+        {"click": 1, "view": 1, "bots": 0, "ctr": 1.0},
+        [
+            {"item": "a", "click": 1, "view": 0, "bots": 0, "ctr": None},
+            {"item": "b", "click": 0, "view": 1, "bots": 0, "ctr": 0.0},
+        ],
     )
 
 

@@ -1,0 +1,36 @@
+"""``/go``: tracked links that redirect only where the app's admins signed
+(see handlers/links.py); ``/links``: where admins sign them."""
+
+from __future__ import annotations
+
+from handlers.admin import AdminHandler
+from handlers.events import Event, parse_item, single_param
+from handlers.links import parse_target
+from handlers.recording import RecordingHandler
+
+
+class GoHandler(RecordingHandler):
+    """``GET /go?item=ID&to=URL&sig=SIG``: counts a click on ID and answers 302 to URL;
+    400, recording nothing, unless SIG signs (ID, URL)."""
+
+    def get(self) -> None:
+        params = self.query_params()
+        item = parse_item(single_param(params, "item"))
+        target = parse_target(single_param(params, "to"))
+        self.settings.links.check(item, target, single_param(params, "sig"))
+        self.record([Event("click", item)])
+        self.response.status_int = 302
+        self.response.headers["Location"] = target
+        self.response.headers["Cache-Control"] = "no-store"  # each click comes back here
+        del self.response.content_type
+
+
+class SignLinkHandler(AdminHandler):
+    """``GET /links?item=ID&to=URL`` (admins): ``{"item", "to", "link"}``, the signed tracked link."""
+
+    def get(self) -> None:
+        params = self.query_params()
+        item = parse_item(single_param(params, "item"))
+        target = parse_target(single_param(params, "to"))
+        link = self.settings.links.link(self.request.host_url, item, target)
+        self.write_json(200, {"item": item, "to": target, "link": link})

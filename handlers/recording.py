@@ -1,0 +1,51 @@
+"""The base of the handlers that record events (``/track``, ``/p.gif``, ``/go``):
+one place where events are checked against the allowed origins, dated, marked
+as a bot's or dropped as a prefetch, queued, and their processing scheduled."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from google.appengine.api import taskqueue
+
+from handlers.base import JsonHandler
+from handlers.errors import OriginNotAllowedError
+from handlers.events import Event
+from handlers.processing import schedule_processing
+from handlers.traffic import Sender, sender
+
+logger = logging.getLogger(__name__)
+
+
+class RecordingHandler(JsonHandler):
+    """Records events for the request; subclasses parse them and answer."""
+
+    def check_origin(self) -> None:
+        """403 if a browser sent this from a page whose origin may not record events."""
+        origin = self.request.headers.get("Origin")
+        if not self.settings.allowed_origins.allows(origin, self.request.host):
+            raise OriginNotAllowedError(origin)
+
+    def record(self, events: list[Event]) -> int:
+        """Queue ``events`` (as a bot's if a bot sent them; none for a prefetch); how many were queued."""
+        self.check_origin()
+        sent_by = sender(self.request.headers)
+        if sent_by is Sender.PREFETCH:
+            return 0
+        at = int(self.settings.clock())
+        stamped = [replace(event, at=at, bot=sent_by is Sender.BOT).to_message() for event in events]
+        if len(stamped) == 1:
+            self.settings.queue.write(stamped[0])
+        else:
+            self.settings.queue.write_multi(stamped)
+        self._schedule_processing()
+        return len(stamped)
+
+    def _schedule_processing(self) -> None:
+        # The events are stored: answering an error now would make the client
+        # send them twice. The cron job schedules processing if this failed.
+        try:
+            schedule_processing(self.settings)
+        except (taskqueue.TransientError, taskqueue.InternalError) as error:
+            logger.warning("could not schedule processing (cron will): %r", error)
