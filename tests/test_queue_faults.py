@@ -23,13 +23,15 @@ from queue_workers import memcached_client, message_ids, run_on_memcached
 from clickqueue import (
     MAX_CLAIM_ITEMS,
     CacheUnavailableError,
+    ContentionError,
+    CountingCache,
     Queue,
     TooManyLeasesError,
     WriteIncompleteError,
     wrap_client,
 )
 from clickqueue.codec import TAKEN
-from clickqueue.queue import MAX_EMPTY_ROUNDS
+from clickqueue.queue import MAX_CACHE_CALLS_PER_CALL, MAX_EMPTY_ROUNDS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_LEASES, ReadState
 
@@ -321,6 +323,26 @@ class RaceBeforeCounterAdd(CacheWrapper):
             race, self.race = self.race, None
             race()
         return self.inner.add_multi(values, expire_seconds)
+
+
+class EverySlotHeldBySomeoneElse(CacheWrapper):
+    """Every slot a writer takes already holds another party's value: each attempt
+    collides and repairs the counter, and no write can ever land."""
+
+    def add_multi(self, values, expire_seconds=0):
+        return {key: False for key in values} if any(":m:" in key for key in values) else self.inner.add_multi(values, expire_seconds)
+
+    def get_multi(self, keys):
+        found = self.inner.get_multi(keys)
+        return found | {key: b'"someone else\'s"' for key in keys if ":m:" in key}
+
+
+def test_a_call_gives_up_with_contention_error_once_it_spent_its_cache_call_budget(testbed, clock):
+    cache = CountingCache(EverySlotHeldBySomeoneElse(wrap_client(None)))
+    queue = Queue("q", cache, clock=clock)
+    with pytest.raises(ContentionError):
+        queue.write("never lands")
+    assert MAX_CACHE_CALLS_PER_CALL < cache.total() <= MAX_CACHE_CALLS_PER_CALL + 32  # checks come < 32 calls apart
 
 
 def test_bug4_a_counter_repair_that_lost_its_race_records_no_gap(make_queue, cache, clock):
