@@ -45,7 +45,9 @@ Invariants, and why they hold
 1. A slot number is handed out once. ``incr`` is atomic; a lost, foreign or
    regressed counter is put back above every slot in use (the state's
    ``used_through`` and a bounded search for the last stored slot) plus
-   ``REPAIR_MARGIN``, and the margin is recorded as a gap.
+   ``REPAIR_MARGIN``, and the margin is recorded as a gap. A claim takes a
+   counter below ``used_through`` for regressed (an older version of it can
+   come back from a server some client had marked dead).
 2. Each message sits in one slot: a writer moves on only from a slot that
    does not hold its bytes, and ``add`` never overwrites.
 3. A message is delivered at most once, under every fault below, because
@@ -407,7 +409,7 @@ class Queue:
                 self._recovery.replace_corrupt_state(token, found)
                 continue
             counters = [decimal(found[key][0]) if key in found else None for key in self._counter_keys]
-            broken = [shard for shard, counter in enumerate(counters) if counter is None or counter < state.claimed[shard]]
+            broken = [shard for shard, counter in enumerate(counters) if counter is None or counter < state.used_through(shard)]
             if broken:
                 self._recovery.repair_counters(dict.fromkeys(broken, 0))
                 continue

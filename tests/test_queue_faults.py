@@ -158,6 +158,20 @@ def test_write_counter_behind_the_claims_is_repaired_before_anything_is_claimed(
     assert queue.stats().lost == 0
 
 
+def test_write_counter_gone_back_below_slots_a_claim_saw_is_repaired_and_strands_nothing(make_queue, cache):
+    """An older version of the counter (from a server a client had marked dead) equals
+    the claims but lies below slots already handed out: they must still be read."""
+    queue = make_queue()
+    queue.write_multi(range(5))
+    assert queue.read_multi(2) == [0, 1]
+    counter = queue.keys.write_counter(0)
+    token = cache.gets_multi([counter])[counter][1]
+    cache.cas_multi({counter: (b"2", token)})
+    assert drain(queue) == [2, 3, 4]
+    stats = queue.stats()
+    assert (stats.depth, stats.lost, stats.resets) == (0, 0, 1)
+
+
 def test_deleted_state_restarts_below_the_write_counter_and_still_delivers_recent_messages(make_queue, cache):
     queue = make_queue()
     queue.write_multi(range(10))
