@@ -1,0 +1,350 @@
+"""Races in the windows between a call's cache calls, one at a time, on the App Engine
+stub: what each party ends up with, the counts it leaves (``skipped``, ``retried``,
+``gapped``, ``collided``), and the cache calls the slow paths cost."""
+
+import logging
+
+import pytest
+from conftest import CacheWrapper, PauseAfterIncr, drain
+from test_queue_faults import expiry_seconds
+
+from clickqueue import (
+    CacheUnavailableError,
+    CountingCache,
+    Queue,
+    WriteIncompleteError,
+    wrap_client,
+)
+from clickqueue.codec import GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
+from clickqueue.queue import TAKEN_SECONDS
+
+
+@pytest.fixture
+def cache(testbed):
+    return CountingCache(wrap_client(None))
+
+
+def stats_of(queue, *names):
+    stats = queue.stats()
+    return tuple(getattr(stats, name) for name in names)
+
+
+def assert_identity(queue):
+    stats = queue.stats()
+    assert stats.written == stats.read + stats.lost + stats.depth + stats.leased
+
+
+class StoreBeforeTheTombstone(CacheWrapper):
+    """A writer stores ``message`` into ``key`` just before a reader's tombstone add reaches it."""
+
+    def __init__(self, inner, key, message, meanwhile=lambda: None):
+        super().__init__(inner)
+        self.key, self.message, self.meanwhile = key, message, meanwhile
+
+    def add_multi(self, values, expire_seconds=0):
+        if self.key in values and values[self.key] in (TOMBSTONE, GAP_TOMBSTONE):
+            self.inner.add_multi({self.key: encode_message(self.message)})
+            self.meanwhile()
+        return self.inner.add_multi(values, expire_seconds)
+
+
+class CollideTimes(CacheWrapper):
+    """The next ``times`` slots writers take already hold another party's value."""
+
+    def __init__(self, inner, times):
+        super().__init__(inner)
+        self.times = times
+        self.refused: set[str] = set()
+
+    def add_multi(self, values, expire_seconds=0):
+        slots = [key for key in values if ":m:" in key]
+        if slots and self.times and all(values[key] not in (TOMBSTONE, GAP_TOMBSTONE) for key in slots):
+            self.times -= 1
+            self.refused |= set(slots)
+            return dict.fromkeys(values, False)
+        return self.inner.add_multi(values, expire_seconds)
+
+    def get_multi(self, keys):
+        return self.inner.get_multi(keys) | {key: b'"someone else\'s"' for key in keys if key in self.refused}
+
+
+def queue_with_a_gap(cache, clock):
+    """A queue whose counter was lost and repaired: slot 1 holds "a", slots 2-1001
+    are the repair's gap, "b" went to slot 1002."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write("a")
+    cache.delete_multi([queue.keys.write_counter(0)])
+    queue.write("b")
+    assert queue.stats().gapped == 0 and queue.stats().resets == 1
+    return queue
+
+
+# -- claims ---------------------------------------------------------------------------------------
+
+
+class StateGoneBeforeTheCheck(CacheWrapper):
+    """The claim's state CAS is applied and its reply lost; then the state is
+    ``replaced_by`` (deleted when None) before the claim can look."""
+
+    def __init__(self, inner, state_key, replaced_by):
+        super().__init__(inner)
+        self.state_key, self.replaced_by, self.done = state_key, replaced_by, False
+
+    def cas_multi(self, values, expire_seconds=0):
+        applied = self.inner.cas_multi(values, expire_seconds)
+        if self.state_key in values and not self.done:
+            self.done = True
+            if self.replaced_by is None:
+                self.inner.delete_multi([self.state_key])
+            else:
+                token = self.inner.gets_multi([self.state_key])[self.state_key][1]
+                self.inner.cas_multi({self.state_key: (self.replaced_by, token)})
+            return {key: None for key in applied}
+        return applied
+
+
+@pytest.mark.parametrize("replaced_by", [None, b"not a state"], ids=["deleted", "foreign"])
+def test_a_lease_whose_claim_went_unanswered_and_whose_state_is_gone_is_made_again(cache, clock, replaced_by):
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b"])
+    lease = Queue("q", StateGoneBeforeTheCheck(cache, queue.keys.state, replaced_by), clock=clock).lease(10)
+    assert lease.messages == ["a", "b"]
+    assert lease.ack() is True, "the lease is one the current state holds"
+
+
+def test_a_lease_counts_the_empty_slots_it_claims_at_once_so_lost_is_never_negative(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    leases = []
+    Queue("q", PauseAfterIncr(cache, lambda: leases.append(queue.lease(10))), clock=clock).write("late")
+    assert leases[0].messages == ["first"], "the late writer's slot was empty, then tombstoned"
+    assert stats_of(queue, "skipped", "retried", "lost", "leased") == (1, 1, 0, 2)
+    assert leases[0].ack() and drain(queue) == ["late"]
+    assert stats_of(queue, "skipped", "retried", "lost") == (1, 1, 0)
+
+
+def test_a_read_that_only_settles_a_gap_reads_no_slots_for_its_empty_claim(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("a")
+    assert queue.read() == "a"
+    cache.delete_multi([queue.keys.write_counter(0)])
+    cache.calls.clear()
+    assert queue.read_multi(10) == []  # the counter's repair, then claims of its empty gap
+    assert cache.calls == {"gets_multi": 6, "get_multi": 2, "add_multi": 2, "cas_multi": 3}
+
+
+# -- tombstones -----------------------------------------------------------------------------------
+
+
+def test_a_reader_tombstones_an_empty_slot_in_one_call(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+
+    reading = CountingCache(wrap_client(None))
+    Queue("q", PauseAfterIncr(cache, lambda: Queue("q", reading, clock=clock).read_multi(10)), clock=clock).write("late")
+    assert reading.calls == {"gets_multi": 2, "cas_multi": 2, "add_multi": 1}
+
+
+def test_a_tombstone_add_left_unanswered_is_tried_once_more_then_left(cache, clock, memcache_rpc_faults):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+
+    def read_while_tombstones_fail():
+        slot = queue.keys.slot(0, 2)
+        memcache_rpc_faults.fail_next("Set", key=slot)
+        memcache_rpc_faults.fail_next("Set", key=slot)
+        assert Queue("q", reading, clock=clock).read_multi(10) == ["first"]
+
+    reading = CountingCache(wrap_client(None))
+    Queue("q", PauseAfterIncr(cache, read_while_tombstones_fail), clock=clock).write("late")
+    assert (memcache_rpc_faults.failed, reading.calls["add_multi"]) == (["Set", "Set"], 2)
+    assert drain(queue) == [], "the late writer stored into a slot already claimed"
+    assert queue.stats().lost == 1, "and its loss is counted"
+
+
+def test_a_writer_turned_away_by_a_gap_tombstone_is_not_counted_retried(cache, clock):
+    """Its slot came from the counter before the repair, so it lies in the repair's
+    gap, and the reader counted it gapped, not skipped."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write("a")
+
+    def counter_repaired_and_gap_settled():
+        cache.delete_multi([queue.keys.write_counter(0)])
+        assert drain(queue) == ["a"]
+
+    Queue("q", PauseAfterIncr(cache, counter_repaired_and_gap_settled), clock=clock).write("stalled")
+    assert drain(queue) == ["stalled"]
+    assert stats_of(queue, "skipped", "retried", "lost") == (0, 0, 0)
+    assert_identity(queue)
+
+
+# -- counts a read corrects -----------------------------------------------------------------------
+
+
+def test_a_gap_slot_filled_just_before_its_tombstone_is_delivered_and_not_counted_gapped(cache, clock):
+    queue = queue_with_a_gap(cache, clock)
+    cache.add_multi({queue.keys.slot(0, 2): encode_message("late 1")})  # writers holding old slots
+    racing = Queue("q", StoreBeforeTheTombstone(cache, queue.keys.slot(0, 3), "late 2"), clock=clock)
+    assert racing.read_multi(3) == ["a", "late 1", "late 2"]
+    assert drain(queue) == ["b"]
+    assert stats_of(queue, "gapped", "skipped", "lost") == (998, 0, 0)
+    assert_identity(queue)
+
+
+def test_a_read_whose_count_correction_fails_keeps_its_messages_and_says_so(cache, clock, memcache_rpc_faults, caplog):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    slot = queue.keys.slot(0, 2)
+
+    def state_reads_fail():
+        memcache_rpc_faults.fail_next("Get", key=queue.keys.state)
+
+    def read_as_the_writer_stores():
+        racing = Queue("q", StoreBeforeTheTombstone(cache, slot, "late", state_reads_fail), clock=clock)
+        assert racing.read_multi(10) == ["first", "late"]
+
+    Queue("q", PauseAfterIncr(cache, read_as_the_writer_stores), clock=clock).write("never stored")
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == ["queue q: could not correct counts after a read: cache get of 'cq:q:state' failed"]
+
+
+# -- writes ---------------------------------------------------------------------------------------
+
+
+def test_a_refused_add_whose_read_back_fails_stored_nothing(cache, clock, memcache_rpc_faults):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    slot = queue.keys.slot(0, 2)
+
+    def reader_tombstones_it_then_reads_fail():
+        assert queue.read_multi(10) == ["first"]
+        for _read_and_its_half in range(2):
+            memcache_rpc_faults.fail_next("Get", key=slot)
+
+    writer = Queue("q", PauseAfterIncr(cache, reader_tombstones_it_then_reads_fail), clock=clock)
+    with pytest.raises(CacheUnavailableError) as raised:
+        writer.write("refused")
+    assert not isinstance(raised.value, WriteIncompleteError), "a refused add stored nothing"
+    assert queue.read() is None
+
+
+def test_a_slot_handed_out_again_holding_a_taken_mark_is_a_collision_not_an_unknown_outcome(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    assert queue.read() == "first"
+    cache.add_multi({queue.keys.slot(0, 2): TAKEN})  # left by a reader of a counter's other version
+    queue.write("second")
+    assert drain(queue) == ["second"]
+    assert queue.stats().collided == 1
+
+
+def test_a_write_counts_every_collision_it_met(cache, clock):
+    Queue("q", cache, clock=clock).write("creates the queue")
+    queue = Queue("q", CollideTimes(cache, 2), clock=clock)
+    queue.write("third time lucky")
+    assert queue.stats().collided == 2
+    assert drain(queue) == ["creates the queue", "third time lucky"]
+
+
+def test_a_lost_reply_reports_stored_what_it_finds_stored_and_unknown_what_was_taken(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("warm up")
+    assert queue.read() == "warm up"
+
+    class RepliesLostAndFirstTaken(CacheWrapper):
+        def add_multi(self, values, expire_seconds=0):
+            applied = self.inner.add_multi(values, expire_seconds)
+            if any(":m:" in key for key in values):
+                assert queue.read_multi(1) == ["x"]
+                return dict.fromkeys(applied)
+            return applied
+
+    with pytest.raises(WriteIncompleteError) as raised:
+        Queue("q", RepliesLostAndFirstTaken(cache), clock=clock).write_multi(["x", "y"])
+    assert (raised.value.stored, raised.value.unknown) == ([1], [0])
+    assert drain(queue) == ["y"]
+
+
+class TombstoneEachSlotFirst(CacheWrapper):
+    """``times`` times, a reader reaches the slot a writer just took and tombstones it."""
+
+    def __init__(self, inner, reader, times):
+        super().__init__(inner)
+        self.reader, self.times = reader, times
+
+    def incr(self, key, delta):
+        value = self.inner.incr(key, delta)
+        if value is not None and self.times:
+            self.times -= 1
+            self.reader.read_multi(100)
+        return value
+
+
+def test_a_message_tombstoned_twice_counts_retried_twice(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("creates the queue")
+    assert queue.read() == "creates the queue"
+    Queue("q", TombstoneEachSlotFirst(cache, queue, 2), clock=clock).write("persistent")
+    assert drain(queue) == ["persistent"]
+    assert stats_of(queue, "skipped", "retried", "lost") == (2, 2, 0)
+
+
+class StallPastMaxWriteSeconds(CacheWrapper):
+    """``times`` times, the writer's clock jumps past max_write_seconds between its incr and add."""
+
+    def __init__(self, inner, clock, times):
+        super().__init__(inner)
+        self.clock, self.times = clock, times
+
+    def incr(self, key, delta):
+        value = self.inner.incr(key, delta)
+        if value is not None and self.times:
+            self.times -= 1
+            self.clock.advance(61)
+        return value
+
+
+def test_a_message_that_abandoned_two_slots_counts_retried_twice(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("creates the queue")
+    Queue("q", StallPastMaxWriteSeconds(cache, clock, 2), clock=clock, max_write_seconds=60).write("slow")
+    assert drain(queue) == ["creates the queue", "slow"]
+    assert stats_of(queue, "skipped", "retried", "lost") == (2, 2, 0)
+
+
+def test_an_abandoned_slots_tombstone_expires_after_tombstone_seconds(cache, clock):
+    Queue("q", cache, clock=clock).write("creates the queue")
+    writer = Queue(
+        "q", StallPastMaxWriteSeconds(cache, clock, 1), clock=clock, tombstone_seconds=600, max_write_seconds=60
+    )
+    writer.write("slow")
+    assert 590 < expiry_seconds(writer.keys.slot(0, 2)) <= 600
+
+
+# -- acks of a lease the queue forgot -------------------------------------------------------------
+
+
+def test_an_ack_of_a_forgotten_lease_turns_its_marks_into_expiring_taken_marks(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("held")
+    lease = queue.lease(10, seconds=300)
+    cache.delete_multi([queue.keys.state])
+    assert lease.ack() is False
+    assert cache.get_multi(lease.message_keys) == {lease.message_keys[0]: TAKEN}
+    assert 0 < expiry_seconds(lease.message_keys[0]) <= TAKEN_SECONDS
+
+
+def test_another_leases_marks_survive_a_forgotten_ack_and_go_out_again_on_expiry(cache, clock):
+    first_process = Queue("q", cache, clock=clock)
+    first_process.write("before the flush")
+    forgotten = first_process.lease(10, seconds=300)
+    cache.delete_multi([first_process.keys.state, first_process.keys.write_counter(0), *first_process.keys.generation_markers])
+    second_process = Queue("q", cache, clock=clock)
+    cache.delete_multi(forgotten.message_keys)
+    second_process.write("after the flush")
+    current = second_process.lease(10, seconds=300)
+    assert forgotten.message_keys == current.message_keys
+    assert forgotten.ack() is False
+    clock.advance(301)
+    again = second_process.lease(10, seconds=300)
+    assert (again.lease_id, again.attempt, again.messages) == (current.lease_id, 2, ["after the flush"])
