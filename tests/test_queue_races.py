@@ -133,6 +133,42 @@ def test_a_read_that_only_settles_a_gap_reads_no_slots_for_its_empty_claim(cache
     assert cache.calls == {"gets_multi": 6, "get_multi": 2, "add_multi": 2, "cas_multi": 3}
 
 
+# -- takes ----------------------------------------------------------------------------------------
+
+
+def test_a_lease_whose_take_reply_was_lost_reads_its_marks_back_and_keeps_them(cache, clock, memcache_rpc_faults):
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b"])
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.slot(0, 1), after_applying=True)
+    lease = queue.lease(10)
+    assert (memcache_rpc_faults.failed, lease.messages) == (["Set"], ["a", "b"])
+    assert lease.ack() and queue.read() is None
+
+
+class TakeFailsBeforeApplying(CacheWrapper):
+    """The slot take (compare-and-set) of ``fail_take_of`` fails before it applies; the rest go through."""
+
+    def __init__(self, inner, fail_take_of):
+        super().__init__(inner)
+        self.fail_take_of = fail_take_of
+
+    def cas_multi(self, values, expire_seconds=0):
+        applied = self.inner.cas_multi({key: value for key, value in values.items() if key != self.fail_take_of}, expire_seconds)
+        return applied | ({self.fail_take_of: None} if self.fail_take_of in values else {})
+
+
+def test_a_takeover_keeps_the_slots_its_lease_marked_and_takes_those_it_missed(cache, clock, memcache_rpc_faults):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("a")
+    queue.write("b")  # two RPCs of their own, so a failed take can miss one
+    taker = Queue("q", TakeFailsBeforeApplying(cache, fail_take_of=queue.keys.slot(0, 2)), clock=clock)
+    first = taker.lease(10, seconds=30)
+    assert first.messages == ["a"], "b's take failed before it applied: it is still a message"
+    clock.advance(31)
+    again = queue.lease(10, seconds=30)
+    assert (again.lease_id, again.attempt, again.messages) == (first.lease_id, 2, ["a", "b"])
+
+
 # -- tombstones -----------------------------------------------------------------------------------
 
 
