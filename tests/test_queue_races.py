@@ -2,6 +2,7 @@
 stub: what each party ends up with, the counts it leaves (``skipped``, ``retried``,
 ``gapped``, ``collided``), and the cache calls the slow paths cost."""
 
+import copy
 import logging
 
 import pytest
@@ -12,11 +13,13 @@ from clickqueue import (
     CacheUnavailableError,
     CountingCache,
     Queue,
+    TooManyLeasesError,
     WriteIncompleteError,
     wrap_client,
 )
 from clickqueue.codec import GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
 from clickqueue.queue import TAKEN_SECONDS
+from clickqueue.state import MAX_LEASES, ReadState
 
 
 @pytest.fixture
@@ -131,6 +134,80 @@ def test_a_read_that_only_settles_a_gap_reads_no_slots_for_its_empty_claim(cache
     cache.calls.clear()
     assert queue.read_multi(10) == []  # the counter's repair, then claims of its empty gap
     assert cache.calls == {"gets_multi": 6, "get_multi": 2, "add_multi": 2, "cas_multi": 3}
+    assert cache.get_multi([queue.keys.slot(0, 2)]) == {queue.keys.slot(0, 2): GAP_TOMBSTONE}
+
+
+def test_a_new_lease_is_attempt_one_and_its_takeover_attempt_two_held_by_the_new_holder(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("a")
+    first = queue.lease(10, seconds=30)
+    clock.advance(31)
+    second = queue.lease(10, seconds=30)
+    assert (first.attempt, second.attempt, second.lease_id) == (1, 2, first.lease_id)
+    assert first.release() is False, "no longer its holder"
+    assert second.release() is True
+    assert queue.lease(10, seconds=30).attempt == 3
+
+
+def test_exactly_max_leases_can_be_outstanding(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b", "c"])
+    first = queue.lease(1, seconds=300)
+    raw, token = cache.gets_multi([queue.keys.state])[queue.keys.state]
+    state = ReadState.from_bytes(queue.keys.state, raw, 1)
+    for n in range(MAX_LEASES - 2):  # copies of the first lease's record, as if held by others
+        state.leases[f"{n:032x}"] = copy.deepcopy(state.leases[first.lease_id])
+    assert cache.cas_multi({queue.keys.state: (state.to_bytes(), token)})[queue.keys.state]
+    assert queue.lease(1, seconds=300).messages == ["b"], "the last one that fits"
+    with pytest.raises(TooManyLeasesError) as raised:
+        queue.lease(1, seconds=300)
+    assert (raised.value.key, raised.value.limit) == (queue.keys.state, MAX_LEASES)
+    assert first.ack() and queue.lease(1, seconds=300).messages == ["c"]
+
+
+def writers_paused_on_two_slots_then(cache, clock, then):
+    """Writers take slots 2 and 3 and pause; a third stores "c" in slot 4, then ``then``
+    runs; then the paused writers go on (slot 3's first)."""
+    first_paused = PauseAfterIncr(cache, lambda: second_paused_writer.write("from 3"))
+    second_paused_writer = Queue(
+        "q", PauseAfterIncr(cache, lambda: (Queue("q", cache, clock=clock).write("c"), then())), clock=clock
+    )
+    Queue("q", first_paused, clock=clock).write("from 2")
+
+
+def test_a_run_of_empty_slots_is_settled_in_bulk_only_after_a_round_that_found_only_empty_slots(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    assert queue.read() == "first"
+    reading = CountingCache(wrap_client(None))
+    got = []
+    writers_paused_on_two_slots_then(cache, clock, lambda: got.extend(Queue("q", reading, clock=clock).read_multi(1)))
+    assert got == ["c"]
+    assert reading.calls == {"gets_multi": 6, "cas_multi": 4, "add_multi": 2}
+
+
+def test_writers_turned_away_by_a_settled_run_count_retried_as_its_reader_counted_skipped(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    assert queue.read() == "first"
+    writers_paused_on_two_slots_then(cache, clock, lambda: queue.read_multi(1))
+    assert sorted(drain(queue)) == ["from 2", "from 3"]
+    assert stats_of(queue, "skipped", "retried", "lost") == (2, 2, 0)
+    assert_identity(queue)
+
+
+def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_empty_round(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    assert queue.read() == "first"
+    cache.incr(queue.keys.write_counter(0), 1500)  # writers that died after their incr
+    queue.write("m")
+    cache.calls.clear()
+    assert queue.read_multi(1) == []
+    assert queue.stats().skipped == 504, "4 rounds: slot 2; 3-502 (1,000 below the counter) in bulk, and 503; 504; 505"
+    assert set(cache.get_multi(queue.keys.slots(0, [2, 3, 502])).values()) == {TOMBSTONE}
+    assert [message for _read in range(5) for message in queue.read_multi(100)] == ["m"]
+    assert stats_of(queue, "skipped", "retried", "lost", "depth") == (1500, 0, 1500, 0)
 
 
 # -- takes ----------------------------------------------------------------------------------------
