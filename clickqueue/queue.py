@@ -390,7 +390,7 @@ class Queue:
             lease.ack()  # nothing in it: settle it now, with its counts
         return Lease(self, _Claim([]), _Fetched([], [], 0, 0))
 
-    def _claim(self, max_items: int, lease_seconds: float | None, settle_empty_runs: bool = False) -> _Claim:
+    def _claim(self, max_items: int, lease_seconds: float | None, settle_empty_runs: bool) -> _Claim:
         """Move the state forward over the next slots (or take over an expired
         lease), reading them first: 3 cache calls (``gets_multi`` of the state and
         counters, of the slots, ``cas_multi``), plus repairs of whatever the first

@@ -11,6 +11,7 @@ from test_queue_faults import expiry_seconds
 
 from clickqueue import (
     CacheUnavailableError,
+    ContentionError,
     CountingCache,
     Queue,
     TooManyLeasesError,
@@ -19,7 +20,7 @@ from clickqueue import (
 )
 from clickqueue.codec import GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
 from clickqueue.queue import TAKEN_SECONDS
-from clickqueue.state import MAX_LEASES, ReadState
+from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, ReadState, SlotRange
 
 
 @pytest.fixture
@@ -163,6 +164,52 @@ def test_exactly_max_leases_can_be_outstanding(cache, clock):
         queue.lease(1, seconds=300)
     assert (raised.value.key, raised.value.limit) == (queue.keys.state, MAX_LEASES)
     assert first.ack() and queue.lease(1, seconds=300).messages == ["c"]
+
+
+def test_a_lease_that_would_grow_the_state_past_its_limit_is_refused_and_reads_go_on(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b", "c"])
+    first = queue.lease(1, seconds=300)
+    raw, token = cache.gets_multi([queue.keys.state])[queue.keys.state]
+    state = ReadState.from_bytes(queue.keys.state, raw, 1)
+    fragmented = copy.deepcopy(state.leases[first.lease_id])
+    fragmented.ranges = [SlotRange(0, slot, slot) for slot in range(10_000, 10_100, 2)]
+    for n in range(MAX_STATE_BYTES // 1000 - 1):  # other holders' leases
+        state.leases[f"{n:032x}"] = copy.deepcopy(fragmented)
+    while len(state.to_bytes()) <= MAX_STATE_BYTES:  # and one-slot ones, until one more does not fit
+        n += 1
+        state.leases[f"{n:032x}"] = copy.deepcopy(state.leases[first.lease_id])
+    del state.leases[f"{n:032x}"]
+    assert MAX_STATE_BYTES - 100 < len(state.to_bytes()) <= MAX_STATE_BYTES, "not one more lease of one slot fits"
+    assert cache.cas_multi({queue.keys.state: (state.to_bytes(), token)})[queue.keys.state]
+    with pytest.raises(TooManyLeasesError) as raised:
+        queue.lease(1, seconds=300)
+    assert (raised.value.key, raised.value.limit) == (queue.keys.state, len(state.leases) + 1)
+    assert queue.read_multi(1) == ["b"], "a read adds no lease"
+
+
+class EveryStateCasLost(CacheWrapper):
+    def cas_multi(self, values, expire_seconds=0):
+        return {key: False for key in values} if any(key.endswith(":state") for key in values) else self.inner.cas_multi(values, expire_seconds)
+
+
+def test_a_claim_that_loses_every_compare_and_set_gives_up_naming_the_state(cache, clock):
+    Queue("q", cache, clock=clock).write("a")
+    queue = Queue("q", EveryStateCasLost(cache), clock=clock)
+    with pytest.raises(ContentionError) as raised:
+        queue.read()
+    assert (raised.value.key, raised.value.attempts) == (queue.keys.state, MAX_CAS_ATTEMPTS)
+
+
+def test_a_corrupt_state_is_replaced_with_a_warning(cache, clock, caplog):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("a")
+    token = cache.gets_multi([queue.keys.state])[queue.keys.state][1]
+    cache.cas_multi({queue.keys.state: (b"not a state", token)})
+    queue.read()
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "queue q: replacing a state it did not write"
+    ]
 
 
 def writers_paused_on_two_slots_then(cache, clock, then):
