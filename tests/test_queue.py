@@ -181,21 +181,21 @@ def test_invalid_queue_options_are_refused(cache, options, argument):
 
 
 @pytest.mark.parametrize(
-    ("call", "argument"),
+    ("call", "argument", "message"),
     [
-        (lambda queue: queue.read_multi(0), "max_items"),
-        (lambda queue: queue.read_multi(MAX_CLAIM_ITEMS + 1), "max_items"),
-        (lambda queue: queue.lease(0), "max_items"),
-        (lambda queue: queue.lease(10, seconds=0), "seconds"),
-        (lambda queue: queue.lease(10, seconds=86401), "seconds"),
+        (lambda queue: queue.read_multi(0), "max_items", "invalid max_items 0: use 1 to 1000"),
+        (lambda queue: queue.read_multi(MAX_CLAIM_ITEMS + 1), "max_items", "invalid max_items 1001: use 1 to 1000"),
+        (lambda queue: queue.lease(0), "max_items", "invalid max_items 0: use 1 to 1000"),
+        (lambda queue: queue.lease(10, seconds=0), "seconds", "invalid seconds 0: use more than 0 and at most 86400"),
+        (lambda queue: queue.lease(10, seconds=86401), "seconds", "invalid seconds 86401: use more than 0 and at most 86400"),
     ],
 )
-def test_invalid_read_arguments_are_refused(make_queue, call, argument):
+def test_invalid_read_arguments_are_refused(make_queue, call, argument, message):
     queue = make_queue()
     queue.write("kept")
     with pytest.raises(InvalidArgumentError) as raised:
         call(queue)
-    assert raised.value.argument == argument
+    assert (raised.value.argument, str(raised.value)) == (argument, message)
     assert queue.read() == "kept"
 
 

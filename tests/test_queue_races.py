@@ -368,6 +368,28 @@ def test_a_read_whose_count_correction_fails_keeps_its_messages_and_says_so(cach
     assert warnings == ["queue q: could not correct counts after a read: cache get of 'cq:q:state' failed"]
 
 
+# -- counts a write records ------------------------------------------------------------------------
+
+
+def test_requeued_counts_are_recorded_once_when_the_reply_is_lost(cache, clock, memcache_rpc_faults):
+    queue = Queue("q", cache, clock=clock)
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=True, skip=1)  # the creation's add
+    queue.requeue(["again"])
+    assert memcache_rpc_faults.failed == ["Set"]
+    assert (queue.stats().requeued, drain(queue)) == (1, ["again"])
+
+
+def test_counts_a_write_could_not_record_are_logged_and_its_messages_kept(cache, clock, memcache_rpc_faults, caplog):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("creates the queue")
+    memcache_rpc_faults.fail_next("Get", key=queue.keys.state)
+    queue.requeue(["again"])
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "queue q: could not record counts {'requeued': 1}: cache get of 'cq:q:state' failed"
+    ]
+    assert drain(queue) == ["creates the queue", "again"]
+
+
 # -- writes ---------------------------------------------------------------------------------------
 
 
