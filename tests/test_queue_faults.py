@@ -354,9 +354,10 @@ class EverySlotHeldBySomeoneElse(CacheWrapper):
 def test_a_call_gives_up_with_contention_error_once_it_spent_its_cache_call_budget(testbed, clock):
     cache = CountingCache(EverySlotHeldBySomeoneElse(wrap_client(None)))
     queue = Queue("q", cache, clock=clock)
-    with pytest.raises(ContentionError):
+    with pytest.raises(ContentionError) as raised:
         queue.write("never lands")
     assert MAX_CACHE_CALLS_PER_CALL < cache.total() <= MAX_CACHE_CALLS_PER_CALL + 32  # checks come < 32 calls apart
+    assert raised.value.key == queue.keys.state, "it tripped in the counter's repair"
 
 
 def test_bug4_a_counter_repair_that_lost_its_race_records_no_gap(make_queue, cache, clock):
