@@ -276,7 +276,9 @@ class Queue:
         if not tombstone_seconds <= MAX_EXPIRY_SECONDS:
             raise InvalidArgumentError("tombstone_seconds", tombstone_seconds, "use at most 30 days (2592000)")
         if not 0 < max_write_seconds < tombstone_seconds:
-            raise InvalidArgumentError("max_write_seconds", max_write_seconds, "must be below tombstone_seconds")
+            raise InvalidArgumentError(
+                "max_write_seconds", max_write_seconds, f"use more than 0 and less than tombstone_seconds ({tombstone_seconds})"
+            )
         self.name = name
         self.keys = QueueKeys(name)
         self._budget = CallBudget(MAX_CACHE_CALLS_PER_CALL)

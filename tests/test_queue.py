@@ -159,25 +159,41 @@ def test_batch_over_one_call_is_refused_before_anything_is_written(make_queue, c
     assert queue.stats().written == 0
 
 
+NAME_RULE = "use 1-100 characters of [A-Za-z0-9._:-]"
+
+
 @pytest.mark.parametrize(
-    ("options", "argument"),
+    ("options", "argument", "message"),
     [
-        ({"name": ""}, "queue name"),
-        ({"name": "has space"}, "queue name"),
-        ({"name": "x" * 101}, "queue name"),
-        ({"name": "new\nline"}, "queue name"),
-        ({"shards": 0}, "shards"),
-        ({"shards": 65}, "shards"),
-        ({"max_write_seconds": 0}, "max_write_seconds"),
-        ({"max_write_seconds": 10, "tombstone_seconds": 10}, "max_write_seconds"),
-        ({"tombstone_seconds": 30 * 86400 + 1}, "tombstone_seconds"),
+        ({"name": ""}, "queue name", f"invalid queue name '': {NAME_RULE}"),
+        ({"name": "has space"}, "queue name", f"invalid queue name 'has space': {NAME_RULE}"),
+        ({"name": "x" * 101}, "queue name", f"invalid queue name '{'x' * 79}...: {NAME_RULE}"),
+        ({"name": "new\nline"}, "queue name", f"invalid queue name 'new\\nline': {NAME_RULE}"),
+        ({"shards": 0}, "shards", "invalid shards 0: use 1 to 64"),
+        ({"shards": 65}, "shards", "invalid shards 65: use 1 to 64"),
+        ({"max_write_seconds": 0}, "max_write_seconds", "invalid max_write_seconds 0: use more than 0 and less than tombstone_seconds (3600)"),
+        (
+            {"max_write_seconds": 10, "tombstone_seconds": 10},
+            "max_write_seconds",
+            "invalid max_write_seconds 10: use more than 0 and less than tombstone_seconds (10)",
+        ),
+        ({"tombstone_seconds": 30 * 86400 + 1}, "tombstone_seconds", "invalid tombstone_seconds 2592001: use at most 30 days (2592000)"),
     ],
 )
-def test_invalid_queue_options_are_refused(cache, options, argument):
+def test_invalid_queue_options_are_refused(cache, options, argument, message):
     options = {"name": "q", **options}
     with pytest.raises(InvalidArgumentError) as raised:
         Queue(options.pop("name"), cache, **options)
-    assert raised.value.argument == argument
+    assert (raised.value.argument, str(raised.value)) == (argument, message)
+
+
+def test_defaults_keep_tombstones_an_hour_and_give_a_write_a_minute_per_slot(cache):
+    queue = Queue("q", cache)
+    assert (queue.tombstone_seconds, queue.max_write_seconds) == (3600, 60)
+
+
+def test_the_widest_queue_has_64_shards(cache):
+    assert Queue("q", cache, shards=64).shards == 64
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,13 @@ from clickqueue import (
     CountingCache,
     Queue,
     TooManyLeasesError,
+    WriteFailedError,
     WriteIncompleteError,
     wrap_client,
 )
 from clickqueue.codec import GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
-from clickqueue.queue import TAKEN_SECONDS
+from clickqueue.queue import MAX_WRITE_ATTEMPTS, TAKEN_SECONDS
+from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, ReadState, SlotRange
 
 
@@ -501,6 +503,56 @@ def test_an_abandoned_slots_tombstone_expires_after_tombstone_seconds(cache, clo
     )
     writer.write("slow")
     assert 590 < expiry_seconds(writer.keys.slot(0, 2)) <= 600
+
+
+def test_a_counter_lost_before_any_write_gets_exactly_its_margin(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    assert queue.read() is None  # creates the queue
+    cache.delete_multi([queue.keys.write_counter(0)])
+    queue.write("x")
+    assert cache.get_multi([queue.keys.slot(0, REPAIR_MARGIN + 1)]) == {queue.keys.slot(0, REPAIR_MARGIN + 1): b'"x"'}
+    assert [message for _read in range(3) for message in queue.read_multi(100)] == ["x"]
+    assert stats_of(queue, "gapped", "resets", "lost") == (REPAIR_MARGIN, 1, 0)
+
+
+def test_a_process_that_only_wrote_counts_a_flush_as_a_reset(cache, clock):
+    from google.appengine.api import memcache
+
+    writer = Queue("q", cache, clock=clock)
+    writer.write("before")
+    memcache.flush_all()
+    writer.write("after")
+    assert writer.stats().resets == 2, "the state, and the write counter"
+
+
+class EverySlotTombstonedFirst(CacheWrapper):
+    """A reader always reaches the slot a writer took before it can store."""
+
+    def add_multi(self, values, expire_seconds=0):
+        if any(":m:" in key for key in values) and TOMBSTONE not in values.values():
+            self.inner.add_multi(dict.fromkeys(values, TOMBSTONE))
+        return self.inner.add_multi(values, expire_seconds)
+
+
+def test_a_write_turned_away_from_every_slot_gives_up_after_max_write_attempts_naming_its_last_slot(cache, clock):
+    Queue("q", cache, clock=clock).write("creates the queue")
+    with pytest.raises(WriteFailedError) as raised:
+        Queue("q", EverySlotTombstonedFirst(cache), clock=clock).write("never")
+    assert (raised.value.key, raised.value.stored) == (Queue("q", cache).keys.slot(0, 1 + MAX_WRITE_ATTEMPTS), [])
+
+
+def test_a_writer_that_stalls_exactly_max_write_seconds_keeps_its_slot(cache, clock):
+    Queue("q", cache, clock=clock).write("creates the queue")
+
+    class StallExactly(CacheWrapper):
+        def incr(self, key, delta):
+            value = self.inner.incr(key, delta)
+            clock.advance(60)
+            return value
+
+    queue = Queue("q", StallExactly(cache), clock=clock, max_write_seconds=60)
+    queue.write("on time")
+    assert cache.get_multi([queue.keys.slot(0, 2)]) == {queue.keys.slot(0, 2): b'"on time"'}
 
 
 # -- acks of a lease the queue forgot -------------------------------------------------------------
