@@ -449,6 +449,33 @@ def test_a_lost_reply_reports_stored_what_it_finds_stored_and_unknown_what_was_t
     assert drain(queue) == ["y"]
 
 
+def test_a_write_keeps_an_unknown_outcome_while_it_retries_the_rest_of_its_batch(cache, clock):
+    """x's add is applied, its reply lost, and x is read at once (so it cannot be told
+    apart); y's slot was tombstoned first. y is written again (its reply lost too,
+    but read back as stored): x stays unknown."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write("warm up")
+    assert queue.read() == "warm up"
+    x_slot, y_slot = queue.keys.slots(0, [2, 3])
+
+    class Racing(CacheWrapper):
+        def add_multi(self, values, expire_seconds=0):
+            if x_slot in values:
+                self.inner.add_multi({y_slot: TOMBSTONE})
+                self.inner.add_multi(values, expire_seconds)
+                assert queue.read_multi(1) == ["x"]
+                return {x_slot: None, y_slot: False}
+            if any(":m:" in key for key in values):
+                self.inner.add_multi(values, expire_seconds)
+                return dict.fromkeys(values)
+            return self.inner.add_multi(values, expire_seconds)
+
+    with pytest.raises(WriteIncompleteError) as raised:
+        Queue("q", Racing(cache), clock=clock).write_multi(["x", "y"])
+    assert (raised.value.stored, raised.value.unknown) == ([1], [0])
+    assert drain(queue) == ["y"]
+
+
 class TombstoneEachSlotFirst(CacheWrapper):
     """``times`` times, a reader reaches the slot a writer just took and tombstones it."""
 
