@@ -179,6 +179,8 @@ NAME_RULE = "use 1-100 characters of [A-Za-z0-9._:-]"
         ),
         ({"tombstone_seconds": 30 * 86400 + 1}, "tombstone_seconds", "invalid tombstone_seconds 2592001: use at most 30 days (2592000)"),
     ],
+    ids=["empty-name", "space-in-name", "long-name", "newline-in-name", "0-shards", "65-shards",
+         "0-max-write-seconds", "max-write-seconds-not-below-tombstone-seconds", "tombstone-seconds-over-30-days"],
 )
 def test_invalid_queue_options_are_refused(cache, options, argument, message):
     options = {"name": "q", **options}
@@ -205,6 +207,7 @@ def test_the_widest_queue_has_64_shards(cache):
         (lambda queue: queue.lease(10, seconds=0), "seconds", "invalid seconds 0: use more than 0 and at most 86400"),
         (lambda queue: queue.lease(10, seconds=86401), "seconds", "invalid seconds 86401: use more than 0 and at most 86400"),
     ],
+    ids=["read-0", "read-1001", "lease-0", "lease-for-0-seconds", "lease-for-86401-seconds"],
 )
 def test_invalid_read_arguments_are_refused(make_queue, call, argument, message):
     queue = make_queue()
