@@ -112,6 +112,10 @@ Limits (what cannot be promised)
 * A lost reply on a claim, or on a ``read_multi`` take, is resolved
   conservatively: the slots are read by whoever wins them, and what cannot be
   told counts as skipped.
+* A counter that went back (a flush, or its older version back from a server
+  a client had marked dead) hands out slots until a reader repairs it; a write
+  that lands in a slot readers had passed, whose tombstone is gone, is never
+  read, and counted only as far as ``lost`` is a lower bound after a reset.
 """
 
 from __future__ import annotations

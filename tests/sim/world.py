@@ -372,6 +372,32 @@ class World:
             self._lost_counters.add(key)
             self._counters_ever_lost = True
 
+    def in_passed_slots(self, message_ids: Sequence[str]) -> list[str]:
+        """Of ``message_ids``, those stored only in slots at or below their shard's claims
+        in the current state: handed out by a write counter that had gone back before a
+        reader repaired it (clickqueue.queue's documented limit)."""
+        from clickqueue.errors import CorruptStateError
+        from clickqueue.state import ReadState
+
+        state_key = f"{QUEUE_KEY_PREFIX}state"
+        item = self.cache.get(state_key)
+        try:
+            state = ReadState.from_bytes(state_key, item.value, self.queue_options.get("shards", 1)) if item else None
+        except CorruptStateError:
+            state = None
+        if state is None:
+            return []
+        slots: dict[str, list[tuple[int, int]]] = {}
+        for node, key in self.cache.entries():
+            if key.startswith(f"{QUEUE_KEY_PREFIX}m:") and (message := message_id_in(self.cache.nodes[node][key].value)):
+                _m, shard, number = key.removeprefix(QUEUE_KEY_PREFIX).split(":")
+                slots.setdefault(message, []).append((int(shard), int(number)))
+        return [
+            message
+            for message in message_ids
+            if slots.get(message) and all(number <= state.claimed[shard] for shard, number in slots[message])
+        ]
+
     def fault_free(self) -> bool:
         """No fault injected, no counter lost so far, and not an aged queue (which begins as
         counters without a state: a reset): then nothing may have been reset."""
