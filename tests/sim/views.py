@@ -172,6 +172,8 @@ class ContractView(_SimView):
         with self.gate.call("incr", [key], delta) as call:
             value = self.cache.incr(key, delta, self.gate.dead_nodes) if call.applied(1) else None
             call.result = _shown(value)
+            if isinstance(value, int):
+                self.gate.world.slots_handed_out(key, delta, value)
             if call.fault:
                 raise CacheUnavailableError(key, "incr")
             return None if isinstance(value, Outcome) else value

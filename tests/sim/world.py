@@ -164,6 +164,7 @@ class World:
         self._die_after_operation: set[str] = set()
         self._lost_counters: set[str] = set()
         self._counters_ever_lost = False
+        self._passed_slots_handed_out: set[tuple[int, int]] = set()
         self.parties: list[Party] = []
         self.auditor: Any = None
 
@@ -372,21 +373,32 @@ class World:
             self._lost_counters.add(key)
             self._counters_ever_lost = True
 
-    def in_passed_slots(self, message_ids: Sequence[str]) -> list[str]:
-        """Of ``message_ids``, those stored only in slots at or below their shard's claims
-        in the current state: handed out by a write counter that had gone back before a
-        reader repaired it (clickqueue.queue's documented limit)."""
+    def _state(self):
+        """The read state as the cache holds it (ground truth), or None."""
         from clickqueue.errors import CorruptStateError
         from clickqueue.state import ReadState
 
         state_key = f"{QUEUE_KEY_PREFIX}state"
         item = self.cache.get(state_key)
         try:
-            state = ReadState.from_bytes(state_key, item.value, self.queue_options.get("shards", 1)) if item else None
+            return ReadState.from_bytes(state_key, item.value, self.queue_options.get("shards", 1)) if item else None
         except CorruptStateError:
-            state = None
-        if state is None:
-            return []
+            return None
+
+    def slots_handed_out(self, counter_key: str, delta: int, last: int) -> None:
+        """Record the slots an ``incr`` handed out that readers had already passed."""
+        if not counter_key.startswith(f"{QUEUE_KEY_PREFIX}w:") or (state := self._state()) is None:
+            return
+        shard = int(counter_key.rsplit(":", 1)[1])
+        if shard < len(state.claimed):
+            self._passed_slots_handed_out.update(
+                (shard, number) for number in range(last - delta + 1, min(last, state.claimed[shard]) + 1)
+            )
+
+    def in_passed_slots(self, message_ids: Sequence[str]) -> list[str]:
+        """Of ``message_ids``, those stored only in slots a write counter handed out after
+        readers had passed them: a counter gone back, not yet repaired (clickqueue.queue's
+        documented limit)."""
         slots: dict[str, list[tuple[int, int]]] = {}
         for node, key in self.cache.entries():
             if key.startswith(f"{QUEUE_KEY_PREFIX}m:") and (message := message_id_in(self.cache.nodes[node][key].value)):
@@ -395,7 +407,7 @@ class World:
         return [
             message
             for message in message_ids
-            if slots.get(message) and all(number <= state.claimed[shard] for shard, number in slots[message])
+            if slots.get(message) and all(slot in self._passed_slots_handed_out for slot in slots[message])
         ]
 
     def fault_free(self) -> bool:
