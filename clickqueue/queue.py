@@ -108,7 +108,10 @@ Limits (what cannot be promised)
   it balances.
 * A foreign value that is valid JSON cannot be told from a message; a foreign
   value in a slot counts as one lost message. A counter pushed far ahead makes
-  readers walk (and count as lost) the empty range, a bounded step per call.
+  readers walk (and count as lost) the empty range, a bounded step per call;
+  if it is then lost before a claim recorded it, the repair's bounded search
+  can miss the short run written up there, which waits above the repaired
+  counter, uncounted, until writers reach it.
 * A lost reply on a claim, or on a ``read_multi`` take, is resolved
   conservatively: the slots are read by whoever wins them, and what cannot be
   told counts as skipped.

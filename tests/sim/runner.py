@@ -134,7 +134,7 @@ def _check_stats(world: World) -> None:
     if _stats_checked(world) and world.oracle.accounting_disturbance is None and not world.counters_missing():
         stats = world.read_stats()
         if stats is not None:
-            world.oracle.stats_checked(stats, world.step, fault_free=world.fault_free())
+            world.oracle.stats_checked(stats, world.step, world.fault_free(), world.stranded_above_counters)
 
 
 def _chaos_phase(world: World) -> None:
@@ -169,7 +169,7 @@ def _liveness_phase(world: World) -> None:
             stats = world.read_stats()
             if stats is not None and _drained(world, stats):
                 if world.oracle.accounting_disturbance is None and _stats_checked(world):
-                    oracle.stats_checked(stats, world.step, fault_free=world.fault_free())
+                    oracle.stats_checked(stats, world.step, world.fault_free(), world.stranded_above_counters)
                 return
         if oracle.delivery_count != deliveries:
             deliveries, last_progress = oracle.delivery_count, world.step

@@ -165,6 +165,7 @@ class World:
         self._lost_counters: set[str] = set()
         self._counters_ever_lost = False
         self._passed_slots_handed_out: set[tuple[int, int]] = set()
+        self._counter_pushed_ahead = False
         self.parties: list[Party] = []
         self.auditor: Any = None
 
@@ -395,15 +396,37 @@ class World:
                 (shard, number) for number in range(last - delta + 1, min(last, state.claimed[shard]) + 1)
             )
 
+    def stranded_above_counters(self, message_ids: Sequence[str]) -> list[str]:
+        """Of ``message_ids``, those stored only above their shard's write counter, after
+        a counter was pushed far ahead: a repair's bounded search can miss such a run
+        (clickqueue.recovery's documented limit), and they wait there uncounted."""
+        if not self._counter_pushed_ahead:
+            return []
+        counters = {}
+        for shard in range(self.queue_options.get("shards", 1)):
+            item = self.cache.get(f"{QUEUE_KEY_PREFIX}w:{shard}")
+            counters[shard] = int(item.value) if item is not None and item.value.isdigit() else None
+        return [
+            message
+            for message, slots in self._slots_of(message_ids).items()
+            if all(counters.get(shard) is not None and number > counters[shard] for shard, number in slots)
+        ]
+
+    def _slots_of(self, message_ids: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
+        """Where each of ``message_ids`` is stored: (shard, slot number) pairs, if anywhere."""
+        wanted, slots = set(message_ids), {}
+        for node, key in self.cache.entries():
+            if key.startswith(f"{QUEUE_KEY_PREFIX}m:") and (message := message_id_in(self.cache.nodes[node][key].value)):
+                if message in wanted:
+                    _m, shard, number = key.removeprefix(QUEUE_KEY_PREFIX).split(":")
+                    slots.setdefault(message, []).append((int(shard), int(number)))
+        return slots
+
     def in_passed_slots(self, message_ids: Sequence[str]) -> list[str]:
         """Of ``message_ids``, those stored only in slots a write counter handed out after
         readers had passed them: a counter gone back, not yet repaired (clickqueue.queue's
         documented limit)."""
-        slots: dict[str, list[tuple[int, int]]] = {}
-        for node, key in self.cache.entries():
-            if key.startswith(f"{QUEUE_KEY_PREFIX}m:") and (message := message_id_in(self.cache.nodes[node][key].value)):
-                _m, shard, number = key.removeprefix(QUEUE_KEY_PREFIX).split(":")
-                slots.setdefault(message, []).append((int(shard), int(number)))
+        slots = self._slots_of(message_ids)
         return [
             message
             for message in message_ids
@@ -466,6 +489,7 @@ class World:
             # clickqueue.queue's documented limit: readers walk the pushed range, a
             # bounded step per call, so delivery can wait past any step budget.
             self.oracle.liveness_exempt = "a write counter was pushed far ahead (a documented limit)"
+            self._counter_pushed_ahead = True
         elif kind in FOREIGN_FAULTS:
             key = self._foreign_target(kind, rng)
             if key is None:
