@@ -295,6 +295,30 @@ def test_a_takeover_keeps_the_slots_its_lease_marked_and_takes_those_it_missed(c
     assert (again.lease_id, again.attempt, again.messages) == (first.lease_id, 2, ["a", "b"])
 
 
+def test_a_holder_whose_lease_was_taken_over_mid_read_keeps_what_is_marked_for_its_lease(cache, clock):
+    """A claims lease L over "first" and an empty slot; before A's tombstone, the late
+    writer stores there, L expires and B takes it over (attempt 2), marking both for L.
+    A's tombstone is refused; it reads the slot back and finds it marked for L: its own
+    lease id, so it keeps it (a repeat under one lease id, as G1 allows)."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    late_slot = queue.keys.slot(0, 2)
+    taken_over = []
+
+    def expire_and_take_over():
+        clock.advance(31)
+        taken_over.append(Queue("q", cache, clock=clock).lease(10, seconds=30))
+
+    def lease_as_the_writer_stores():
+        holder = Queue("q", StoreBeforeTheTombstone(cache, late_slot, "late", expire_and_take_over), clock=clock)
+        taken_over.insert(0, holder.lease(10, seconds=30))
+
+    Queue("q", PauseAfterIncr(cache, lease_as_the_writer_stores), clock=clock).write("late")
+    first_holder, second_holder = taken_over
+    assert (second_holder.attempt, second_holder.messages) == (2, ["first", "late"])
+    assert (first_holder.lease_id, first_holder.attempt, first_holder.messages) == (second_holder.lease_id, 1, ["late"])
+
+
 # -- tombstones -----------------------------------------------------------------------------------
 
 
