@@ -498,7 +498,7 @@ class Queue:
         counts (a takeover counted them when the lease was made)."""
         keys = [key for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())]
         claim.slots = self.cache.gets_multi(keys) if keys else {}
-        record = state.leases.get(claim.lease_id) if claim.lease_id is not None else None
+        record = state.leases.get(claim.lease_id)  # None for a read_multi (no lease id)
         if record is not None and record.attempt > 1:
             return
         no_message = {

@@ -446,6 +446,19 @@ def test_a_slot_handed_out_again_holding_a_taken_mark_is_a_collision_not_an_unkn
     assert queue.stats().collided == 1
 
 
+def test_an_identical_message_in_a_slot_handed_out_twice_is_another_writers_and_both_are_kept(cache, clock):
+    """Clicks are often byte for byte the same: a refused add that reads back its own
+    bytes found someone else's message, not its own lost reply."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write({"type": "click", "item": "a"})
+    counter = queue.keys.write_counter(0)
+    token = cache.gets_multi([counter])[counter][1]
+    cache.cas_multi({counter: (b"0", token)})  # went back: slot 1 is handed out again
+    queue.write({"type": "click", "item": "a"})
+    assert drain(queue) == [{"type": "click", "item": "a"}] * 2
+    assert queue.stats().collided == 1
+
+
 def test_a_write_counts_every_collision_it_met(cache, clock):
     Queue("q", cache, clock=clock).write("creates the queue")
     queue = Queue("q", CollideTimes(cache, 2), clock=clock)
