@@ -246,7 +246,7 @@ def test_writers_turned_away_by_a_settled_run_count_retried_as_its_reader_counte
 
 
 def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_empty_round(cache, clock):
-    queue = Queue("q", cache, clock=clock)
+    queue = Queue("q", cache, clock=clock, tombstone_seconds=600)
     queue.write("first")
     assert queue.read() == "first"
     cache.incr(queue.keys.write_counter(0), 1500)  # writers that died after their incr
@@ -255,8 +255,22 @@ def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_
     assert queue.read_multi(1) == []
     assert queue.stats().skipped == 504, "4 rounds: slot 2; 3-502 (1,000 below the counter) in bulk, and 503; 504; 505"
     assert set(cache.get_multi(queue.keys.slots(0, [2, 3, 502])).values()) == {TOMBSTONE}
+    assert 590 < expiry_seconds(queue.keys.slot(0, 3)) <= 600
     assert [message for _read in range(5) for message in queue.read_multi(100)] == ["m"]
     assert stats_of(queue, "skipped", "retried", "lost", "depth") == (1500, 0, 1500, 0)
+
+
+def test_a_run_already_tombstoned_is_settled_in_bulk_without_a_tombstone_call(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    assert queue.read() == "first"
+    cache.incr(queue.keys.write_counter(0), 1500)  # writers that abandoned their slots
+    cache.add_multi(dict.fromkeys(queue.keys.slots(0, range(2, 1502)), TOMBSTONE), 600)
+    queue.write("m")
+    cache.calls.clear()
+    assert queue.read_multi(1) == []
+    assert queue.stats().skipped == 504, "4 rounds: slot 2; 3-502 in bulk, and 503; 504; 505"
+    assert cache.calls == {"gets_multi": 8, "get_multi": 2, "cas_multi": 4}
 
 
 # -- takes ----------------------------------------------------------------------------------------
