@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from clickqueue import QueueError
+from clickqueue.recovery import decimal
 from tests.sim.faults import (
     CALL_FAULTS,
     COUNTER_AHEAD_BY,
@@ -439,9 +440,12 @@ class World:
         return not self.injected and not self._counters_ever_lost and not self.swarm.aged_slots
 
     def counters_missing(self) -> bool:
-        """A write counter lost and not yet recreated: until then nobody can know the depth of its shard."""
+        """A write counter lost and not yet recreated, or holding a foreign value not yet
+        repaired: until then nobody can know the depth of its shard."""
         self._lost_counters = {key for key in self._lost_counters if self.cache.get(key) is None}
-        return bool(self._lost_counters)
+        counters = [self.cache.get(f"{QUEUE_KEY_PREFIX}w:{shard}") for shard in range(self.queue_options.get("shards", 1))]
+        foreign = any(item is not None and decimal(item.value) is None for item in counters)
+        return bool(self._lost_counters) or foreign
 
     def _queue_keys(self) -> dict[KeyClass, list[str]]:
         by_class: dict[KeyClass, list[str]] = {}
