@@ -194,8 +194,9 @@ def test_defaults_keep_tombstones_an_hour_and_give_a_write_a_minute_per_slot(cac
     assert (queue.tombstone_seconds, queue.max_write_seconds) == (3600, 60)
 
 
-def test_the_widest_queue_has_64_shards(cache):
-    assert Queue("q", cache, shards=64).shards == 64
+def test_the_widest_options_are_accepted(cache):
+    queue = Queue("q", cache, shards=64, tombstone_seconds=30 * 86400, max_write_seconds=0.5)
+    assert (queue.shards, queue.tombstone_seconds, queue.max_write_seconds) == (64, 30 * 86400, 0.5)
 
 
 @pytest.mark.parametrize(

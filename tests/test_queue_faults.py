@@ -709,6 +709,7 @@ def test_a_write_that_cannot_read_back_its_unanswered_add_reports_those_messages
     with pytest.raises(WriteIncompleteError) as raised:
         queue.write_multi(["a", "b"])
     assert (raised.value.stored, raised.value.unknown) == ([], [0, 1])
+    assert (raised.value.key, raised.value.total) == (queue.keys.slot(0, 2), 2)
     assert drain(queue) == ["warm up", "a", "b"], "they were stored: the outcome was only unknown"
 
 

@@ -497,34 +497,32 @@ def test_a_lost_reply_reports_stored_what_it_finds_stored_and_unknown_what_was_t
     with pytest.raises(WriteIncompleteError) as raised:
         Queue("q", RepliesLostAndFirstTaken(cache), clock=clock).write_multi(["x", "y"])
     assert (raised.value.stored, raised.value.unknown) == ([1], [0])
+    assert (raised.value.key, raised.value.total) == (queue.keys.slot(0, 2), 2)
     assert drain(queue) == ["y"]
 
 
-def test_a_write_keeps_an_unknown_outcome_while_it_retries_the_rest_of_its_batch(cache, clock):
+def test_a_write_keeps_what_it_stored_and_an_unknown_outcome_while_it_retries_the_rest(cache, clock):
     """x's add is applied, its reply lost, and x is read at once (so it cannot be told
-    apart); y's slot was tombstoned first. y is written again (its reply lost too,
-    but read back as stored): x stays unknown."""
+    apart); y's slot was tombstoned first; z is stored. y is written again: z and y are
+    stored, x stays unknown."""
     queue = Queue("q", cache, clock=clock)
     queue.write("warm up")
     assert queue.read() == "warm up"
-    x_slot, y_slot = queue.keys.slots(0, [2, 3])
+    x_slot, y_slot, z_slot = queue.keys.slots(0, [2, 3, 4])
 
     class Racing(CacheWrapper):
         def add_multi(self, values, expire_seconds=0):
             if x_slot in values:
                 self.inner.add_multi({y_slot: TOMBSTONE})
-                self.inner.add_multi(values, expire_seconds)
+                applied = self.inner.add_multi(values, expire_seconds)
                 assert queue.read_multi(1) == ["x"]
-                return {x_slot: None, y_slot: False}
-            if any(":m:" in key for key in values):
-                self.inner.add_multi(values, expire_seconds)
-                return dict.fromkeys(values)
+                return applied | {x_slot: None}
             return self.inner.add_multi(values, expire_seconds)
 
     with pytest.raises(WriteIncompleteError) as raised:
-        Queue("q", Racing(cache), clock=clock).write_multi(["x", "y"])
-    assert (raised.value.stored, raised.value.unknown) == ([1], [0])
-    assert drain(queue) == ["y"]
+        Queue("q", Racing(cache), clock=clock).write_multi(["x", "y", "z"])
+    assert (raised.value.stored, raised.value.unknown, raised.value.total) == ([1, 2], [0], 3)
+    assert drain(queue) == ["z", "y"]
 
 
 class TombstoneEachSlotFirst(CacheWrapper):
@@ -616,7 +614,12 @@ def test_a_write_turned_away_from_every_slot_gives_up_after_max_write_attempts_n
     Queue("q", cache, clock=clock).write("creates the queue")
     with pytest.raises(WriteFailedError) as raised:
         Queue("q", EverySlotTombstonedFirst(cache), clock=clock).write("never")
-    assert (raised.value.key, raised.value.stored) == (Queue("q", cache).keys.slot(0, 1 + MAX_WRITE_ATTEMPTS), [])
+    last_slot = Queue("q", cache).keys.slot(0, 1 + MAX_WRITE_ATTEMPTS)
+    assert (raised.value.key, raised.value.attempts, raised.value.stored, raised.value.total) == (last_slot, 100, [], 1)
+    assert str(raised.value) == (
+        f"write_multi stored 0 of 1 messages (0 unknown): gave up after 100 attempts found their slots taken; "
+        f"last key {last_slot!r}"
+    )
 
 
 def test_a_writer_that_stalls_exactly_max_write_seconds_keeps_its_slot(cache, clock):
