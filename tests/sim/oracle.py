@@ -166,7 +166,9 @@ class LeaseTruth:
     first_true_ack_step: int | None = None
 
 
-def check_stats(stats: Any, undelivered: int, taken_unreturned: int, exact: bool) -> list[tuple[str, str]]:
+def check_stats(
+    stats: Any, undelivered: int, taken_unreturned: int, exact: bool, unclaimed_gap: int = 0
+) -> list[tuple[str, str]]:
     """G3 on ``stats()`` read at a quiescent point while the state was never lost.
 
     ``written == read + lost + depth + leased`` (checked when ``exact``: no
@@ -177,6 +179,8 @@ def check_stats(stats: Any, undelivered: int, taken_unreturned: int, exact: bool
     ``lost + gapped``). ``taken_unreturned`` allows for the documented limit that
     a ``read_multi`` ending mid-call (killed, or raising) may have claimed up to
     its ``max_items`` messages it never returned: counted as read, not lost.
+    ``unclaimed_gap`` (the state's gap slots not yet claimed) allows for messages
+    lost with their counter: ``gapped`` counts them once readers claim the gap.
     """
     problems = []
     total = stats.read + stats.lost + stats.depth + stats.leased
@@ -188,8 +192,9 @@ def check_stats(stats: Any, undelivered: int, taken_unreturned: int, exact: bool
                 f" + leased {stats.leased} = {total}",
             )
         )
-    if stats.lost + stats.gapped + stats.depth + stats.leased + taken_unreturned < undelivered:
+    if stats.lost + stats.gapped + stats.depth + stats.leased + taken_unreturned + unclaimed_gap < undelivered:
         slack = f" + {taken_unreturned} claimed by reads that ended mid-call" if taken_unreturned else ""
+        slack += f" + {unclaimed_gap} gap slots not yet claimed" if unclaimed_gap else ""
         problems.append(
             (
                 G3_LOST,
@@ -415,7 +420,12 @@ class Oracle:
         ]
 
     def stats_checked(
-        self, stats: Any, step: int, fault_free: bool, stranded: Callable[[list[str]], list[str]] = lambda ids: []
+        self,
+        stats: Any,
+        step: int,
+        fault_free: bool,
+        stranded: Callable[[list[str]], list[str]] = lambda ids: [],
+        unclaimed_gap: int = 0,
     ) -> None:
         """G3 on ``stats()``; ``stranded(ids)`` names those of the undelivered messages the
         documented limit covers (stored above a write counter that went back after it was
@@ -429,7 +439,9 @@ class Oracle:
         undelivered = self.undelivered_written()
         if undelivered and (left_out := set(stranded(undelivered))):
             undelivered = [message for message in undelivered if message not in left_out]
-        for check, message in check_stats(stats, len(undelivered), self.taken_unreturned, exact=self.inexact is None):
+        for check, message in check_stats(
+            stats, len(undelivered), self.taken_unreturned, exact=self.inexact is None, unclaimed_gap=unclaimed_gap
+        ):
             if check == G3_LOST:
                 message += f" (undelivered: {', '.join(undelivered[:8])})"
             self.violate(check, step, "stats", message, undelivered[:20])

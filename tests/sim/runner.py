@@ -134,7 +134,9 @@ def _check_stats(world: World) -> None:
     if _stats_checked(world) and world.oracle.accounting_disturbance is None and not world.counters_missing():
         stats = world.read_stats()
         if stats is not None:
-            world.oracle.stats_checked(stats, world.step, world.fault_free(), world.stranded_above_counters)
+            world.oracle.stats_checked(
+                stats, world.step, world.fault_free(), world.stranded_above_counters, world.unclaimed_gap_slots()
+            )
 
 
 def _chaos_phase(world: World) -> None:
@@ -169,7 +171,9 @@ def _liveness_phase(world: World) -> None:
             stats = world.read_stats()
             if stats is not None and _drained(world, stats):
                 if world.oracle.accounting_disturbance is None and _stats_checked(world):
-                    oracle.stats_checked(stats, world.step, world.fault_free(), world.stranded_above_counters)
+                    oracle.stats_checked(
+                        stats, world.step, world.fault_free(), world.stranded_above_counters, world.unclaimed_gap_slots()
+                    )
                 return
         if oracle.delivery_count != deliveries:
             deliveries, last_progress = oracle.delivery_count, world.step

@@ -387,6 +387,11 @@ class World:
         except CorruptStateError:
             return None
 
+    def unclaimed_gap_slots(self) -> int:
+        """Gap slots the state holds that no reader has claimed yet (ground truth)."""
+        state = self._state()
+        return state.unclaimed_gap_slots() if state is not None else 0
+
     def slots_handed_out(self, counter_key: str, delta: int, last: int) -> None:
         """Record the slots an ``incr`` handed out that readers had already passed."""
         if not counter_key.startswith(f"{QUEUE_KEY_PREFIX}w:") or (state := self._state()) is None:
