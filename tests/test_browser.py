@@ -231,8 +231,20 @@ def console_errors(browser) -> list[dict]:
     return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+def wait_until_drained(tracker: Tracker) -> None:
+    """Wait until every event the queue took is counted: the chart and a /stats read
+    after it then see the same counts."""
+
+    def drained():
+        queue = get_json(tracker.app, "/stats")["queue"]
+        return queue["depth"] == 0 and queue["leased"] == 0
+
+    wait_until(drained, COUNTED_SECONDS, interval_seconds=0.2, message="the queue to drain")
+
+
 def open_dashboard(browser, tracker: Tracker) -> None:
     console_errors(browser)  # what earlier pages logged
+    wait_until_drained(tracker)
     browser.get(f"{tracker.app}/dashboard")
     chart_shown(browser, "24h")
 
@@ -268,6 +280,7 @@ def test_tracked_link_click_is_sent_as_the_page_goes(browser, tracker):
 
     wait_for_item(tracker, "next-link", click=1)
     wait_for_item(tracker, "before-the-link", view=1)
+    wait_for_item(tracker, "after-the-link", view=1)  # the page it lands on counts its own view
     assert browser.current_url == f"{tracker.pages}/after-the-link"
 
 
