@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -57,35 +57,40 @@ CACHE_METHODS = ("get_multi", "gets_multi", "add_multi", "cas_multi", "incr", "d
 
 
 class ObservedCache:
-    """A Cache that reports every call it passes on to ``observe(method_name)``."""
+    """A Cache that reports every call it passes on to ``observe(method_name, key)``,
+    ``key`` being the first key the call names."""
 
-    def __init__(self, inner: Cache, observe: Callable[[str], None]) -> None:
+    def __init__(self, inner: Cache, observe: Callable[[str, str], None]) -> None:
         self.inner = inner
         self.observe = observe
 
     def get_multi(self, keys):
-        self.observe("get_multi")
+        self.observe("get_multi", _first(keys))
         return self.inner.get_multi(keys)
 
     def gets_multi(self, keys):
-        self.observe("gets_multi")
+        self.observe("gets_multi", _first(keys))
         return self.inner.gets_multi(keys)
 
     def add_multi(self, values, expire_seconds=0):
-        self.observe("add_multi")
+        self.observe("add_multi", _first(values))
         return self.inner.add_multi(values, expire_seconds)
 
     def cas_multi(self, values, expire_seconds=0):
-        self.observe("cas_multi")
+        self.observe("cas_multi", _first(values))
         return self.inner.cas_multi(values, expire_seconds)
 
     def incr(self, key, delta):
-        self.observe("incr")
+        self.observe("incr", key)
         return self.inner.incr(key, delta)
 
     def delete_multi(self, keys):
-        self.observe("delete_multi")
+        self.observe("delete_multi", _first(keys))
         return self.inner.delete_multi(keys)
+
+
+def _first(keys: Iterable[str]) -> str:
+    return next(iter(keys), "")
 
 
 class CountingCache(ObservedCache):
@@ -98,7 +103,7 @@ class CountingCache(ObservedCache):
         super().__init__(inner, self._count)
         self.calls: Counter[str] = Counter()
 
-    def _count(self, method_name: str) -> None:
+    def _count(self, method_name: str, _key: str) -> None:
         self.calls[method_name] += 1
 
     def total(self) -> int:
@@ -109,8 +114,9 @@ class CallBudget:
     """The cache calls each public queue call may make, counted per thread.
 
     ``one_call()`` opens the count for a public call (calls nested in it share
-    it); every cache call spends one; ``check(key)``, made only where stopping
-    leaves nothing half-done, raises ``ContentionError`` once it is spent.
+    it); every cache call spends one; ``check()``, made only where stopping
+    leaves nothing half-done, raises ``ContentionError`` once it is spent,
+    naming the key of the last cache call.
     """
 
     def __init__(self, limit: int) -> None:
@@ -123,19 +129,20 @@ class CallBudget:
         if getattr(thread, "open", False):
             yield
             return
-        thread.open, thread.spent = True, 0
+        thread.open, thread.spent, thread.last_key = True, 0, ""
         try:
             yield
         finally:
             thread.open = False
 
-    def spend(self, _method_name: str) -> None:
+    def spend(self, _method_name: str, key: str) -> None:
         if getattr(self._thread, "open", False):
             self._thread.spent += 1
+            self._thread.last_key = key
 
-    def check(self, key: str) -> None:
+    def check(self) -> None:
         if getattr(self._thread, "spent", 0) > self.limit and getattr(self._thread, "open", False):
-            raise ContentionError(key, self._thread.spent)
+            raise ContentionError(self._thread.last_key, self._thread.spent)
 
 
 def wrap_client(client: object | None) -> Cache:

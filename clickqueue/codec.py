@@ -70,18 +70,15 @@ def encode_message(message: Any) -> bytes:
 
 
 def _check_depth(message: Any) -> None:
-    pending = [(message, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if isinstance(value, dict):
-            children = value.values()
-        elif isinstance(value, (list, tuple)):
-            children = value
-        else:
-            continue
+    """Walk the message one level at a time, looking only into containers."""
+    level = [message]
+    for depth in range(1, MAX_MESSAGE_DEPTH + 2):
+        containers = [value for value in level if isinstance(value, (dict, list, tuple))]
+        if not containers:
+            return
         if depth > MAX_MESSAGE_DEPTH:
             raise MessageEncodingError(message, f"nested deeper than {MAX_MESSAGE_DEPTH} levels")
-        pending.extend((child, depth + 1) for child in children)
+        level = [child for value in containers for child in (value.values() if isinstance(value, dict) else value)]
 
 
 def leased_value(lease_id: str, message_bytes: bytes) -> bytes:

@@ -232,6 +232,8 @@ class _Claim:
     settled_slots: int = 0
     slots: dict[str, tuple] = field(default_factory=dict)
     """The claimed slots as read just before the claim's CAS (value, token)."""
+    views: dict[str, SlotValue] = field(default_factory=dict)
+    """What each claimed slot held then, as this claim's reader sees it (decoded once)."""
     counted: tuple[int, int] = (0, 0)
     """(skipped, gapped): the claimed slots without a message, counted in that CAS."""
 
@@ -405,7 +407,7 @@ class Queue:
         counters, of the slots, ``cas_multi``), plus repairs of whatever the first
         finds missing, plus 2 to settle runs of slots without messages (``_settle_runs``)."""
         for _ in range(MAX_CAS_ATTEMPTS):
-            self._budget.check(self.keys.state)
+            self._budget.check()
             found = self.cache.gets_multi([self.keys.state, *self._counter_keys])
             if self.keys.state not in found:
                 self._recovery.recreate_state(found)
@@ -496,17 +498,13 @@ class Queue:
         tombstones them, since a writer a tombstone turns away counts ``retried``,
         which must never exceed what readers counted. A lease's record keeps the
         counts (a takeover counted them when the lease was made)."""
-        keys = [key for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())]
-        claim.slots = self.cache.gets_multi(keys) if keys else {}
+        slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
+        claim.slots = found = self.cache.gets_multi(list(slot_in_gap)) if slot_in_gap else {}
+        claim.views = {key: read_slot(found[key][0] if key in found else None, claim.lease_id) for key in slot_in_gap}
         record = state.leases.get(claim.lease_id)  # None for a read_multi (no lease id)
         if record is not None and record.attempt > 1:
             return
-        no_message = {
-            key: r.in_gap
-            for r in claim.ranges
-            for key in self.keys.slots(r.shard, r.numbers())
-            if key not in claim.slots or read_slot(claim.slots[key][0]).kind is not SlotKind.MESSAGE
-        }
+        no_message = {key: in_gap for key, in_gap in slot_in_gap.items() if claim.views[key].kind is not SlotKind.MESSAGE}
         gapped = sum(no_message.values())
         claim.counted = (len(no_message) - gapped, gapped)
         state.counts.add(*claim.counted)
@@ -539,7 +537,7 @@ class Queue:
         slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
         keys = list(slot_in_gap)
         found = dict(claim.slots)
-        views = {key: read_slot(found[key][0] if key in found else None, claim.lease_id) for key in keys}
+        views = dict(claim.views)
         empty = [key for key in keys if views[key].kind is SlotKind.EMPTY]
         if empty:
             self._tombstone(empty, slot_in_gap, views, found, claim.lease_id)
@@ -722,7 +720,7 @@ class _BatchWrite:
             for _ in range(MAX_WRITE_ATTEMPTS):
                 if not pending:
                     break
-                self.queue._budget.check(self.last_key or self.queue.keys.write_counter(0))
+                self.queue._budget.check()
                 pending = self._attempt(pending)
         except (CacheUnavailableError, ContentionError) as error:
             self._record_counts()

@@ -59,7 +59,7 @@ class Recovery:
         keys: QueueKeys,
         store: StateStore,
         seen_before: Callable[[], bool],
-        check_budget: Callable[[str], None],
+        check_budget: Callable[[], None],
     ) -> None:
         self.cache = cache
         self.keys = keys
@@ -198,7 +198,7 @@ class Recovery:
         whose slot is found taken (``repair_counters`` with its evidence)."""
         if not starts:
             return {}
-        self.check_budget(self.keys.state)
+        self.check_budget()
         gallop = {shard: [start + 1 + PROBE_WINDOW * (2**step - 1) for step in range(GALLOP_STEPS)] for shard, start in starts.items()}
         tops: dict[int, int] = dict(starts)
         bounds = {}  # shard -> the start of an empty window above its top

@@ -274,7 +274,7 @@ def _slot_range(bounds: object) -> SlotRange:
 class StateStore:
     """Reads and changes the state by gets + compare-and-set."""
 
-    def __init__(self, cache: Cache, keys: QueueKeys, shards: int, check_budget: Callable[[str], None]) -> None:
+    def __init__(self, cache: Cache, keys: QueueKeys, shards: int, check_budget: Callable[[], None]) -> None:
         self.cache = cache
         self.key = keys.state
         self.shards = shards
@@ -303,7 +303,7 @@ class StateStore:
         """
         outcome_unknown = False
         for _ in range(MAX_CAS_ATTEMPTS):
-            self.check_budget(self.key)
+            self.check_budget()
             found = self.cache.gets_multi([self.key])
             if self.key not in found:
                 return False

@@ -1,5 +1,6 @@
 """Queue behaviour, one behaviour per test, on every backend (see ``cache_client``)."""
 
+import json
 import pickle
 
 import pytest
@@ -17,7 +18,7 @@ from clickqueue import (
     QueueKeys,
     ShardMismatchError,
 )
-from clickqueue.codec import LEASE_PREFIX, TAKEN, TOMBSTONE
+from clickqueue.codec import LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE
 
 
 # -- writing and reading ---------------------------------------------------------------------
@@ -142,6 +143,31 @@ def test_message_of_exactly_the_limit_is_accepted(make_queue):
     message = "x" * (MAX_MESSAGE_BYTES - 2)  # two quote characters make the limit
     queue.write(message)
     assert queue.read() == message
+
+
+def nested(levels: int) -> object:
+    """Lists and objects alternating, ``levels`` deep, beside a scalar at every level."""
+    message: object = []
+    for level in range(levels - 1):
+        message = {"inner": message, "n": level} if level % 2 else [1, message]
+    return message
+
+
+@pytest.mark.parametrize("depth", [1, 2, MAX_MESSAGE_DEPTH], ids=["1", "2", "the-limit"])
+def test_message_nested_up_to_the_depth_limit_is_accepted(make_queue, depth):
+    queue = make_queue()
+    queue.write(nested(depth))
+    assert queue.read() == json.loads(json.dumps(nested(depth)))
+
+
+@pytest.mark.parametrize("shape", ["list", "object"])
+def test_message_nested_one_level_past_the_limit_is_refused(make_queue, cache, shape):
+    queue = make_queue()
+    message = nested(MAX_MESSAGE_DEPTH)
+    message = [message] if shape == "list" else {"deeper": message}
+    with pytest.raises(MessageEncodingError, match=f"nested deeper than {MAX_MESSAGE_DEPTH} levels"):
+        queue.write(message)
+    assert cache.calls == {}
 
 
 @pytest.mark.parametrize(

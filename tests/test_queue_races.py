@@ -4,6 +4,7 @@ stub: what each party ends up with, the counts it leaves (``skipped``, ``retried
 
 import copy
 import logging
+import random
 
 import pytest
 from conftest import CacheWrapper, PauseAfterIncr, drain
@@ -188,6 +189,28 @@ def test_a_lease_that_would_grow_the_state_past_its_limit_is_refused_and_reads_g
         queue.lease(1, seconds=300)
     assert (raised.value.key, raised.value.limit) == (queue.keys.state, len(state.leases) + 1)
     assert queue.read_multi(1) == ["b"], "a read adds no lease"
+
+
+def test_a_lease_that_brings_the_state_to_exactly_its_limit_is_taken_and_one_byte_more_is_refused(cache, clock):
+    def lease_with_a_first_lease_padded_by(name, padding):
+        """Lease "b" after a first lease whose holder was padded: the outcome, and the state's size."""
+        queue = Queue(name, cache, clock=clock, rng=random.Random(7))  # the same lease ids every time
+        queue.write_multi(["a", "b"])
+        first = queue.lease(1, seconds=300)
+        raw, token = cache.gets_multi([queue.keys.state])[queue.keys.state]
+        state = ReadState.from_bytes(queue.keys.state, raw, 1)
+        state.leases[first.lease_id].holder += "x" * padding
+        assert cache.cas_multi({queue.keys.state: (state.to_bytes(), token)})[queue.keys.state]
+        try:
+            outcome = queue.lease(1, seconds=300).messages
+        except TooManyLeasesError as error:
+            outcome = error
+        return outcome, len(cache.get_multi([queue.keys.state])[queue.keys.state])
+
+    _, unpadded = lease_with_a_first_lease_padded_by("q1", 0)
+    assert lease_with_a_first_lease_padded_by("q2", MAX_STATE_BYTES - unpadded) == (["b"], MAX_STATE_BYTES)
+    refused, _ = lease_with_a_first_lease_padded_by("q3", MAX_STATE_BYTES - unpadded + 1)
+    assert isinstance(refused, TooManyLeasesError)
 
 
 class EveryStateCasLost(CacheWrapper):

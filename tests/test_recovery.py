@@ -24,8 +24,8 @@ def cache(testbed):
 
 
 def recovery(cache, shards=1, seen_before=False):
-    store = StateStore(cache, KEYS, shards, check_budget=lambda key: None)
-    return Recovery(cache, KEYS, store, seen_before=lambda: seen_before, check_budget=lambda key: None)
+    store = StateStore(cache, KEYS, shards, check_budget=lambda: None)
+    return Recovery(cache, KEYS, store, seen_before=lambda: seen_before, check_budget=lambda: None)
 
 
 def stored_state(cache, shards=1):

@@ -168,7 +168,7 @@ def test_a_state_of_another_shard_count_is_a_mismatch_not_corruption():
 
 
 def test_encode_drops_the_oldest_gaps_when_the_state_would_outgrow_its_budget(testbed):
-    store = StateStore(None, QueueKeys("q"), shards=1, check_budget=lambda key: None)
+    store = StateStore(None, QueueKeys("q"), shards=1, check_budget=lambda: None)
     s = state([0], gaps=[SlotRange(0, n * 10 + 1, n * 10 + 5, True) for n in range(30_000)])
     encoded = store.encode(s)
     assert len(encoded) <= MAX_STATE_BYTES
@@ -200,7 +200,7 @@ def bump(s):
 
 
 def store_on(cache):
-    return StateStore(cache, QueueKeys("q"), shards=1, check_budget=lambda key: None)
+    return StateStore(cache, QueueKeys("q"), shards=1, check_budget=lambda: None)
 
 
 def test_change_retries_a_lost_cas_until_it_lands():
