@@ -1,15 +1,17 @@
 """memcached through pymemcache as a clickqueue Cache.
 
 Takes a pymemcache ``Client``, ``PooledClient`` or ``HashClient`` (several
-servers: Memorystore for Memcached, or your own). Reads use pymemcache's
-``get_many``/``gets_many``. Writes are sent as memcached meta commands (``ms``
-in add or compare-and-set mode, ``md``, ``ma``; memcached 1.6+), pipelined in
-one batch per server, and every key gets its own answer. pymemcache has no
-public call for that: its multi-key stores raise at the first error line after
-storing the keys before it, it has no ``add_many``, and ``raw_command`` (4.0)
-loses bytes when a reply spans two socket reads. So batches are written to and
-read from the client's own socket here (``sock``, ``_connect``; a pooled client
-lends one of its clients), and a failure closes that connection.
+servers: Memorystore for Memcached, or your own). Every call is sent as
+memcached meta commands (``mg``, ``ms`` in add or compare-and-set mode, ``md``,
+``ma``; memcached 1.6+), pipelined in one batch per server. Reads ask in quiet
+mode, closed by ``mn``: a miss costs no reply at all, and each hit names its
+key (a read of a hundred slots that are mostly empty parses only what is
+there). Every write gets its own answer per key. pymemcache has no public call
+for that: its multi-key stores raise at the first error line after storing the
+keys before it, it has no ``add_many``, and ``raw_command`` (4.0) loses bytes
+when a reply spans two socket reads. So batches are written to and read from
+the client's own socket here (``sock``, ``_connect``; a pooled client lends one
+of its clients), and a failure closes that connection.
 
 With a ``HashClient``, keys are routed by its ring (``_get_client``, which also
 brings dead servers back) and every call runs through its ``_safely_run_func``,
@@ -26,6 +28,7 @@ server blocks a call.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,12 +40,14 @@ from pymemcache.exceptions import MemcacheError
 from pymemcache.serde import LegacyWrappingSerde
 
 from clickqueue.cache import Applied, CasToken
-from clickqueue.errors import CacheUnavailableError
+from clickqueue.errors import CacheUnavailableError, InvalidArgumentError
 
 _NOT_RUN = object()
 """What ``HashClient._safely_run_func`` hands back when it skipped a failing server."""
 
 _STORED, _NOT_STORED, _EXISTS, _NOT_FOUND = b"HD", b"NS", b"EX", b"NF"
+_KEY = re.compile(r"[!-~]{1,250}")
+"""A key memcached's text protocol takes: 1 to 250 printable ASCII characters, no space."""
 _RECV_BYTES = 65536
 
 
@@ -69,20 +74,42 @@ def _connection(server: Any) -> Iterator[Client]:
 
 
 class _Replies:
-    """Reads reply lines from a socket, however the bytes arrive."""
+    """Reads reply lines and values from a socket, however the bytes arrive."""
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
-        self.buffer = b""
+        self.buffer = bytearray()
+        self.position = 0
+
+    def _receive(self) -> None:
+        chunk = self.sock.recv(_RECV_BYTES)
+        if not chunk:
+            raise ConnectionResetError("memcached closed the connection mid-reply")
+        self.buffer += chunk
 
     def line(self) -> bytes:
-        while (end := self.buffer.find(b"\r\n")) < 0:
-            chunk = self.sock.recv(_RECV_BYTES)
-            if not chunk:
-                raise ConnectionResetError("memcached closed the connection mid-reply")
-            self.buffer += chunk
-        line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+        while (end := self.buffer.find(b"\r\n", self.position)) < 0:
+            self._receive()
+        line = bytes(self.buffer[self.position : end])
+        self.position = end + 2
         return line
+
+    def lines(self, count: int) -> list[bytes]:
+        """The next ``count`` reply lines (of commands that answer one line each)."""
+        while self.buffer.count(b"\r\n", self.position) < count:
+            self._receive()
+        lines = bytes(self.buffer[self.position :]).split(b"\r\n", count)
+        self.position = len(self.buffer) - len(lines.pop())
+        return lines
+
+    def value(self, size: int) -> bytes:
+        """The ``size`` bytes of a value after its header line, and the line end after them."""
+        end = self.position + size
+        while len(self.buffer) < end + 2:
+            self._receive()
+        value = bytes(self.buffer[self.position : end])
+        self.position = end + 2
+        return value
 
 
 def _pipeline(server: Any, payload: bytes, read: Callable[[_Replies], Any]) -> Any:
@@ -93,8 +120,8 @@ def _pipeline(server: Any, payload: bytes, read: Callable[[_Replies], Any]) -> A
         try:
             client.sock.sendall(payload)
             return read(_Replies(client.sock))
-        except OSError:
-            client.close()  # a half-read reply must not reach the next call
+        except BaseException:
+            client.close()  # a half-read reply, or one not read at all, must not reach the next call
             raise
 
 
@@ -113,6 +140,10 @@ class PymemcacheCache:
     # -- routing and failures ------------------------------------------------------
 
     def _by_server(self, keys: Sequence[str]) -> dict[Any, list[str]]:
+        """The keys by the server that holds them, every key checked first: a key is
+        written into the command line as it is."""
+        if (bad := next((key for key in keys if not _KEY.fullmatch(key)), None)) is not None:
+            raise InvalidArgumentError("cache key", bad, "use 1 to 250 printable ASCII characters without spaces")
         if self._ring is None:
             return {self.client: list(keys)}
         batches: dict[Any, list[str]] = defaultdict(list)
@@ -142,25 +173,40 @@ class PymemcacheCache:
     def _meta(self, server: Any, operation: str, keys: list[str], commands: list[bytes]) -> list[bytes]:
         """Send ``commands`` (one per key) as one pipeline; return the reply line of each."""
         payload = b"".join(commands)
-        return self._run(server, operation, keys[0], _pipeline, server, payload, lambda replies: [replies.line() for _ in commands])
+        return self._run(server, operation, keys[0], _pipeline, server, payload, lambda replies: replies.lines(len(commands)))
+
+    def _read(self, keys: Sequence[str], flags: bytes, operation: str) -> dict[str, list[bytes]]:
+        """``mg`` each key with ``flags`` in quiet mode (misses answer nothing) and a
+        closing ``mn``, one pipeline per server: each present key's value and the
+        flags its reply carried."""
+        found: dict[str, list[bytes]] = {}
+        if not keys:
+            return found
+
+        def read(replies: _Replies) -> None:
+            while (head := replies.line()) != b"MN":
+                if not head.startswith(b"VA "):
+                    raise CacheUnavailableError(keys[0], operation)
+                _va, size, *returned = head.split(b" ")
+                value = replies.value(int(size))
+                key = next(flag[1:] for flag in returned if flag[:1] == b"k").decode()
+                found[key] = [value, *returned]
+
+        for server, server_keys in self._by_server(keys).items():
+            payload = b"".join([b"mg %s %s\r\n" % (key.encode(), flags) for key in server_keys]) + b"mn\r\n"
+            self._run(server, operation, server_keys[0], _pipeline, server, payload, read)
+        return found
 
     # -- the Cache interface -------------------------------------------------------
 
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        if not keys:
-            return found
-        for server, server_keys in self._by_server(keys).items():
-            found.update(self._run(server, "get", server_keys[0], server.get_many, server_keys))
-        return found
+        return {key: reply[0] for key, reply in self._read(keys, b"v k q", "get").items()}
 
     def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, CasToken]]:
-        found: dict[str, tuple[bytes, CasToken]] = {}
-        if not keys:
-            return found
-        for server, server_keys in self._by_server(keys).items():
-            found.update(self._run(server, "gets", server_keys[0], server.gets_many, server_keys))
-        return found
+        return {
+            key: (reply[0], next(flag[1:] for flag in reply[1:] if flag[:1] == b"c"))
+            for key, reply in self._read(keys, b"v c k q", "gets").items()
+        }
 
     def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
         return self._store(

@@ -14,7 +14,7 @@ import pytest
 from conftest import CacheWrapper
 from fault_proxy import FaultProxy
 
-from clickqueue import CacheUnavailableError, CountingCache, wrap_client
+from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
 
 KEYS = [f"contract:{n}" for n in range(20)]
 
@@ -271,6 +271,35 @@ def test_memcached_server_error_mid_batch_fails_only_that_key(memcached_server, 
     values = {"contract:a": b"1", "contract:b": b"2", "contract:big": b"x" * 2_000_000, "contract:d": b"4"}
     assert cache.add_multi(values) == {"contract:a": True, "contract:b": True, "contract:big": None, "contract:d": True}
     assert cache.get_multi(list(values)) == {"contract:a": b"1", "contract:b": b"2", "contract:d": b"4"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("contract:with space", id="space"),
+        pytest.param("contract:x\r\nflush_all", id="a-command-after-a-line-end"),
+        pytest.param("contract:" + "k" * 242, id="251-characters"),
+        pytest.param("", id="empty"),
+        pytest.param("contract:café", id="not-ascii"),
+    ],
+)
+@pytest.mark.parametrize("call", ["get_multi", "add_multi", "delete_multi"])
+def test_memcached_key_its_text_protocol_cannot_carry_is_refused_before_anything_is_sent(
+    memcached_client, key, call
+):
+    cache = wrap_client(memcached_client)
+    cache.add_multi({"contract:kept": b"1"})
+    argument = {"contract:a": b"1", key: b"2"} if call == "add_multi" else ["contract:a", key]
+    with pytest.raises(InvalidArgumentError, match="invalid cache key"):
+        getattr(cache, call)(argument)
+    assert cache.get_multi(["contract:a", "contract:kept"]) == {"contract:kept": b"1"}
+
+
+def test_memcached_key_of_250_characters_is_taken(memcached_client):
+    cache = wrap_client(memcached_client)
+    key = "contract:" + "k" * 241
+    assert cache.add_multi({key: b"1"}) == {key: True}
+    assert cache.get_multi([key]) == {key: b"1"}
 
 
 def test_memcached_part_of_a_batch_applied_before_the_connection_broke_is_unknown(memcached_server):
