@@ -143,8 +143,14 @@ from clickqueue.codec import (
     SlotKind,
     SlotValue,
     encode_message,
+    frames_of,
+    held_payload,
     leased_value,
+    payload_of,
+    payload_parts,
     read_slot,
+    slot_span,
+    taken_value,
 )
 from clickqueue.errors import (
     BatchTooLargeError,
@@ -334,22 +340,21 @@ class Queue:
         """Write messages again (after failed processing): 4 cache calls."""
         messages = list(messages)
         self.write_multi(messages)
-        self._record_counts(requeued=len(messages))
+        if messages:
+            self._record_counts(lambda state: setattr(state.counts, "requeued", state.counts.requeued + len(messages)), f"counts {{'requeued': {len(messages)}}}")
 
-    def _record_counts(self, **counts: int) -> None:
-        """Add writer-side counts to the state, at most once (a count lost to an
-        error only makes ``lost`` larger)."""
+    def _record_counts(self, count: Callable[[ReadState], None], what: str) -> None:
+        """Apply ``count`` to the state's counts, at most once (a count lost to an error
+        only makes ``lost`` larger)."""
 
-        def add(state: ReadState) -> bool:
-            for name, amount in counts.items():
-                setattr(state.counts, name, getattr(state.counts, name) + amount)
+        def change(state: ReadState) -> bool:
+            count(state)
             return True
 
-        if any(counts.values()):
-            try:
-                self._store.change(add, landed=lambda state: True)
-            except (CacheUnavailableError, ContentionError) as error:
-                logger.warning("queue %s: could not record counts %s: %s", self.name, counts, error)
+        try:
+            self._store.change(change, landed=lambda state: True)
+        except (CacheUnavailableError, ContentionError) as error:
+            logger.warning("queue %s: could not record %s: %s", self.name, what, error)
 
     # -- claiming and reading ------------------------------------------------------
 
@@ -428,7 +433,7 @@ class Queue:
             claim = self._plan_claim(state, counters, max_items, lease_seconds, settle_empty_runs)
             if not claim.ranges and not claim.settled_slots:
                 return claim
-            self._read_claimed_slots(claim, state)
+            self._count_claimed(claim, state)
             encoded = self._store.encode(state)
             if claim.lease_id is not None and len(encoded) > MAX_STATE_BYTES:
                 raise TooManyLeasesError(self.keys.state, len(state.leases))
@@ -449,16 +454,36 @@ class Queue:
         if lease_seconds is not None and (expired_id := state.first_expired_lease(now, max_items)):
             record = state.leases[expired_id]
             record.deadline, record.attempt, record.holder = now + lease_seconds, record.attempt + 1, self._nonce()
-            return _Claim(record.ranges, expired_id, record.attempt, record.holder)
+            claim = _Claim(record.ranges, expired_id, record.attempt, record.holder)
+            claim.slots, claim.views = self._read_slots(_slots_of(self.keys, record.ranges), expired_id)
+            return claim
         settled = self._settle_runs(state, counters, gaps_only=not settle_empty_runs)
-        ranges = state.claim(counters, max_items)
+        ends = state.plan_claim(counters, max_items)
+        planned = [
+            (key, shard, number, False)
+            for shard, last in ends.items()
+            for key, number in zip(self.keys.slots(shard, range(state.claimed[shard] + 1, last + 1)), itertools.count(state.claimed[shard] + 1))
+        ]
+        slots, views = self._read_slots(planned, None)
+        ranges = state.claim(counters, max_items, _fit_frames(planned, views, ends))
         if not ranges or lease_seconds is None:
-            return _Claim(ranges, settled_slots=settled)
-        if len(state.leases) >= MAX_LEASES:
-            raise TooManyLeasesError(self.keys.state, MAX_LEASES)
-        lease_id, holder = f"{self._rng.getrandbits(128):032x}", self._nonce()
-        state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1, (0, 0), holder)
-        return _Claim(ranges, lease_id, 1, holder, settled)
+            claim = _Claim(ranges, settled_slots=settled)
+        else:
+            if len(state.leases) >= MAX_LEASES:
+                raise TooManyLeasesError(self.keys.state, MAX_LEASES)
+            lease_id, holder = f"{self._rng.getrandbits(128):032x}", self._nonce()
+            state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1, (0, 0), holder)
+            claim = _Claim(ranges, lease_id, 1, holder, settled)
+        claimed = {key for key, *_ in _slots_of(self.keys, ranges)}
+        claim.slots = {key: value for key, value in slots.items() if key in claimed}
+        claim.views = {key: view for key, view in views.items() if key in claimed}
+        return claim
+
+    def _read_slots(self, slots: list[_Slot], lease_id: str | None) -> tuple[dict[str, tuple], dict[str, SlotValue]]:
+        """Read ``slots`` (1 call): each one's value and token, and what it holds for ``lease_id``."""
+        found = self.cache.gets_multi([key for key, *_ in slots]) if slots else {}
+        views = {key: read_slot(found[key][0] if key in found else None, lease_id) for key, *_ in slots}
+        return found, views
 
     def _settle_runs(self, state: ReadState, counters: list[int], gaps_only: bool) -> int:
         """Claim in bulk, in this claim's CAS, the next slots that hold no message:
@@ -476,37 +501,36 @@ class Queue:
             key: part.in_gap for run in runs for part in run for key in self.keys.slots(part.shard, part.numbers())
         }
         found = self.cache.get_multi(list(in_gap))
-        empty = {key: GAP_TOMBSTONE if gap else TOMBSTONE for key, gap in in_gap.items() if key not in found}
+        run_keys = [
+            list(itertools.takewhile(
+                lambda key: key not in found or read_slot(found[key]).kind is not SlotKind.MESSAGE,
+                [key for part in run for key in self.keys.slots(part.shard, part.numbers())],
+            ))
+            for run in runs
+        ]  # up to each run's first message: what lies beyond is not claimed, so not tombstoned
+        empty = {key: GAP_TOMBSTONE if in_gap[key] else TOMBSTONE for keys in run_keys for key in keys if key not in found}
         added = self.cache.add_multi(empty, self.tombstone_seconds) if empty else {}
         settled_total = 0
-        for run in runs:
-            keys = [key for part in run for key in self.keys.slots(part.shard, part.numbers())]
-            settled = list(
-                itertools.takewhile(
-                    lambda key: added.get(key) is True or (key in found and read_slot(found[key]).kind is not SlotKind.MESSAGE),
-                    keys,
-                )
-            )
+        for run, keys in zip(runs, run_keys):
+            settled = list(itertools.takewhile(lambda key: added.get(key) is True or key in found, keys))
             gapped = sum(1 for key in settled if in_gap[key])
             state.settle_run(run[0].shard, len(settled) - gapped, gapped)
             settled_total += len(settled)
         return settled_total
 
-    def _read_claimed_slots(self, claim: _Claim, state: ReadState) -> None:
-        """Read the slots a claim is about to take (1 call) and count, in the same
-        CAS as the claim, those holding no message: counted before anything
-        tombstones them, since a writer a tombstone turns away counts ``retried``,
-        which must never exceed what readers counted. A lease's record keeps the
-        counts (a takeover counted them when the lease was made)."""
-        slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
-        claim.slots = found = self.cache.gets_multi(list(slot_in_gap)) if slot_in_gap else {}
-        claim.views = {key: read_slot(found[key][0] if key in found else None, claim.lease_id) for key in slot_in_gap}
+    def _count_claimed(self, claim: _Claim, state: ReadState) -> None:
+        """Count, in the same CAS as the claim, its slots that hold no message as the
+        claim read them (a frame's messages fill the slots it spans): counted before
+        anything tombstones them, since a writer a tombstone turns away counts
+        ``retried``, which must never exceed what readers counted. A lease's record
+        keeps the counts (a takeover counted them when the lease was made)."""
         record = state.leases.get(claim.lease_id)  # None for a read_multi (no lease id)
         if record is not None and record.attempt > 1:
             return
-        no_message = {key: in_gap for key, in_gap in slot_in_gap.items() if claim.views[key].kind is not SlotKind.MESSAGE}
-        gapped = sum(no_message.values())
-        claim.counted = (len(no_message) - gapped, gapped)
+        slots = _slots_of(self.keys, claim.ranges)
+        with_messages = _covered(slots, claim.views, {SlotKind.MESSAGE})
+        gaps = [in_gap for key, _shard, _number, in_gap in slots if key not in with_messages]
+        claim.counted = (len(gaps) - sum(gaps), sum(gaps))
         state.counts.add(*claim.counted)
         if record is not None:
             record.precounted = claim.counted
@@ -530,24 +554,27 @@ class Queue:
         return all(r.last <= state.claimed[r.shard] for r in claim.ranges)
 
     def _fetch(self, claim: _Claim) -> _Fetched:
-        """Tombstone the claimed slots found empty, then take the messages: 1 cache
-        call (``cas_multi``); empty slots cost their tombstones (1, see
-        ``_tombstone``). ``read_multi`` corrects its counts (2) only if a slot
-        changed after the claim read it (a writer stored into it first)."""
-        slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
-        keys = list(slot_in_gap)
+        """Tombstone the claimed slots found empty (and not inside a frame), then take
+        the messages: 1 cache call (``cas_multi``); empty slots cost their tombstones
+        (1, see ``_tombstone``); a frame the claim ends inside costs the store of its
+        rest (2, see ``_take``). ``read_multi`` corrects its counts (2) only if a
+        slot changed after the claim read it (a writer stored into it first)."""
+        slots = _slots_of(self.keys, claim.ranges)
+        slot_in_gap = {key: in_gap for key, _shard, _number, in_gap in slots}
         found = dict(claim.slots)
         views = dict(claim.views)
-        empty = [key for key in keys if views[key].kind is SlotKind.EMPTY]
+        present = set(SlotKind) - {SlotKind.EMPTY}
+        empty = [key for key in _uncovered(slots, views, present) if views[key].kind is SlotKind.EMPTY]
         if empty:
             self._tombstone(empty, slot_in_gap, views, found, claim.lease_id)
-        won = self._take(claim, views, found)
-        message_keys = [key for key in keys if key in won]
+        taken = self._take(claim, slots, views, found)
+        delivered = _covered(slots, {key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}, {SlotKind.MESSAGE})
+        message_keys = [key for key, *_ in slots if key in taken]
         fetched = _Fetched(
             message_keys,
-            [views[key].message for key in message_keys],
-            skipped=sum(1 for key in keys if key not in won and not slot_in_gap[key]),
-            gapped=sum(1 for key in keys if key not in won and slot_in_gap[key]),
+            [message for key in message_keys for message in views[key].messages[: taken[key]]],
+            skipped=sum(1 for key, in_gap in slot_in_gap.items() if key not in delivered and not in_gap),
+            gapped=sum(1 for key, in_gap in slot_in_gap.items() if key not in delivered and in_gap),
         )
         if claim.lease_id is None and (fetched.skipped, fetched.gapped) != claim.counted:
             try:
@@ -580,26 +607,72 @@ class Queue:
             if not empty:
                 return
 
-    def _take(self, claim: _Claim, views: dict[str, SlotValue], found: dict[str, tuple]) -> set[str]:
-        """Compare-and-set each message's slot to TAKEN or LEASED(id): 1 call.
-        Returns the slots won (and those already LEASED to this lease)."""
-        won = {key for key, view in views.items() if view.kind is SlotKind.LEASED_TO_US}
-        messages = {key: view for key, view in views.items() if view.kind is SlotKind.MESSAGE}
-        if not messages:
-            return won
+    def _take(
+        self, claim: _Claim, slots: list[_Slot], views: dict[str, SlotValue], found: dict[str, tuple]
+    ) -> dict[str, int]:
+        """Compare-and-set each message's or frame's slot to TAKEN or LEASED(id): 1 call.
+        Returns the slots won (and those already LEASED to this lease), each with
+        how many of its messages are this claim's: all, but for a frame running past
+        the claim's last slot of its shard, which is cut there. The rest of such a
+        frame is stored again in the slot after that (``_BatchWrite``, 2 calls), once
+        its first part is won.
+
+        Never more messages than slots claimed: frames overlap only where a write
+        counter went back and handed a writer slots inside an older frame. One that
+        does not fit is moved: taken (1 call) and written again (``_BatchWrite``)."""
+        taken = {key: views[key].span for key, *_ in slots if views[key].kind is SlotKind.LEASED_TO_US}
+        last_of_shard = {r.shard: r.last for r in claim.ranges}
+        room = len(slots) - sum(taken.values())
+        cut, overflow = {}, []
+        for key, shard, number, _in_gap in slots:
+            if views[key].kind is SlotKind.MESSAGE:
+                count = min(views[key].span, last_of_shard[shard] - number + 1)
+                if count <= room:
+                    cut[key], room = count, room - count
+                else:
+                    overflow.append(key)
+        if overflow:
+            self._move(overflow, views, found)
+        if not cut:
+            return taken
         if claim.lease_id is None:
-            takes = {key: (TAKEN, found[key][1]) for key in messages}
+            takes = {key: (taken_value(count), found[key][1]) for key, count in cut.items()}
             expire_seconds = TAKEN_SECONDS
         else:
-            takes = {key: (leased_value(claim.lease_id, view.message_bytes), found[key][1]) for key, view in messages.items()}
+            takes = {
+                key: (leased_value(claim.lease_id, payload_of(views[key].parts[:count])), found[key][1])
+                for key, count in cut.items()
+            }
             expire_seconds = 0
         applied = self.cache.cas_multi(takes, expire_seconds)
-        won |= {key for key in takes if applied.get(key) is True}
+        won = {key for key in takes if applied.get(key) is True}
         unanswered = [key for key in takes if applied.get(key) is None]
         if unanswered and claim.lease_id is not None:  # a TAKEN mark cannot say whose it is
             reread = self.cache.gets_multi(unanswered)
             won |= {key for key in reread if read_slot(reread[key][0], claim.lease_id).kind is SlotKind.LEASED_TO_US}
-        return won
+        taken |= {key: cut[key] for key in won}
+        for key, shard, number, _in_gap in slots:
+            if key in won and cut[key] < views[key].span:
+                self._store_again(views[key].parts[cut[key] :], placed=(shard, number + cut[key]))
+        return taken
+
+    def _move(self, keys: list[str], views: dict[str, SlotValue], found: dict[str, tuple]) -> None:
+        """Take the frames in ``keys`` (TAKEN, compare-and-set: 1 call) and write the
+        messages of those won again, in fresh slots."""
+        applied = self.cache.cas_multi({key: (taken_value(views[key].span), found[key][1]) for key in keys}, TAKEN_SECONDS)
+        won = [key for key in keys if applied.get(key) is True]
+        if won:
+            self._store_again(tuple(part for key in won for part in views[key].parts))
+
+    def _store_again(self, parts: tuple[bytes, ...], placed: tuple[int, int] | None = None) -> None:
+        """Store messages this read took out of their slot but does not deliver: the rest
+        of a frame, in the slot after the part taken (``placed``: its own slot
+        numbers; elsewhere if a reader got there first), or a frame that did not fit.
+        What cannot be stored is left to be counted: its slots hold nothing."""
+        try:
+            _BatchWrite(self, list(parts), placed=placed).run()
+        except (CacheUnavailableError, ContentionError, WriteFailedError, WriteIncompleteError) as error:
+            logger.warning("queue %s: could not store %d messages again: %s", self.name, len(parts), error)
 
     # -- leases --------------------------------------------------------------------
 
@@ -630,7 +703,7 @@ class Queue:
         (compare-and-set, so nothing else is ever removed): 2 calls."""
         found = self.cache.gets_multi(lease.message_keys)
         own = {
-            key: (TAKEN, token)
+            key: (taken_value(slot_span(value)), token)
             for key, (value, token) in found.items()
             if value.startswith(LEASE_PREFIX) and read_slot(value, lease.lease_id).kind is SlotKind.LEASED_TO_US
         }
@@ -701,16 +774,83 @@ def _add_counts(skipped: int, gapped: int) -> Callable[[ReadState], bool]:
     return add
 
 
-class _BatchWrite:
-    """One ``write_multi``: slots taken, adds settled, and what is stored so far."""
+_Slot = tuple[str, int, int, bool]
+"""A claimed slot: its key, shard, number, and whether it lies in a gap."""
 
-    def __init__(self, queue: Queue, batch: list[bytes]) -> None:
+
+def _slots_of(keys: QueueKeys, ranges: Iterable[SlotRange]) -> list[_Slot]:
+    """The slots of ``ranges``, in order."""
+    return [
+        (key, r.shard, number, r.in_gap) for r in ranges for key, number in zip(keys.slots(r.shard, r.numbers()), r.numbers())
+    ]
+
+
+def _covered(slots: list[_Slot], views: dict[str, SlotValue], kinds: set[SlotKind]) -> dict[str, str]:
+    """Of ``slots`` (in order), those holding or spanned by a value of ``kinds``: each
+    with the key of that value (a frame spans the slots after its own)."""
+    covered, reach = {}, {}
+    for key, shard, number, _in_gap in slots:
+        view = views.get(key)
+        if view is not None and view.kind in kinds:
+            reach[shard] = (key, number + view.span - 1)
+            covered[key] = key
+        elif shard in reach and number <= reach[shard][1]:
+            covered[key] = reach[shard][0]
+    return covered
+
+
+def _uncovered(slots: list[_Slot], views: dict[str, SlotValue], kinds: set[SlotKind]) -> list[str]:
+    covered = _covered(slots, views, kinds)
+    return [key for key, *_ in slots if key not in covered]
+
+
+def _fit_frames(planned: list[_Slot], views: dict[str, SlotValue], ends: dict[int, int]) -> dict[int, int]:
+    """Cut a planned claim (``ends``: the last slot per shard) so that it ends where a
+    frame does: before the frame that runs past a shard's end, if the claim holds
+    messages before it in that shard; else the frame stays, and ``_take`` takes
+    its first part."""
+    fitted = dict(ends)
+    first_frame: dict[int, int] = {}
+    for key, shard, number, _in_gap in planned:
+        view = views[key]
+        if view.kind is not SlotKind.MESSAGE:
+            continue
+        first_frame.setdefault(shard, number)
+        if number + view.span - 1 > ends[shard] and number > first_frame[shard]:
+            fitted[shard] = number - 1
+    return fitted
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Messages of one write stored as one value: in the slot of the first, spanning one slot each."""
+
+    key: str
+    first: int
+    indices: list[int]
+
+    def numbers(self) -> range:
+        return range(self.first, self.first + len(self.indices))
+
+
+class _BatchWrite:
+    """One ``write_multi``: slots taken, frames added and settled, and what is stored so far.
+
+    ``placed`` (shard, slot) makes the first attempt store the batch from that slot
+    on, without an ``incr``: the rest of a frame a claim took the first part of.
+    """
+
+    def __init__(self, queue: Queue, batch: list[bytes], placed: tuple[int, int] | None = None) -> None:
         self.queue = queue
         self.batch = batch
+        self.placed = placed
         self.stored: list[int] = []
         self.unknown: list[int] = []
         self.left_tombstoned: Counter[int] = Counter()
         """Per message, the tombstoned slots it left, which their reader counts as skipped."""
+        self.undecided: list[tuple[int, int, int]] = []
+        """(shard, slot, message) of a frame turned away whose slot holds no tombstone yet:
+        the write's count settles those still unclaimed, and counts those claimed."""
         self.collided = 0
         self.last_key = ""
 
@@ -734,76 +874,123 @@ class _BatchWrite:
             raise WriteIncompleteError(self.last_key, sorted(self.stored), sorted(self.unknown), len(self.batch))
 
     def _attempt(self, pending: list[int]) -> list[int]:
-        """Take slots for ``pending`` and add them; return the messages to write again."""
+        """Take slots for ``pending`` and add their frames; return the messages to write again."""
         queue = self.queue
-        shard = next(queue._writer_shards)
-        self.last_key = queue.keys.write_counter(shard)
         started = queue.clock()
-        last = queue.cache.incr(self.last_key, len(pending))
-        if last is None:
-            queue._recovery.repair_counters({shard: 0})
-            return pending
-        queue._seen_queue = True
-        numbers = range(last - len(pending) + 1, last + 1)
-        slots = dict(zip(queue.keys.slots(shard, numbers), pending))
-        self.last_key = next(iter(slots))
+        if self.placed is not None:
+            (shard, first), self.placed = self.placed, None
+        else:
+            shard = next(queue._writer_shards)
+            self.last_key = queue.keys.write_counter(shard)
+            last = queue.cache.incr(self.last_key, len(pending))
+            if last is None:
+                queue._recovery.repair_counters({shard: 0})
+                return pending
+            queue._seen_queue = True
+            first = last - len(pending) + 1
+        cuts = frames_of([len(self.batch[index]) for index in pending])
+        keys = queue.keys.slots(shard, [first + cut.start for cut in cuts])
+        frames = [_Frame(key, first + cut.start, [pending[n] for n in cut]) for key, cut in zip(keys, cuts)]
+        self.last_key = keys[0]
         if queue.clock() - started > queue.max_write_seconds:
-            self._abandon(slots)
+            self._abandon(shard, frames)
             return pending
-        added = queue.cache.add_multi({key: self.batch[index] for key, index in slots.items()})
-        self.stored += [index for key, index in slots.items() if added.get(key) is True]
-        doubtful = {key: index for key, index in slots.items() if added.get(key) is not True}
-        return self._settle_doubtful(shard, dict(zip(slots, numbers)), doubtful, added) if doubtful else []
+        values = {frame.key: payload_of([self.batch[index] for index in frame.indices]) for frame in frames}
+        added = queue.cache.add_multi(values)
+        self.stored += [index for frame in frames if added.get(frame.key) is True for index in frame.indices]
+        doubtful = [frame for frame in frames if added.get(frame.key) is not True]
+        return self._settle_doubtful(shard, doubtful, added) if doubtful else []
 
-    def _settle_doubtful(
-        self, shard: int, number_of: dict[str, int], doubtful: dict[str, int], added: dict[str, bool | None]
-    ) -> list[int]:
-        """Read back slots whose ``add`` was refused or unanswered, and decide each."""
-        unanswered = [index for key, index in doubtful.items() if added.get(key) is None]
+    def _settle_doubtful(self, shard: int, doubtful: list[_Frame], added: dict[str, bool | None]) -> list[int]:
+        """Read back the slots of frames whose ``add`` was refused or unanswered (each
+        slot a frame spans: 1 call), and decide each frame."""
+        unanswered = [index for frame in doubtful if added.get(frame.key) is None for index in frame.indices]
         self.unknown += unanswered
-        current = self.queue.cache.get_multi(list(doubtful))  # raising leaves the unanswered unknown
+        current = self.queue.cache.get_multi(  # raising leaves the unanswered unknown
+            [key for frame in doubtful for key in self.queue.keys.slots(shard, frame.numbers())]
+        )
         self.unknown = [index for index in self.unknown if index not in unanswered]
-        retry, collided_at, empty = [], [], {}
-        for key, index in doubtful.items():
-            value, mine = current.get(key), self.batch[index]
-            if added.get(key) is None and (value == mine or _leased_copy_of(value, mine)):
-                self.stored.append(index)  # stored; only the reply was lost
-            elif added.get(key) is None and value == TAKEN:
-                self.unknown.append(index)  # stored and already taken, or someone else's: cannot tell
-            elif value is None:
-                empty[key] = index
-                retry.append(index)
-            elif value == TOMBSTONE:
-                self.left_tombstoned[index] += 1  # its reader counted it skipped
-                retry.append(index)
-            elif value == GAP_TOMBSTONE:
-                retry.append(index)
+        retry, collided_tops, empty = [], [], []
+        for frame in doubtful:
+            value = current.get(frame.key)
+            lost_reply = added.get(frame.key) is None
+            if lost_reply and _holds(value, [self.batch[index] for index in frame.indices]):
+                self.stored += frame.indices  # stored; only the reply was lost
+                continue
+            if lost_reply and value is not None and value.startswith(TAKEN):
+                self.unknown += frame.indices  # stored and already taken, or someone else's: cannot tell
+                continue
+            retry += frame.indices
+            if value is None:
+                empty.append(frame)
+            elif value in (TOMBSTONE, GAP_TOMBSTONE):
+                self._count_turned_away(shard, frame, current)
             else:
-                collided_at.append(number_of[key])
-                retry.append(index)
+                collided_tops.append(frame.first + slot_span(value) - 1)
         if empty:
-            self._abandon(empty)
-        if collided_at:
-            self.collided += len(collided_at)
-            self.queue._recovery.repair_counters({shard: max(collided_at)})
+            self._abandon(shard, empty)
+        if collided_tops:
+            self.collided += len(collided_tops)
+            self.queue._recovery.repair_counters({shard: max(collided_tops)})
         return retry
 
-    def _abandon(self, empty_slots: dict[str, int]) -> None:
-        """Tombstone the empty slots this write leaves (1 call), so whoever claims
-        them counts them skipped, as their ``retried`` needs: left empty, a later
-        counter repair's margin could cover them and count them as gapped."""
-        added = self.queue.cache.add_multi(dict.fromkeys(empty_slots, TOMBSTONE), self.queue.tombstone_seconds)
-        for key, index in empty_slots.items():
+    def _count_turned_away(self, shard: int, frame: _Frame, current: dict[str, bytes]) -> None:
+        """A reader's tombstone took the frame's first slot: each slot it spans is
+        counted by whoever claims it, as its value says (a tombstone: skipped; a gap
+        tombstone: gapped; nothing yet: decided by the write's count)."""
+        for key, number, index in zip(self.queue.keys.slots(shard, frame.numbers()), frame.numbers(), frame.indices):
+            if current.get(key) == TOMBSTONE:
+                self.left_tombstoned[index] += 1  # its reader counted it skipped
+            elif key not in current:
+                self.undecided.append((shard, number, index))
+
+    def _abandon(self, shard: int, frames: list[_Frame]) -> None:
+        """Tombstone every slot of the frames this write leaves (1 call), so whoever
+        claims them counts them skipped, as their ``retried`` needs: left empty, a
+        later counter repair's margin could cover them and count them as gapped."""
+        message_of = {
+            key: index
+            for frame in frames
+            for key, index in zip(self.queue.keys.slots(shard, frame.numbers()), frame.indices)
+        }
+        added = self.queue.cache.add_multi(dict.fromkeys(message_of, TOMBSTONE), self.queue.tombstone_seconds)
+        for key, index in message_of.items():
             if added.get(key) is True:
                 self.left_tombstoned[index] += 1
 
     def _record_counts(self) -> None:
-        retried = sum(self.left_tombstoned[index] for index in self.stored)
-        self.queue._record_counts(retried=retried, collided=self.collided)
+        """Add what this write counted to the state, at most once (a count lost to an
+        error only makes ``lost`` larger). The slots of turned-away frames that no
+        tombstone settled hold nothing: each is claimed here where it is next in
+        line, and counts as retried (for a message stored elsewhere) unless it lies
+        in a gap; one further on is counted skipped by the reader that claims it."""
+        stored = set(self.stored)
+        retried = sum(self.left_tombstoned[index] for index in stored)
+        undecided = sorted(self.undecided)
+
+        def count(state: ReadState) -> None:
+            turned_away = 0
+            for shard, number, index in undecided:
+                in_gap = state.in_gap(shard, number)
+                if number == state.claimed[shard] + 1:
+                    state.settle_run(shard, int(not in_gap), int(in_gap))
+                turned_away += index in stored and not in_gap  # claimed or to be: counted as skipped
+            state.counts.retried += retried + turned_away
+            state.counts.collided += self.collided
+
+        if retried or undecided or self.collided:
+            self.queue._record_counts(count, f"a write's counts (retried {retried}, collided {self.collided})")
 
 
-def _leased_copy_of(value: bytes | None, message_bytes: bytes) -> bool:
-    return value is not None and value.startswith(LEASE_PREFIX) and value.endswith(b":" + message_bytes)
+def _holds(value: bytes | None, parts: list[bytes]) -> bool:
+    """Whether ``value`` is these messages as written, or a lease's mark holding them
+    or their first part (a reader took the frame's first part, and moved the rest)."""
+    if value is None:
+        return False
+    if value == payload_of(parts):
+        return True
+    held = payload_parts(held_payload(value)) if value.startswith(LEASE_PREFIX) else None
+    return bool(held) and list(held) == parts[: len(held)]
 
 
 class Lease:

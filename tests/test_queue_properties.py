@@ -24,7 +24,7 @@ json_values = st.recursive(
 @given(json_values)
 def test_every_json_value_round_trips_through_the_encoding(value):
     slot = read_slot(encode_message(value))
-    assert (slot.kind, slot.message) == (SlotKind.MESSAGE, value)
+    assert (slot.kind, slot.messages) == (SlotKind.MESSAGE, (value,))
 
 
 @given(json_values)
