@@ -266,6 +266,29 @@ class GatedAddMulti(CacheWrapper):
         return self.inner.add_multi(values, expire_seconds)
 
 
+class StoresOnlyTheFirst(GatedAddMulti):
+    """The second ``add_multi`` stores only its first 3 messages and loses the answer
+    for the rest; reading those back fails: a write that ends incomplete."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.fail_reads = False
+
+    def stored_part(self, number, values, expire_seconds):
+        if number != 1:
+            return self.inner.add_multi(values, expire_seconds)
+        self.fail_reads = True
+        return {**dict.fromkeys(values), **self.inner.add_multi(dict(list(values.items())[:3]), expire_seconds)}
+
+    def get_multi(self, keys):
+        if self.fail_reads:
+            self.fail_reads = False
+            from clickqueue import CacheUnavailableError
+
+            raise CacheUnavailableError(keys[0], "get_multi")
+        return self.inner.get_multi(keys)
+
+
 class RecordingCondition(threading.Condition):
     """A Condition for GroupCommit's ``condition=`` seam: it counts its waits and names
     the threads waiting now."""

@@ -19,6 +19,7 @@ from conftest import (
     CacheWrapper,
     GatedAddMulti,
     RecordingCondition,
+    StoresOnlyTheFirst,
     arrive_in_order,
     existing_queue,
     start_held_write,
@@ -97,6 +98,21 @@ def test_requests_sharing_a_failed_write_answer_503_and_none_of_their_events_is_
     assert counted(app, "after") == {"click": 0, "view": 1}
     for item in ("failed-get", "failed-form", "failed-json", "failed-pixel", "failed-go"):
         assert counted(app, item) == {"click": 0, "view": 0}, item
+
+
+def test_a_write_that_stored_part_of_a_batch_answers_503_saying_so(testbed, make_app, clock):
+    gate = StoresOnlyTheFirst(existing_queue(wrap_client(None), "events"))  # stores 3 of its second write
+    gate.release.set()
+    app = make_app(Settings(queue=Queue("events", gate, clock=clock), clock=clock))
+    app.get("/track?type=click&item=first", status=204)
+
+    events = [{"type": "view", "item": f"batch-{n}"} for n in range(5)]
+    answer = app.post_json("/track", {"events": events}, status=503)
+
+    assert answer.json == {
+        "error": "the queue failed mid-write: of 5 events, 3 were recorded and 2 may have been; "
+        "sending them again may count those twice"
+    }
 
 
 class FailsSomeWrites(CacheWrapper):

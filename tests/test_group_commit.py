@@ -21,6 +21,7 @@ from conftest import (
     GatedAddMulti,
     InThread,
     RecordingCondition,
+    StoresOnlyTheFirst,
     arrive_in_order,
     drain,
     existing_queue,
@@ -160,27 +161,6 @@ def test_every_caller_of_a_failed_write_gets_the_error_and_none_of_their_message
 
     assert [len(keys) for keys in gate.calls[:3]] == [2, 18, 2]
     assert drain(Queue("q", thread_safe_cache)) == ids("first", 2) + ids("after", 2)
-
-
-class StoresOnlyTheFirst(GatedAddMulti):
-    """The second ``add_multi`` stores only its first 3 messages and loses the answer
-    for the rest; reading those back fails: a write that ends incomplete."""
-
-    def __init__(self, inner) -> None:
-        super().__init__(inner)
-        self.fail_reads = False
-
-    def stored_part(self, number, values, expire_seconds):
-        if number != 1:
-            return self.inner.add_multi(values, expire_seconds)
-        self.fail_reads = True
-        return {**dict.fromkeys(values), **self.inner.add_multi(dict(list(values.items())[:3]), expire_seconds)}
-
-    def get_multi(self, keys):
-        if self.fail_reads:
-            self.fail_reads = False
-            raise CacheUnavailableError(keys[0], "get_multi")
-        return self.inner.get_multi(keys)
 
 
 def test_an_incomplete_write_tells_each_caller_which_of_its_own_messages_were_stored(thread_safe_cache):
