@@ -342,6 +342,15 @@ def existing_queue(cache, name: str = "q"):
     return cache
 
 
+def run_on_threads(work, count: int) -> None:
+    """``work(n)`` for each n below ``count``, each on a thread of its own, all at once;
+    fails if one raised or did not end in time."""
+    threads = [InThread(lambda n=n: work(n)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    assert [thread.outcome() for thread in threads] == [None] * count
+
+
 def start_held_write(gate: GatedAddMulti, call) -> InThread:
     """``call()`` on a thread, once its write is held at ``gate``: a write in flight."""
     thread = InThread(call)

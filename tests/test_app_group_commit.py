@@ -15,13 +15,13 @@ from collections import Counter
 import pytest
 import webtest
 from conftest import (
-    THREAD_DEADLINE_SECONDS,
     CacheWrapper,
     GatedAddMulti,
     RecordingCondition,
     StoresOnlyTheFirst,
     arrive_in_order,
     existing_queue,
+    run_on_threads,
     start_held_write,
 )
 
@@ -150,12 +150,7 @@ def test_every_track_answered_204_is_counted_and_none_answered_503(testbed, make
             item = f"c{number}-r{request}"
             answered[item] = own.get("/track", {"type": "click", "item": item}, expect_errors=True).status_int
 
-    clients = [threading.Thread(target=client, args=(number,), daemon=True) for number in range(CLIENTS)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(THREAD_DEADLINE_SECONDS * 4)
-        assert not thread.is_alive()
+    run_on_threads(client, CLIENTS)
     cache.failing = False
     statuses = Counter(answered.values())
     print(f"answers {dict(statuses)}; {cache.calls} writes, {cache.failed} failed")

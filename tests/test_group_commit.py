@@ -10,13 +10,11 @@ the Condition the callers wait on.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
 import pytest
 from conftest import (
-    THREAD_DEADLINE_SECONDS,
     CacheWrapper,
     GatedAddMulti,
     InThread,
@@ -25,6 +23,7 @@ from conftest import (
     arrive_in_order,
     drain,
     existing_queue,
+    run_on_threads,
     start_held_write,
 )
 
@@ -280,12 +279,7 @@ def test_many_threads_through_one_group_commit_store_every_message_once(thread_s
         for call in range(calls):
             group.write_multi(sent[thread, call])
 
-    threads = [threading.Thread(target=write, args=(thread,), daemon=True) for thread in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(THREAD_DEADLINE_SECONDS * 4)
-        assert not thread.is_alive()
+    run_on_threads(write, THREADS)
     writes = cache.calls["incr"]
 
     received = Counter(message["id"] for message in drain(Queue("q", thread_safe_cache), max_items=1000))
