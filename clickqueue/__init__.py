@@ -5,6 +5,8 @@ readers claim slots by compare-and-set on one state key, tombstone slots still
 empty, and take each message by compare-and-set on its slot, either for good
 (``read_multi``) or under a lease until acknowledged (``lease``). The protocol,
 its fault model, guarantees and limits are in ``clickqueue.queue``.
+``GroupCommit`` shares one ``write_multi`` among concurrent writers of a
+process (``clickqueue.group_commit``).
 """
 
 from clickqueue.cache import Applied, Cache, CountingCache, wrap_client
@@ -14,6 +16,7 @@ from clickqueue.errors import (
     CacheUnavailableError,
     ContentionError,
     CorruptStateError,
+    GroupWriteError,
     InvalidArgumentError,
     MessageEncodingError,
     MessageTooLargeError,
@@ -23,6 +26,7 @@ from clickqueue.errors import (
     WriteFailedError,
     WriteIncompleteError,
 )
+from clickqueue.group_commit import GroupCommit
 from clickqueue.keys import QueueKeys
 from clickqueue.queue import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_CLAIM_ITEMS, Lease, Queue, QueueStats
 
@@ -38,6 +42,8 @@ __all__ = [
     "ContentionError",
     "CorruptStateError",
     "CountingCache",
+    "GroupCommit",
+    "GroupWriteError",
     "InvalidArgumentError",
     "Lease",
     "MessageEncodingError",

@@ -130,3 +130,21 @@ class ContentionError(QueueError):
         super().__init__(f"gave up on {key!r} after {attempts} attempts: it kept changing under this call")
         self.key = key
         self.attempts = attempts
+
+
+class GroupWriteError(WriteIncompleteError):
+    """A ``GroupCommit.write_multi`` whose write failed: the ``write_multi`` that
+    carried this caller's messages, shared with ``callers - 1`` other callers,
+    raised ``cause`` (its ``__cause__`` too).
+
+    ``stored`` and ``unknown`` index this caller's own messages, as in
+    ``WriteIncompleteError``: both empty means none of them was stored, so all
+    of them may be written again. ``cause`` is the queue's own error; anything
+    but a ``QueueError`` there (a bug) leaves every message unknown.
+    """
+
+    def __init__(self, cause: BaseException, stored: list[int], unknown: list[int], total: int, callers: int) -> None:
+        reason = f"its write_multi, for {callers} callers, raised {cause!r}"
+        super().__init__(getattr(cause, "key", ""), stored, unknown, total, reason)
+        self.cause = cause
+        self.callers = callers

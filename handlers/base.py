@@ -17,7 +17,7 @@ import webapp2
 from webob import exc
 from webob.multidict import MultiDict, NestedMultiDict
 
-from clickqueue import BatchTooLargeError, MessageEncodingError, MessageTooLargeError, QueueError
+from clickqueue import BatchTooLargeError, MessageEncodingError, MessageTooLargeError, QueueError, WriteIncompleteError
 from handlers.errors import (
     ForbiddenError,
     HttpStatusError,
@@ -218,6 +218,8 @@ class JsonApplication(webapp2.WSGIApplication):
             return InvalidRequestError(str(exception))
         if isinstance(exception, QueueError):
             logger.error("%s: queue failed: %s", request.path_info, exception, exc_info=exception)
+            if isinstance(exception, WriteIncompleteError):  # a recording's write (GroupWriteError), failed
+                return ServiceUnavailableError(_what_was_recorded(exception))
             return ServiceUnavailableError(f"queue unavailable: {exception}")
         if isinstance(exception, exc.HTTPNotImplemented):  # a method webapp2 does not dispatch at all
             try:
@@ -229,3 +231,13 @@ class JsonApplication(webapp2.WSGIApplication):
             return HttpStatusError(exception.code, exception.title, exception.headers.get("Allow"))
         logger.error("%s: unexpected error", request.path_info, exc_info=exception)
         return InternalError("internal error; the server log has the details")
+
+
+def _what_was_recorded(error: WriteIncompleteError) -> str:
+    """A failed write's 503 text: whether sending the events again could count any twice."""
+    if not error.stored and not error.unknown:
+        return "the queue is unavailable: nothing was recorded; send the events again"
+    return (
+        f"the queue failed mid-write: of {error.total} events, {len(error.stored)} were recorded and "
+        f"{len(error.unknown)} may have been; sending them again may count those twice"
+    )

@@ -1,6 +1,8 @@
 """The base of the handlers that record events (``/track``, ``/p.gif``, ``/go``):
 one place where events are checked against the allowed origins, dated, marked
-as a bot's or dropped as a prefetch, queued, and their processing scheduled."""
+as a bot's or dropped as a prefetch, queued (through the process's group
+commit: one write shared by the requests in flight), and their processing
+scheduled."""
 
 from __future__ import annotations
 
@@ -28,17 +30,17 @@ class RecordingHandler(JsonHandler):
             raise OriginNotAllowedError(origin)
 
     def record(self, events: list[Event]) -> int:
-        """Queue ``events`` (as a bot's if a bot sent them; none for a prefetch); how many were queued."""
+        """Queue ``events`` (as a bot's if a bot sent them; none for a prefetch); how many were queued.
+
+        Returns once they are stored; if the write fails, raises ``GroupWriteError``
+        (a 503, see ``JsonApplication``) and schedules nothing."""
         self.check_origin()
         sent_by = sender(self.request.headers)
         if sent_by is Sender.PREFETCH:
             return 0
         at = int(self.settings.clock())
         stamped = [replace(event, at=at, bot=sent_by is Sender.BOT).to_message() for event in events]
-        if len(stamped) == 1:
-            self.settings.queue.write(stamped[0])
-        else:
-            self.settings.queue.write_multi(stamped)
+        self.settings.group_commit.write_multi(stamped)  # shared with the requests writing now
         self._schedule_processing()
         return len(stamped)
 

@@ -7,13 +7,14 @@ Tests build an app with other settings (a failing ``aggregate``, a fixed
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from clickqueue import Queue
+from clickqueue import GroupCommit, Queue
 from handlers import counters
-from handlers.events import Event
+from handlers.events import MAX_BATCH_EVENTS, Event
 from handlers.links import LinkSigner
 from handlers.origins import AllowedOrigins
 
@@ -40,10 +41,18 @@ class ScheduledSlot:
 
 @dataclass(frozen=True)
 class Settings:
-    """The queue, the aggregation step, the knobs of processing, who may send
-    events from a browser, and the key of tracked links."""
+    """The queue and the group commit that writes to it, the aggregation step,
+    the knobs of processing, who may send events from a browser, and the key of
+    tracked links."""
 
     queue: Queue = field(default_factory=default_queue)
+    group_commit_wait_seconds: float = 0.002
+    """How long a recording request may wait for others to share its write, while
+    another write is in flight (``GroupCommit``'s ``max_wait_seconds``); alone, it waits not at all."""
+    group_commit_max_events: int = MAX_BATCH_EVENTS
+    """Most events one shared write carries (500): /track's largest batch fills one alone, never split."""
+    group_commit_condition: threading.Condition | None = None
+    """What requests wait on in the group commit (None: its own); a test passes one that shows who waits."""
     aggregate: Aggregate = counters.apply_batch
     task_queue_name: str = "process"
     batch_size: int = 100
@@ -65,6 +74,9 @@ class Settings:
     allowed_origins: AllowedOrigins = field(default_factory=AllowedOrigins.from_environment)
     """Whose pages may send events from their visitors' browsers (env CLICKQUEUE_ALLOWED_ORIGINS)."""
     links: LinkSigner = field(default_factory=LinkSigner)
+    group_commit: GroupCommit = field(init=False, repr=False, compare=False)
+    """This process's writer of ``queue`` for the recording handlers, made from
+    the three ``group_commit_*`` settings (``dataclasses.replace`` makes another)."""
 
     @property
     def marker_retention_seconds(self) -> float:
@@ -97,3 +109,10 @@ class Settings:
             raise ValueError(f"batch_size must be 1 to {counters.MAX_EVENTS_PER_LEASE}")
         if not TASK_NAME_PART.fullmatch(self.queue.name):
             raise ValueError(f"queue name {self.queue.name!r} must be usable in task names: [A-Za-z0-9_-]")
+        group_commit = GroupCommit(
+            self.queue,
+            max_wait_seconds=self.group_commit_wait_seconds,
+            max_messages=self.group_commit_max_events,
+            condition=self.group_commit_condition,
+        )
+        object.__setattr__(self, "group_commit", group_commit)  # frozen: set once, here

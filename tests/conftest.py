@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -234,6 +235,141 @@ class PauseAfterIncr(CacheWrapper):
             between, self.between = self.between, None
             between()
         return value
+
+
+class GatedAddMulti(CacheWrapper):
+    """Holds the first ``add_multi`` until ``release`` is set (a write in flight for as long
+    as the test needs); records the keys of each; fails those numbered in ``failing``
+    (0 is the first) with ``CacheUnavailableError``, as a memcache error does."""
+
+    def __init__(self, inner, failing: tuple[int, ...] = ()) -> None:
+        super().__init__(inner)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[list[str]] = []
+        self.failing = failing
+
+    def add_multi(self, values, expire_seconds=0):
+        from clickqueue import CacheUnavailableError
+
+        number = len(self.calls)
+        self.calls.append(list(values))
+        if number == 0:
+            self.entered.set()
+            assert self.release.wait(THREAD_DEADLINE_SECONDS), "the test never released the first write"
+        if number in self.failing:
+            raise CacheUnavailableError(next(iter(values)), "add_multi")
+        return self.stored_part(number, values, expire_seconds)
+
+    def stored_part(self, number: int, values, expire_seconds: int):
+        """What add_multi number ``number`` stores and answers, once through the gate."""
+        return self.inner.add_multi(values, expire_seconds)
+
+
+class StoresOnlyTheFirst(GatedAddMulti):
+    """The second ``add_multi`` stores only its first 3 messages and loses the answer
+    for the rest; reading those back fails: a write that ends incomplete."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.fail_reads = False
+
+    def stored_part(self, number, values, expire_seconds):
+        if number != 1:
+            return self.inner.add_multi(values, expire_seconds)
+        self.fail_reads = True
+        return {**dict.fromkeys(values), **self.inner.add_multi(dict(list(values.items())[:3]), expire_seconds)}
+
+    def get_multi(self, keys):
+        if self.fail_reads:
+            self.fail_reads = False
+            from clickqueue import CacheUnavailableError
+
+            raise CacheUnavailableError(keys[0], "get_multi")
+        return self.inner.get_multi(keys)
+
+
+class RecordingCondition(threading.Condition):
+    """A Condition for GroupCommit's ``condition=`` seam: it counts its waits and names
+    the threads waiting now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+        self.waiting: set[int] = set()
+
+    def wait(self, timeout=None):
+        self.waits += 1  # under the lock, as wait() must be called
+        self.waiting.add(threading.get_ident())
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waiting.discard(threading.get_ident())
+
+
+THREAD_DEADLINE_SECONDS = 30
+"""How long a test waits for a thread, or for a state, before it fails."""
+
+
+class InThread(threading.Thread):
+    """``call()`` on a thread of its own; ``outcome()`` waits for it (with a deadline) and
+    gives what it returned or the exception it raised."""
+
+    def __init__(self, call) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self._outcome = None
+
+    def run(self) -> None:
+        try:
+            self._outcome = self.call()
+        except Exception as error:  # noqa: BLE001 (the test asserts on it)
+            self._outcome = error
+
+    def outcome(self):
+        self.join(THREAD_DEADLINE_SECONDS)
+        assert not self.is_alive(), f"{self.call} did not return"
+        return self._outcome
+
+
+def existing_queue(cache, name: str = "q"):
+    """``cache``, holding queue ``name`` (one shard) with its counter and state, so that
+    a write through it is its 2 cache calls (``incr``, ``add_multi``)."""
+    from clickqueue import Queue
+
+    Queue(name, cache).write("creates the queue")
+    assert drain(Queue(name, cache)) == ["creates the queue"]
+    return cache
+
+
+def run_on_threads(work, count: int) -> None:
+    """``work(n)`` for each n below ``count``, each on a thread of its own, all at once;
+    fails if one raised or did not end in time."""
+    threads = [InThread(lambda n=n: work(n)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    assert [thread.outcome() for thread in threads] == [None] * count
+
+
+def start_held_write(gate: GatedAddMulti, call) -> InThread:
+    """``call()`` on a thread, once its write is held at ``gate``: a write in flight."""
+    thread = InThread(call)
+    thread.start()
+    assert gate.entered.wait(THREAD_DEADLINE_SECONDS), "the first write did not start"
+    return thread
+
+
+def start_and_wait(condition: RecordingCondition, call) -> InThread:
+    """``call()`` on a thread of its own, once that thread waits on ``condition``."""
+    thread = InThread(call)
+    thread.start()
+    wait_until(lambda: thread.ident in condition.waiting, THREAD_DEADLINE_SECONDS, message=f"{call} to wait")
+    return thread
+
+
+def arrive_in_order(condition: RecordingCondition, calls) -> list[InThread]:
+    """Each call on a thread of its own, started once the one before waits on ``condition``."""
+    return [start_and_wait(condition, call) for call in calls]
 
 
 def drain(queue, max_items: int = 100) -> list:

@@ -134,6 +134,11 @@ def local_server(
         stop_process(process, timeout_seconds=SERVER_STOP_SECONDS)
 
 
+def track_get(event_type: str, item: str) -> HttpRequest:
+    """One event, as ``GET /track?type=...&item=...``."""
+    return HttpRequest("GET", "/track?" + urllib.parse.urlencode({"type": event_type, "item": item}))
+
+
 @dataclass(frozen=True)
 class EventPlan:
     """Events to track, and the requests that carry them: a quarter as single
@@ -150,7 +155,7 @@ class EventPlan:
     def requests(self) -> list[HttpRequest]:
         quarter = len(self.events) // 4
         gets, posts, batched = self.events[:quarter], self.events[quarter : 2 * quarter], self.events[2 * quarter :]
-        requests = [HttpRequest("GET", "/track?" + urllib.parse.urlencode({"type": t, "item": i})) for t, i in gets]
+        requests = [track_get(t, i) for t, i in gets]
         requests += [
             HttpRequest(
                 "POST",

@@ -24,6 +24,7 @@ from e2e_support import (
     people_counts,
     send_concurrently,
     send_raw,
+    track_get,
     wait_for_counts,
 )
 from handlers.base import MAX_BODY_BYTES
@@ -49,6 +50,26 @@ def test_local_server_counts_concurrent_events_exactly(tmp_path, server_log):
     print(f"sent {len(plan.events)} events in {len(requests)} requests: {dict(statuses)}")
     print(f"/stats: totals {stats['totals']}, queue {stats['queue']}")
     assert statuses == Counter(202 if r.content_type == "application/json" else 204 for r in requests)
+    assert (stats["queue"]["depth"], stats["queue"]["lost"]) == (0, 0)
+
+
+GROUP_COMMIT_CLIENTS = 64
+
+
+def test_local_server_counts_every_204_of_many_concurrent_single_event_clients(tmp_path, server_log):
+    """Group commit under gunicorn's threads: single events from 64 clients at once share
+    the worker's writes (tests/test_app_group_commit.py shows the sharing and the 503s);
+    each answered 204 is counted, exactly once."""
+    plan = EventPlan.random(3000, item_count=60, seed=11)
+    requests = [track_get(event_type, item) for event_type, item in plan.events]
+
+    with local_server(tmp_path / "data", server_log) as (base_url, _):
+        statuses = send_concurrently(base_url, requests, GROUP_COMMIT_CLIENTS)
+        stats = wait_for_counts(base_url, plan, timeout_seconds=120)
+
+    print(f"sent {len(requests)} single events from {GROUP_COMMIT_CLIENTS} clients: {dict(statuses)}")
+    print(f"/stats: totals {stats['totals']}, queue {stats['queue']}")
+    assert statuses == Counter({204: len(requests)})
     assert (stats["queue"]["depth"], stats["queue"]["lost"]) == (0, 0)
 
 
