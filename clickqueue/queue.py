@@ -5,33 +5,54 @@ Protocol
 Keys (all ``cq:<name>:``, built only by ``QueueKeys``): ``w:<s>`` the write
 counter of shard ``s``; ``m:<s>:<n>`` slot ``n`` of shard ``s``; ``state`` the
 read state (JSON, changed only by compare-and-set); ``gen:<k>`` four copies of
-the state's generation number. Slot values are messages (JSON) or NUL-prefixed
-marks (``clickqueue.codec``): TOMBSTONE, GAP_TOMBSTONE, TAKEN, and LEASED(id).
+the state's generation number. Slot values are messages (JSON), frames of
+messages, or NUL-prefixed marks (``clickqueue.codec``): TOMBSTONE,
+GAP_TOMBSTONE, TAKEN, and LEASED(id).
+
+Slots count messages; values hold frames. Each message has a slot number of
+its own, but the messages one write stores side by side share one value, a
+*frame* of up to ``FRAME_MESSAGES`` (and ``FRAME_BYTES``), in the first of
+their slots; the frame *spans* the others, whose keys stay unwritten. Per-key
+costs (the client's work, memcache's item header) are paid per frame, while
+every count stays per message: a frame evicted leaves its slots empty, and
+each counts. Frames are at most ``PROBE_WINDOW`` long, so the counter repair's
+windowed search still finds the first slot of some frame in every window of
+a stored run.
 
 Write. ``incr(w:<s>, k)`` hands out slots ``n-k+1..n`` of a shard taken in
-turn; ``add_multi`` stores each message in its slot. A slot whose ``add`` is
-refused or unanswered is read back: holding our bytes, the message is stored
-(the reply was lost); a tombstone means a reader got there first and the
-message goes to a fresh slot; anything else means the counter went back (it is
-repaired above every stored slot) and the message goes to a fresh slot. A
-writer that took longer than ``max_write_seconds`` between ``incr`` and
-``add`` takes a fresh slot instead.
+turn; ``add_multi`` stores each frame in its first slot. A frame whose ``add``
+is refused or unanswered is read back, with the slots it spans: holding our
+bytes (or a lease's mark of them, or of their first part), it is stored (the
+reply was lost); a tombstone means a reader got there first and its messages
+go to fresh slots, each slot it spans counted as the reader left it (a
+tombstone: skipped; nothing yet: settled by the writer's count CAS if next in
+line); anything else means the counter went back (it is repaired above every
+stored slot) and its messages go to fresh slots. A writer that took longer
+than ``max_write_seconds`` between ``incr`` and ``add`` tombstones its slots
+and takes fresh ones.
 
 Claim. A reader ``gets_multi`` the state and every write counter in one call,
-moves ``claimed[s]`` forward over at most ``max_items`` slots below the
-counters it saw (and, for a lease, adds the lease record: id, slot ranges,
-deadline, attempt), and compare-and-sets the state. An expired lease is taken
-over instead, whole, under the same id with ``attempt + 1``, by a ``lease()``
-whose ``max_items`` is at least its slot count.
+plans to move ``claimed[s]`` forward over at most ``max_items`` slots below
+the counters it saw, reads those slots, and ends the claim where a frame
+does: before a frame that runs past the plan's end, unless it is the first
+frame there (then the claim takes its first part). It compare-and-sets the
+state (for a lease, with the lease record: id, slot ranges, deadline,
+attempt). An expired lease is taken over instead, whole, under the same id
+with ``attempt + 1``, by a ``lease()`` whose ``max_items`` is at least its
+slot count.
 
-Read. The claimed slots are read with ``gets_multi``. A slot still empty (its
-writer is between ``incr`` and ``add``, died there, or the message was evicted)
+Read. A claimed slot still empty and spanned by no frame the claim read (its
+writer is between ``incr`` and ``add``, died there, or the frame was evicted)
 gets a tombstone by ``add`` (GAP_TOMBSTONE inside a gap): whichever ``add``
-wins owns the slot. Each message is then taken by compare-and-set on its slot:
-to TAKEN (expiring in a second) by ``read_multi``, to LEASED(id) by ``lease``.
-A message is returned only to the reader whose compare-and-set won, or read
-again later as LEASED(id) by a holder of that same lease id. ``ack`` removes
-the lease from the state by compare-and-set, then deletes its slots.
+wins owns the slot. Each message or frame is then taken by compare-and-set on
+its slot: to TAKEN (expiring in a second) by ``read_multi``, to LEASED(id) by
+``lease``. A frame the claim ends inside is taken for its first part (TAKEN
+of that part, or LEASED(id) of it) and, once won, its rest is added as a
+frame in the next slot, which is its own; a reader that tombstoned that slot
+first turns it away to fresh slots, as it would a writer. Messages are
+returned only to the reader whose compare-and-set won, or read again later as
+LEASED(id) by a holder of that same lease id. ``ack`` removes the lease from
+the state by compare-and-set, then deletes its slots.
 
 Counts live in the state, changed in the same CAS as what they count:
 ``skipped`` (claimed slots outside gaps that gave no message) and ``gapped``
@@ -48,8 +69,10 @@ Invariants, and why they hold
    ``REPAIR_MARGIN``, and the margin is recorded as a gap. A claim takes a
    counter below ``used_through`` for regressed (an older version of it can
    come back from a server some client had marked dead).
-2. Each message sits in one slot: a writer moves on only from a slot that
-   does not hold its bytes, and ``add`` never overwrites.
+2. Each message sits in one slot's value: a writer (or a reader storing the
+   rest of a frame) moves on only from a slot that does not hold its bytes,
+   and ``add`` never overwrites; a reader moves the rest of a frame only after
+   its compare-and-set took the frame's slot.
 3. A message is delivered at most once, under every fault below, because
    exclusivity lives in the slot, not in the state: delivery needs a won
    compare-and-set on the slot's message, which only one party can win, and
@@ -64,7 +87,13 @@ Invariants, and why they hold
 6. Loss is counted: a message that is never delivered left its slot empty or
    foreign when claimed (counted in ``skipped`` before the tombstone that
    could turn its writer away), and ``retried`` is counted only for messages
-   that were stored elsewhere.
+   that were stored elsewhere. A slot a frame spans counts as holding a
+   message only while the claim saw that frame; a frame that never got its
+   first slot leaves every slot it would have spanned to be counted.
+7. ``lease(k)`` and ``read_multi(k)`` return at most ``k`` messages: a claim
+   covers at most ``k`` slots, a frame is cut at the claim's end, and where a
+   counter that went back made two frames overlap, the one that does not fit
+   is taken and written again, not returned.
 
 Fault model (any of these, at any moment, in any combination)
 -------------------------------------------------------------
@@ -119,6 +148,18 @@ Limits (what cannot be promised)
   a client had marked dead) hands out slots until a reader repairs it; a write
   that lands in a slot readers had passed, whose tombstone is gone, is never
   read, and counted only as far as ``lost`` is a lower bound after a reset.
+  A frame's ``add`` checks only its first slot, so a frame written from such a
+  counter can span slots an older value still holds: both are read (the one
+  that does not fit moved, as above), and ``read``/``written`` then count
+  slots, not messages, for them.
+* A read of fewer messages than a frame holds splits it; the rest, stored again
+  in the next slot, can be turned away by a reader racing for that slot and
+  written once more in fresh slots (``skipped`` and ``retried`` both count it).
+  A reader that dies between taking the first part and storing the rest loses
+  the rest, counted in ``skipped`` as its slots are claimed.
+* A writer counts ``retried`` for a turned-away frame's slots when it learns of
+  them; those not yet claimed are counted ``skipped`` by the claim that reaches
+  them, so until then ``lost`` can read below 0.
 """
 
 from __future__ import annotations

@@ -283,6 +283,20 @@ def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_
     assert stats_of(queue, "skipped", "retried", "lost", "depth") == (1500, 0, 1500, 0)
 
 
+def test_a_run_settled_in_bulk_tombstones_no_slot_past_its_first_message(cache, clock):
+    """What lies past the run's first message is not claimed: a tombstone there would
+    turn a writer away from a slot nobody counts yet."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    assert queue.read() == "first"
+    cache.incr(queue.keys.write_counter(0), 1500)  # writers that died after their incr
+    cache.add_multi({queue.keys.slot(0, 300): encode_message("stored late")})
+    assert queue.read_multi(1) == ["stored late"]
+    assert cache.get_multi(queue.keys.slots(0, range(301, 503))) == {}
+    assert set(cache.get_multi(queue.keys.slots(0, range(2, 300))).values()) == {TOMBSTONE}
+    assert stats_of(queue, "skipped", "lost") == (298, 298)
+
+
 def test_a_run_already_tombstoned_is_settled_in_bulk_without_a_tombstone_call(cache, clock):
     queue = Queue("q", cache, clock=clock)
     queue.write("first")
