@@ -83,14 +83,27 @@ class SlotValue:
         return payload_of(self.parts)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+EMPTY_SLOT = SlotValue(SlotKind.EMPTY)
+
+
 def encode_message(message: Any) -> bytes:
     """Return ``message`` as compact UTF-8 JSON, refusing what cannot be read back."""
-    _check_depth(message)
     try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(message)
+    except RecursionError:
+        _check_depth(message)  # nested past the encoder: deeper than the limit
+        raise
     except (TypeError, ValueError) as error:
         raise MessageEncodingError(message, str(error)) from error
-    encoded = text.encode("utf-8")
+    if text.count("[") + text.count("{") > MAX_MESSAGE_DEPTH:  # else it cannot nest that deep
+        _check_depth(message)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate
+        raise MessageEncodingError(message, str(error)) from error
     if len(encoded) > MAX_MESSAGE_BYTES:
         raise MessageTooLargeError(len(encoded), MAX_MESSAGE_BYTES)
     return encoded
@@ -143,7 +156,7 @@ def taken_value(span: int) -> bytes:
 def read_slot(value: bytes | None, lease_id: str | None = None) -> SlotValue:
     """Classify what a slot holds, as seen by a reader holding ``lease_id`` (or none)."""
     if value is None:
-        return SlotValue(SlotKind.EMPTY)
+        return EMPTY_SLOT
     if value in SETTLED_MARKS:
         return SlotValue(SlotKind.SETTLED)
     if value.startswith(LEASE_PREFIX):

@@ -177,6 +177,7 @@ from typing import Any
 
 from clickqueue.cache import CallBudget, ObservedCache, wrap_client
 from clickqueue.codec import (
+    EMPTY_SLOT,
     GAP_TOMBSTONE,
     LEASE_PREFIX,
     TAKEN,
@@ -279,8 +280,10 @@ class _Claim:
     settled_slots: int = 0
     slots: dict[str, tuple] = field(default_factory=dict)
     """The claimed slots as read just before the claim's CAS (value, token)."""
-    views: dict[str, SlotValue] = field(default_factory=dict)
+    views: dict[str, SlotValue] = field(default_factory=lambda: _Views())
     """What each claimed slot held then, as this claim's reader sees it (decoded once)."""
+    table: _Slots | None = None
+    """The claimed slots in order."""
     counted: tuple[int, int] = (0, 0)
     """(skipped, gapped): the claimed slots without a message, counted in that CAS."""
 
@@ -496,15 +499,12 @@ class Queue:
             record = state.leases[expired_id]
             record.deadline, record.attempt, record.holder = now + lease_seconds, record.attempt + 1, self._nonce()
             claim = _Claim(record.ranges, expired_id, record.attempt, record.holder)
-            claim.slots, claim.views = self._read_slots(_slots_of(self.keys, record.ranges), expired_id)
+            claim.table = _Slots(self.keys, record.ranges)
+            claim.slots, claim.views = self._read_slots(claim.table, expired_id)
             return claim
         settled = self._settle_runs(state, counters, gaps_only=not settle_empty_runs)
         ends = state.plan_claim(counters, max_items)
-        planned = [
-            (key, shard, number, False)
-            for shard, last in ends.items()
-            for key, number in zip(self.keys.slots(shard, range(state.claimed[shard] + 1, last + 1)), itertools.count(state.claimed[shard] + 1))
-        ]
+        planned = _Slots(self.keys, [SlotRange(shard, state.claimed[shard] + 1, last) for shard, last in ends.items()])
         slots, views = self._read_slots(planned, None)
         ranges = state.claim(counters, max_items, _fit_frames(planned, views, ends))
         if not ranges or lease_seconds is None:
@@ -515,16 +515,15 @@ class Queue:
             lease_id, holder = f"{self._rng.getrandbits(128):032x}", self._nonce()
             state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1, (0, 0), holder)
             claim = _Claim(ranges, lease_id, 1, holder, settled)
-        claimed = {key for key, *_ in _slots_of(self.keys, ranges)}
-        claim.slots = {key: value for key, value in slots.items() if key in claimed}
-        claim.views = {key: view for key, view in views.items() if key in claimed}
+        claim.table = planned.claimed_as(self.keys, ranges)
+        claim.slots = {key: value for key, value in slots.items() if key in claim.table.position}
+        claim.views = _Views((key, view) for key, view in views.items() if key in claim.table.position)
         return claim
 
-    def _read_slots(self, slots: list[_Slot], lease_id: str | None) -> tuple[dict[str, tuple], dict[str, SlotValue]]:
-        """Read ``slots`` (1 call): each one's value and token, and what it holds for ``lease_id``."""
-        found = self.cache.gets_multi([key for key, *_ in slots]) if slots else {}
-        views = {key: read_slot(found[key][0] if key in found else None, lease_id) for key, *_ in slots}
-        return found, views
+    def _read_slots(self, slots: _Slots, lease_id: str | None) -> tuple[dict[str, tuple], _Views]:
+        """Read ``slots`` (1 call): each present one's value and token, and what it holds for ``lease_id``."""
+        found = self.cache.gets_multi(slots.keys()) if len(slots) else {}
+        return found, _Views((key, read_slot(value, lease_id)) for key, (value, _token) in found.items())
 
     def _settle_runs(self, state: ReadState, counters: list[int], gaps_only: bool) -> int:
         """Claim in bulk, in this claim's CAS, the next slots that hold no message:
@@ -568,9 +567,7 @@ class Queue:
         record = state.leases.get(claim.lease_id)  # None for a read_multi (no lease id)
         if record is not None and record.attempt > 1:
             return
-        slots = _slots_of(self.keys, claim.ranges)
-        with_messages = _covered(slots, claim.views, {SlotKind.MESSAGE})
-        gaps = [in_gap for key, _shard, _number, in_gap in slots if key not in with_messages]
+        gaps = [in_gap for *_slot, in_gap in claim.table.uncovered(claim.views, (SlotKind.MESSAGE,))]
         claim.counted = (len(gaps) - sum(gaps), sum(gaps))
         state.counts.add(*claim.counted)
         if record is not None:
@@ -600,22 +597,20 @@ class Queue:
         (1, see ``_tombstone``); a frame the claim ends inside costs the store of its
         rest (2, see ``_take``). ``read_multi`` corrects its counts (2) only if a
         slot changed after the claim read it (a writer stored into it first)."""
-        slots = _slots_of(self.keys, claim.ranges)
-        slot_in_gap = {key: in_gap for key, _shard, _number, in_gap in slots}
+        table = claim.table
         found = dict(claim.slots)
-        views = dict(claim.views)
-        present = set(SlotKind) - {SlotKind.EMPTY}
-        empty = [key for key in _uncovered(slots, views, present) if views[key].kind is SlotKind.EMPTY]
+        views = _Views(claim.views)
+        empty = [slot for slot in table.uncovered(views, PRESENT) if views[slot[0]].kind is SlotKind.EMPTY]
         if empty:
-            self._tombstone(empty, slot_in_gap, views, found, claim.lease_id)
-        taken = self._take(claim, slots, views, found)
-        delivered = _covered(slots, {key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}, {SlotKind.MESSAGE})
-        message_keys = [key for key, *_ in slots if key in taken]
+            self._tombstone(empty, views, found, claim.lease_id)
+        taken = self._take(claim, views, found)
+        undelivered = [in_gap for *_slot, in_gap in table.uncovered({key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}, (SlotKind.MESSAGE,))]
+        message_keys = [slot[0] for slot, _view in table.held({key: views[key] for key in taken}, PRESENT)]
         fetched = _Fetched(
             message_keys,
             [message for key in message_keys for message in views[key].messages[: taken[key]]],
-            skipped=sum(1 for key, in_gap in slot_in_gap.items() if key not in delivered and not in_gap),
-            gapped=sum(1 for key, in_gap in slot_in_gap.items() if key not in delivered and in_gap),
+            skipped=len(undelivered) - sum(undelivered),
+            gapped=sum(undelivered),
         )
         if claim.lease_id is None and (fetched.skipped, fetched.gapped) != claim.counted:
             try:
@@ -624,33 +619,24 @@ class Queue:
                 logger.warning("queue %s: could not correct counts after a read: %s", self.name, error)
         return fetched
 
-    def _tombstone(
-        self,
-        empty: list[str],
-        slot_in_gap: dict[str, bool],
-        views: dict[str, SlotValue],
-        found: dict[str, tuple],
-        lease_id: str | None,
-    ) -> None:
+    def _tombstone(self, empty: list[_Slot], views: dict[str, SlotValue], found: dict[str, tuple], lease_id: str | None) -> None:
         """Add a tombstone to each empty slot: 1 call. A slot whose ``add`` lost to its
         writer is read again (1 call); one whose ``add`` went unanswered and did not
         land is tried once more, so a late writer is not left to store into it."""
         for _ in range(2):
-            tombstones = {key: GAP_TOMBSTONE if slot_in_gap[key] else TOMBSTONE for key in empty}
-            added = self.cache.add_multi(tombstones, self.tombstone_seconds)
-            unsettled = [key for key in empty if added.get(key) is not True]
+            added = self.cache.add_multi({key: GAP_TOMBSTONE if in_gap else TOMBSTONE for key, *_, in_gap in empty}, self.tombstone_seconds)
+            unsettled = [slot for slot in empty if added.get(slot[0]) is not True]
             if not unsettled:
                 return
-            found.update(self.cache.gets_multi(unsettled))
-            for key in unsettled:
-                views[key] = read_slot(found[key][0] if key in found else None, lease_id)
-            empty = [key for key in unsettled if views[key].kind is SlotKind.EMPTY]
+            found.update(self.cache.gets_multi([key for key, *_ in unsettled]))
+            for key, *_ in unsettled:
+                if key in found:
+                    views[key] = read_slot(found[key][0], lease_id)
+            empty = [slot for slot in unsettled if views[slot[0]].kind is SlotKind.EMPTY]
             if not empty:
                 return
 
-    def _take(
-        self, claim: _Claim, slots: list[_Slot], views: dict[str, SlotValue], found: dict[str, tuple]
-    ) -> dict[str, int]:
+    def _take(self, claim: _Claim, views: dict[str, SlotValue], found: dict[str, tuple]) -> dict[str, int]:
         """Compare-and-set each message's or frame's slot to TAKEN or LEASED(id): 1 call.
         Returns the slots won (and those already LEASED to this lease), each with
         how many of its messages are this claim's: all, but for a frame running past
@@ -661,17 +647,18 @@ class Queue:
         Never more messages than slots claimed: frames overlap only where a write
         counter went back and handed a writer slots inside an older frame. One that
         does not fit is moved: taken (1 call) and written again (``_BatchWrite``)."""
-        taken = {key: views[key].span for key, *_ in slots if views[key].kind is SlotKind.LEASED_TO_US}
+        taken = {key: view.span for key, view in views.items() if view.kind is SlotKind.LEASED_TO_US}
         last_of_shard = {r.shard: r.last for r in claim.ranges}
-        room = len(slots) - sum(taken.values())
-        cut, overflow = {}, []
-        for key, shard, number, _in_gap in slots:
-            if views[key].kind is SlotKind.MESSAGE:
-                count = min(views[key].span, last_of_shard[shard] - number + 1)
-                if count <= room:
-                    cut[key], room = count, room - count
-                else:
-                    overflow.append(key)
+        room = len(claim.table) - sum(taken.values())
+        cut, overflow, first_parts = {}, [], {}
+        for (key, shard, number, _in_gap), view in claim.table.held(views, (SlotKind.MESSAGE,)):
+            count = min(view.span, last_of_shard[shard] - number + 1)
+            if count > room:
+                overflow.append(key)
+                continue
+            cut[key], room = count, room - count
+            if count < view.span:
+                first_parts[key] = (shard, number + count)
         if overflow:
             self._move(overflow, views, found)
         if not cut:
@@ -692,9 +679,9 @@ class Queue:
             reread = self.cache.gets_multi(unanswered)
             won |= {key for key in reread if read_slot(reread[key][0], claim.lease_id).kind is SlotKind.LEASED_TO_US}
         taken |= {key: cut[key] for key in won}
-        for key, shard, number, _in_gap in slots:
-            if key in won and cut[key] < views[key].span:
-                self._store_again(views[key].parts[cut[key] :], placed=(shard, number + cut[key]))
+        for key, rest_at in first_parts.items():
+            if key in won:
+                self._store_again(views[key].parts[cut[key] :], placed=rest_at)
         return taken
 
     def _move(self, keys: list[str], views: dict[str, SlotValue], found: dict[str, tuple]) -> None:
@@ -819,43 +806,71 @@ _Slot = tuple[str, int, int, bool]
 """A claimed slot: its key, shard, number, and whether it lies in a gap."""
 
 
-def _slots_of(keys: QueueKeys, ranges: Iterable[SlotRange]) -> list[_Slot]:
-    """The slots of ``ranges``, in order."""
-    return [
-        (key, r.shard, number, r.in_gap) for r in ranges for key, number in zip(keys.slots(r.shard, r.numbers()), r.numbers())
-    ]
+class _Views(dict):
+    """What slots hold, by key: a slot read as missing holds nothing."""
+
+    def __missing__(self, key: str) -> SlotValue:
+        return EMPTY_SLOT
 
 
-def _covered(slots: list[_Slot], views: dict[str, SlotValue], kinds: set[SlotKind]) -> dict[str, str]:
-    """Of ``slots`` (in order), those holding or spanned by a value of ``kinds``: each
-    with the key of that value (a frame spans the slots after its own)."""
-    covered, reach = {}, {}
-    for key, shard, number, _in_gap in slots:
-        view = views.get(key)
-        if view is not None and view.kind in kinds:
-            reach[shard] = (key, number + view.span - 1)
-            covered[key] = key
-        elif shard in reach and number <= reach[shard][1]:
-            covered[key] = reach[shard][0]
-    return covered
+PRESENT = (SlotKind.MESSAGE, SlotKind.LEASED_TO_US, SlotKind.SETTLED, SlotKind.FOREIGN)
 
 
-def _uncovered(slots: list[_Slot], views: dict[str, SlotValue], kinds: set[SlotKind]) -> list[str]:
-    covered = _covered(slots, views, kinds)
-    return [key for key, *_ in slots if key not in covered]
+class _Slots:
+    """Slots of one claim (or of a plan) in order, each as ``_Slot``, and the sparse
+    work on them: a read finds a value in a few, frames span the rest."""
+
+    def __init__(self, keys: QueueKeys, ranges: list[SlotRange]) -> None:
+        self.ranges = ranges
+        self.slots: list[_Slot] = [
+            (key, r.shard, number, r.in_gap)
+            for r in ranges
+            for key, number in zip(keys.slots(r.shard, r.numbers()), r.numbers())
+        ]
+        self.position = {key: index for index, (key, *_) in enumerate(self.slots)}
+
+    def claimed_as(self, keys: QueueKeys, ranges: list[SlotRange]) -> _Slots:
+        """The slots of ``ranges``, a claim made from this plan: the plan itself when
+        the claim took it all, outside any gap (the common case)."""
+        return self if ranges == self.ranges else _Slots(keys, ranges)
+
+    def __iter__(self) -> Iterator[_Slot]:
+        return iter(self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def keys(self) -> list[str]:
+        return [key for key, *_ in self.slots]
+
+    def held(self, views: dict[str, SlotValue], kinds: tuple[SlotKind, ...]) -> list[tuple[_Slot, SlotValue]]:
+        """The slots holding a value of ``kinds``, in order, each with it."""
+        return sorted(
+            ((self.slots[self.position[key]], view) for key, view in views.items() if view.kind in kinds and key in self.position),
+            key=lambda held: self.position[held[0][0]],
+        )
+
+    def uncovered(self, views: dict[str, SlotValue], kinds: tuple[SlotKind, ...]) -> list[_Slot]:
+        """The slots neither holding a value of ``kinds`` nor spanned by one (a frame
+        spans the slots after its own, in its shard)."""
+        covered = bytearray(len(self.slots))
+        for (key, shard, number, _in_gap), view in self.held(views, kinds):
+            first = self.position[key]
+            last = min(first + view.span, len(self.slots))
+            while self.slots[last - 1][1:3] != (shard, number + last - 1 - first):  # a shard ends sooner
+                last -= 1
+            covered[first:last] = b"\x01" * (last - first)
+        return [] if 0 not in covered else [slot for slot, is_covered in zip(self.slots, covered) if not is_covered]
 
 
-def _fit_frames(planned: list[_Slot], views: dict[str, SlotValue], ends: dict[int, int]) -> dict[int, int]:
+def _fit_frames(planned: _Slots, views: dict[str, SlotValue], ends: dict[int, int]) -> dict[int, int]:
     """Cut a planned claim (``ends``: the last slot per shard) so that it ends where a
     frame does: before the frame that runs past a shard's end, if the claim holds
     messages before it in that shard; else the frame stays, and ``_take`` takes
     its first part."""
     fitted = dict(ends)
     first_frame: dict[int, int] = {}
-    for key, shard, number, _in_gap in planned:
-        view = views[key]
-        if view.kind is not SlotKind.MESSAGE:
-            continue
+    for (_key, shard, number, _in_gap), view in planned.held(views, (SlotKind.MESSAGE,)):
         first_frame.setdefault(shard, number)
         if number + view.span - 1 > ends[shard] and number > first_frame[shard]:
             fitted[shard] = number - 1
@@ -1006,7 +1021,7 @@ class _BatchWrite:
         line, and counts as retried (for a message stored elsewhere) unless it lies
         in a gap; one further on is counted skipped by the reader that claims it."""
         stored = set(self.stored)
-        retried = sum(self.left_tombstoned[index] for index in stored)
+        retried = sum(count for index, count in self.left_tombstoned.items() if index in stored)
         undecided = sorted(self.undecided)
 
         def count(state: ReadState) -> None:

@@ -138,6 +138,7 @@ for _ in range(70):
         (float("nan"), MessageEncodingError),
         ({"x": float("inf")}, MessageEncodingError),
         (DEEP, MessageEncodingError),
+        ("a lone surrogate \ud800", MessageEncodingError),
         ("x" * (MAX_MESSAGE_BYTES + 1), MessageTooLargeError),
         (["é" * (MAX_MESSAGE_BYTES // 2)], MessageTooLargeError),
     ],
