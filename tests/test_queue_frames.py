@@ -9,6 +9,7 @@ from conftest import CacheWrapper, PauseAfterIncr, drain
 from clickqueue import CacheUnavailableError, Queue
 from clickqueue.codec import FRAME_BYTES, FRAME_MESSAGES, LEASE_PREFIX, TOMBSTONE, encode_message, payload_of
 from clickqueue.recovery import REPAIR_MARGIN
+from clickqueue.state import ReadState
 
 
 def frame_of(*messages) -> bytes:
@@ -190,3 +191,30 @@ def test_a_frame_overlapping_an_older_message_is_read_and_the_one_that_does_not_
     first = queue.read_multi(6) if call == "read_multi" else queue.lease(6, seconds=30).messages
     assert first == ["a", "b", "c", "d", "e", "f"]
     assert drain(queue) == ["older"]
+
+
+def test_lost_reads_below_zero_while_slots_of_a_turned_away_frame_wait_to_be_claimed(make_queue, cache, clock):
+    """A documented limit: a reader claimed slot 2 (and tombstoned it) while the writer
+    of slots 2 to 6 paused; a tombstone also sits in slot 4, which nobody claimed. The
+    writer counts all five retried at once; slot 3 it settles itself, 4 to 6 are counted
+    skipped only by the claim that reaches them."""
+    queue = make_queue()
+    queue.write("first")
+    assert queue.read() == "first"
+
+    def a_reader_claims_slot_2_and_slot_4_is_tombstoned():
+        raw, token = cache.gets_multi([queue.keys.state])[queue.keys.state]
+        state = ReadState.from_bytes(queue.keys.state, raw, 1)
+        state.claim([6], max_items=1)
+        state.counts.add(skipped=1)
+        assert cache.cas_multi({queue.keys.state: (state.to_bytes(), token)})[queue.keys.state]
+        cache.add_multi({queue.keys.slot(0, 2): TOMBSTONE, queue.keys.slot(0, 4): TOMBSTONE})
+
+    Queue("q", PauseAfterIncr(cache, a_reader_claims_slot_2_and_slot_4_is_tombstoned), clock=clock).write_multi(
+        list(range(5))
+    )
+    stats = queue.stats()
+    assert (stats.skipped, stats.retried, stats.lost) == (2, 5, -3)
+    assert drain(queue) == list(range(5))
+    stats = queue.stats()
+    assert (stats.skipped, stats.retried, stats.lost, stats.read, stats.written) == (5, 5, 0, 6, 6)
