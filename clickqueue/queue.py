@@ -384,8 +384,12 @@ class Queue:
         """Write messages again (after failed processing): 4 cache calls."""
         messages = list(messages)
         self.write_multi(messages)
+
+        def count(state: ReadState) -> None:
+            state.counts.requeued += len(messages)
+
         if messages:
-            self._record_counts(lambda state: setattr(state.counts, "requeued", state.counts.requeued + len(messages)), f"counts {{'requeued': {len(messages)}}}")
+            self._record_counts(count, f"counts {{'requeued': {len(messages)}}}")
 
     def _record_counts(self, count: Callable[[ReadState], None], what: str) -> None:
         """Apply ``count`` to the state's counts, at most once (a count lost to an error
@@ -548,7 +552,9 @@ class Queue:
             ))
             for run in runs
         ]  # up to each run's first message: what lies beyond is not claimed, so not tombstoned
-        empty = {key: GAP_TOMBSTONE if in_gap[key] else TOMBSTONE for keys in run_keys for key in keys if key not in found}
+        empty = {
+            key: GAP_TOMBSTONE if in_gap[key] else TOMBSTONE for keys in run_keys for key in keys if key not in found
+        }
         added = self.cache.add_multi(empty, self.tombstone_seconds) if empty else {}
         settled_total = 0
         for run, keys in zip(runs, run_keys):
@@ -604,7 +610,8 @@ class Queue:
         if empty:
             self._tombstone(empty, views, found, claim.lease_id)
         taken = self._take(claim, views, found)
-        undelivered = [in_gap for *_slot, in_gap in table.uncovered({key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}, (SlotKind.MESSAGE,))]
+        delivered = {key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}
+        undelivered = [in_gap for *_slot, in_gap in table.uncovered(delivered, (SlotKind.MESSAGE,))]
         message_keys = [slot[0] for slot, _view in table.held({key: views[key] for key in taken}, PRESENT)]
         fetched = _Fetched(
             message_keys,
@@ -619,12 +626,15 @@ class Queue:
                 logger.warning("queue %s: could not correct counts after a read: %s", self.name, error)
         return fetched
 
-    def _tombstone(self, empty: list[_Slot], views: dict[str, SlotValue], found: dict[str, tuple], lease_id: str | None) -> None:
+    def _tombstone(
+        self, empty: list[_Slot], views: dict[str, SlotValue], found: dict[str, tuple], lease_id: str | None
+    ) -> None:
         """Add a tombstone to each empty slot: 1 call. A slot whose ``add`` lost to its
         writer is read again (1 call); one whose ``add`` went unanswered and did not
         land is tried once more, so a late writer is not left to store into it."""
         for _ in range(2):
-            added = self.cache.add_multi({key: GAP_TOMBSTONE if in_gap else TOMBSTONE for key, *_, in_gap in empty}, self.tombstone_seconds)
+            tombstones = {key: GAP_TOMBSTONE if in_gap else TOMBSTONE for key, *_, in_gap in empty}
+            added = self.cache.add_multi(tombstones, self.tombstone_seconds)
             unsettled = [slot for slot in empty if added.get(slot[0]) is not True]
             if not unsettled:
                 return
@@ -687,7 +697,8 @@ class Queue:
     def _move(self, keys: list[str], views: dict[str, SlotValue], found: dict[str, tuple]) -> None:
         """Take the frames in ``keys`` (TAKEN, compare-and-set: 1 call) and write the
         messages of those won again, in fresh slots."""
-        applied = self.cache.cas_multi({key: (taken_value(views[key].span), found[key][1]) for key in keys}, TAKEN_SECONDS)
+        takes = {key: (taken_value(views[key].span), found[key][1]) for key in keys}
+        applied = self.cache.cas_multi(takes, TAKEN_SECONDS)
         won = [key for key in keys if applied.get(key) is True]
         if won:
             self._store_again(tuple(part for key in won for part in views[key].parts))
@@ -846,7 +857,11 @@ class _Slots:
     def held(self, views: dict[str, SlotValue], kinds: tuple[SlotKind, ...]) -> list[tuple[_Slot, SlotValue]]:
         """The slots holding a value of ``kinds``, in order, each with it."""
         return sorted(
-            ((self.slots[self.position[key]], view) for key, view in views.items() if view.kind in kinds and key in self.position),
+            (
+                (self.slots[self.position[key]], view)
+                for key, view in views.items()
+                if view.kind in kinds and key in self.position
+            ),
             key=lambda held: self.position[held[0][0]],
         )
 
