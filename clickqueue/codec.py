@@ -12,9 +12,9 @@ never mistaken for a message:
 * ``LEASE_PREFIX + lease_id + ":" + payload``: the payload (a message or a
   frame) is held by a lease.
 
-A payload is one message, or a *frame*: ``FRAME_PREFIX + "<n>\\n"`` and ``n``
-(2 to ``FRAME_MESSAGES``) messages separated by ``\\n``, which compact JSON
-never contains. A frame of ``n`` messages sits in the first of the ``n``
+A payload is one message, or a *frame*: ``FRAME_PREFIX + "<n>\\n"`` and a
+JSON array of ``n`` (2 to ``FRAME_MESSAGES``) messages, encoded in one call for
+the whole frame. A frame of ``n`` messages sits in the first of the ``n``
 consecutive slot numbers its write was handed out, and *spans* them: the
 others stay unwritten (``clickqueue.queue``). Every value's span is known
 from its first bytes.
@@ -22,6 +22,8 @@ from its first bytes.
 Anything else that is not a JSON message (a pickle, garbage, another NUL
 value, JSON nested too deep, a frame whose parts do not decode to its count)
 is foreign: skipped and counted, never decoded further; it spans one slot.
+Encoding is canonical: a frame decoded and encoded again (its first part, when a
+read splits it) gives back the bytes its writer sent for those messages.
 """
 
 from __future__ import annotations
@@ -72,21 +74,15 @@ class SlotKind(Enum):
 class SlotValue:
     kind: SlotKind
     messages: tuple[Any, ...] = ()
-    parts: tuple[bytes, ...] = ()
-    """Each message's bytes, as stored."""
+    payload: bytes = b""
+    """The messages as stored (a lease mark's without the mark)."""
     span: int = 1
     """The slot numbers the value covers, from its own: its frame's message count."""
 
-    @property
-    def payload(self) -> bytes:
-        """The messages as one slot value: what a lease mark holds."""
-        return payload_of(self.parts)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
 
 EMPTY_SLOT = SlotValue(SlotKind.EMPTY)
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode_message(message: Any) -> bytes:
@@ -98,7 +94,7 @@ def encode_message(message: Any) -> bytes:
         raise
     except (TypeError, ValueError) as error:
         raise MessageEncodingError(message, str(error)) from error
-    if text.count("[") + text.count("{") > MAX_MESSAGE_DEPTH:  # else it cannot nest that deep
+    if _may_nest_past(text, MAX_MESSAGE_DEPTH):
         _check_depth(message)
     try:
         encoded = text.encode("utf-8")
@@ -109,38 +105,83 @@ def encode_message(message: Any) -> bytes:
     return encoded
 
 
-def _check_depth(message: Any) -> None:
-    """Walk the message one level at a time, looking only into containers."""
-    level = [message]
-    for depth in range(1, MAX_MESSAGE_DEPTH + 2):
-        containers = [value for value in level if isinstance(value, (dict, list, tuple))]
-        if not containers:
-            return
-        if depth > MAX_MESSAGE_DEPTH:
-            raise MessageEncodingError(message, f"nested deeper than {MAX_MESSAGE_DEPTH} levels")
-        level = [child for value in containers for child in (value.values() if isinstance(value, dict) else value)]
-
-
-def frames_of(sizes: Sequence[int]) -> list[range]:
-    """Cut messages of these encoded sizes, in order, into frames: consecutive runs of
-    at most ``FRAME_MESSAGES`` messages and ``FRAME_BYTES`` bytes (a larger message
-    alone). Returns the index range of each."""
-    frames, start, frame_bytes = [], 0, 0
-    for index, size in enumerate(sizes):
-        if index > start and (index - start == FRAME_MESSAGES or frame_bytes + size > FRAME_BYTES):
-            frames.append(range(start, index))
-            start, frame_bytes = index, 0
-        frame_bytes += size
-    if sizes:
-        frames.append(range(start, len(sizes)))
+def encode_frames(messages: Sequence[Any]) -> list[tuple[range, bytes]]:
+    """``messages`` as payloads of at most ``FRAME_MESSAGES`` messages and
+    ``FRAME_BYTES`` bytes each (a larger message alone), in order: the index range
+    of each, and its bytes. Refuses what ``encode_message`` refuses, naming the
+    message. A frame is encoded in one call; only one that fails, or is too
+    large, is encoded message by message and cut by size."""
+    frames = []
+    for start in range(0, len(messages), FRAME_MESSAGES):
+        chunk = messages[start : start + FRAME_MESSAGES]
+        payload = _frame_in_one_call(chunk)
+        if payload is not None:
+            frames.append((range(start, start + len(chunk)), payload))
+        else:
+            frames += _frames_by_size([encode_message(message) for message in chunk], start)
     return frames
 
 
-def payload_of(parts: Sequence[bytes]) -> bytes:
-    """One message as it is, several as a frame."""
-    if len(parts) == 1:
-        return parts[0]
-    return FRAME_PREFIX + b"%d\n" % len(parts) + b"\n".join(parts)
+def frame_payload(messages: Sequence[Any]) -> bytes:
+    """The payload of messages read from a slot (part of a frame): the bytes their
+    writer sent for them."""
+    return encode_message(messages[0]) if len(messages) == 1 else _framed(_ENCODER.encode(list(messages)).encode(), len(messages))
+
+
+def _frame_in_one_call(chunk: Sequence[Any]) -> bytes | None:
+    """The frame of ``chunk`` if it encodes in one call within the limits, else None."""
+    if len(chunk) < 2:
+        return None
+    try:
+        text = _ENCODER.encode(list(chunk))
+        encoded = text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # one of them says which, alone
+        return None
+    if len(encoded) > FRAME_BYTES or _may_nest_past(text, MAX_MESSAGE_DEPTH + 1) and _nests_past(list(chunk), MAX_MESSAGE_DEPTH + 1):
+        return None
+    return _framed(encoded, len(chunk))
+
+
+def _frames_by_size(parts: list[bytes], first: int) -> list[tuple[range, bytes]]:
+    frames, start, size = [], 0, 0
+    for index, part in enumerate(parts):
+        if index > start and size + len(part) > FRAME_BYTES:
+            frames.append((range(first + start, first + index), _joined(parts[start:index])))
+            start, size = index, 0
+        size += len(part)
+    if parts:
+        frames.append((range(first + start, first + len(parts)), _joined(parts[start:])))
+    return frames
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    """The payload of encoded messages: the frame ``encode_frames`` would make of them."""
+    return parts[0] if len(parts) == 1 else _framed(b"[" + b",".join(parts) + b"]", len(parts))
+
+
+def _framed(array: bytes, count: int) -> bytes:
+    return FRAME_PREFIX + b"%d\n" % count + array
+
+
+def _may_nest_past(text: str, depth: int) -> bool:
+    """Whether JSON ``text`` has enough brackets to nest deeper than ``depth``."""
+    return text.count("[") + text.count("{") > depth
+
+
+def _check_depth(message: Any) -> None:
+    if _nests_past(message, MAX_MESSAGE_DEPTH):
+        raise MessageEncodingError(message, f"nested deeper than {MAX_MESSAGE_DEPTH} levels")
+
+
+def _nests_past(value: Any, depth: int) -> bool:
+    """Walk ``value`` one level at a time, looking only into containers."""
+    level = [value]
+    for _ in range(depth + 1):
+        containers = [item for item in level if isinstance(item, (dict, list, tuple))]
+        if not containers:
+            return False
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return True
 
 
 def leased_value(lease_id: str, payload: bytes) -> bytes:
@@ -191,24 +232,17 @@ def held_payload(value: bytes) -> bytes:
     return value[len(LEASE_PREFIX) + LEASE_ID_LENGTH + 1 :]
 
 
-def payload_parts(payload: bytes) -> tuple[bytes, ...]:
-    """The message bytes of a payload (one message, or a frame's), undecoded; () for a
-    frame whose header does not match its parts."""
-    if not payload.startswith(FRAME_PREFIX):
-        return (payload,)
-    header, _, body = payload[len(FRAME_PREFIX) :].partition(b"\n")
-    count = _frame_count(header)
-    parts = tuple(body.split(b"\n")) if count else ()
-    return parts if len(parts) == count else ()
-
-
 def _payload(value: bytes, kind: SlotKind) -> SlotValue:
     if value.startswith(FRAME_PREFIX):
-        parts = payload_parts(value)
-        return _decoded(b"[" + b",".join(parts) + b"]", parts, kind) if parts else SlotValue(SlotKind.FOREIGN)
-    if value[:1] == b"\x00":
+        header, _, array = value[len(FRAME_PREFIX) :].partition(b"\n")
+        count = _frame_count(header)
+        messages = _decoded(array) if count else None
+        if not isinstance(messages, list) or len(messages) != count:
+            return SlotValue(SlotKind.FOREIGN)
+        return SlotValue(kind, tuple(messages), value, span=count)
+    if value[:1] == b"\x00" or (message := _decoded(value)) is _UNDECODABLE:
         return SlotValue(SlotKind.FOREIGN)
-    return _decoded(value, (value,), kind, single=True)
+    return SlotValue(kind, (message,), value)
 
 
 def _frame_count(digits: bytes) -> int:
@@ -219,12 +253,11 @@ def _frame_count(digits: bytes) -> int:
     return count if 2 <= count <= FRAME_MESSAGES else 0
 
 
-def _decoded(text: bytes, parts: tuple[bytes, ...], kind: SlotKind, single: bool = False) -> SlotValue:
+_UNDECODABLE = object()
+
+
+def _decoded(text: bytes) -> Any:
     try:
-        decoded = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):  # not UTF-8 JSON, or nested past the parser
-        return SlotValue(SlotKind.FOREIGN)
-    messages = (decoded,) if single else tuple(decoded)
-    if len(messages) != len(parts):  # a part that is not one JSON value
-        return SlotValue(SlotKind.FOREIGN)
-    return SlotValue(kind, messages, parts, span=len(parts))
+        return _UNDECODABLE

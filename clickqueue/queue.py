@@ -171,7 +171,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,12 +184,10 @@ from clickqueue.codec import (
     TOMBSTONE,
     SlotKind,
     SlotValue,
-    encode_message,
-    frames_of,
+    encode_frames,
+    frame_payload,
     held_payload,
     leased_value,
-    payload_of,
-    payload_parts,
     read_slot,
     slot_span,
     taken_value,
@@ -371,10 +369,11 @@ class Queue:
         and 2 calls to count it. Raises ``CacheUnavailableError`` if nothing was
         stored, ``WriteIncompleteError`` if only part may have been.
         """
-        batch = [encode_message(message) for message in messages]
-        if len(batch) > MAX_BATCH_MESSAGES:
-            raise BatchTooLargeError("messages", len(batch), MAX_BATCH_MESSAGES)
-        if (size := sum(map(len, batch))) > MAX_BATCH_BYTES:
+        messages = list(messages)
+        if len(messages) > MAX_BATCH_MESSAGES:
+            raise BatchTooLargeError("messages", len(messages), MAX_BATCH_MESSAGES)
+        batch = encode_frames(messages)
+        if (size := sum(len(payload) for _messages, payload in batch)) > MAX_BATCH_BYTES:
             raise BatchTooLargeError("bytes", size, MAX_BATCH_BYTES)
         if batch:
             _BatchWrite(self, batch).run()
@@ -678,7 +677,7 @@ class Queue:
             expire_seconds = TAKEN_SECONDS
         else:
             takes = {
-                key: (leased_value(claim.lease_id, payload_of(views[key].parts[:count])), found[key][1])
+                key: (leased_value(claim.lease_id, views[key].payload if count == views[key].span else frame_payload(views[key].messages[:count])), found[key][1])
                 for key, count in cut.items()
             }
             expire_seconds = 0
@@ -691,7 +690,7 @@ class Queue:
         taken |= {key: cut[key] for key in won}
         for key, rest_at in first_parts.items():
             if key in won:
-                self._store_again(views[key].parts[cut[key] :], placed=rest_at)
+                self._store_again(views[key].messages[cut[key] :], placed=rest_at)
         return taken
 
     def _move(self, keys: list[str], views: dict[str, SlotValue], found: dict[str, tuple]) -> None:
@@ -701,17 +700,17 @@ class Queue:
         applied = self.cache.cas_multi(takes, TAKEN_SECONDS)
         won = [key for key in keys if applied.get(key) is True]
         if won:
-            self._store_again(tuple(part for key in won for part in views[key].parts))
+            self._store_again([message for key in won for message in views[key].messages])
 
-    def _store_again(self, parts: tuple[bytes, ...], placed: tuple[int, int] | None = None) -> None:
+    def _store_again(self, messages: Sequence[Any], placed: tuple[int, int] | None = None) -> None:
         """Store messages this read took out of their slot but does not deliver: the rest
         of a frame, in the slot after the part taken (``placed``: its own slot
         numbers; elsewhere if a reader got there first), or a frame that did not fit.
         What cannot be stored is left to be counted: its slots hold nothing."""
         try:
-            _BatchWrite(self, list(parts), placed=placed).run()
+            _BatchWrite(self, encode_frames(messages), placed=placed).run()
         except (CacheUnavailableError, ContentionError, WriteFailedError, WriteIncompleteError) as error:
-            logger.warning("queue %s: could not store %d messages again: %s", self.name, len(parts), error)
+            logger.warning("queue %s: could not store %d messages again: %s", self.name, len(messages), error)
 
     # -- leases --------------------------------------------------------------------
 
@@ -894,26 +893,32 @@ def _fit_frames(planned: _Slots, views: dict[str, SlotValue], ends: dict[int, in
 
 @dataclass(frozen=True)
 class _Frame:
-    """Messages of one write stored as one value: in the slot of the first, spanning one slot each."""
+    """A payload of one write as placed by an attempt: in the slot of its first
+    message, spanning one slot per message (``indices``, in the batch)."""
 
+    number: int
+    """Which of the write's payloads it is."""
     key: str
     first: int
-    indices: list[int]
+    indices: range
+    payload: bytes
 
     def numbers(self) -> range:
         return range(self.first, self.first + len(self.indices))
 
 
 class _BatchWrite:
-    """One ``write_multi``: slots taken, frames added and settled, and what is stored so far.
+    """One ``write_multi``: its payloads (``encode_frames``), slots taken, frames added
+    and settled, and what is stored so far.
 
     ``placed`` (shard, slot) makes the first attempt store the batch from that slot
     on, without an ``incr``: the rest of a frame a claim took the first part of.
     """
 
-    def __init__(self, queue: Queue, batch: list[bytes], placed: tuple[int, int] | None = None) -> None:
+    def __init__(self, queue: Queue, batch: list[tuple[range, bytes]], placed: tuple[int, int] | None = None) -> None:
         self.queue = queue
         self.batch = batch
+        self.total = sum(len(indices) for indices, _payload in batch)
         self.placed = placed
         self.stored: list[int] = []
         self.unknown: list[int] = []
@@ -937,37 +942,39 @@ class _BatchWrite:
             self._record_counts()
             if not self.stored and not self.unknown:
                 raise
-            raise WriteIncompleteError(error.key, sorted(self.stored), sorted(self.unknown), len(self.batch)) from error
+            raise WriteIncompleteError(error.key, sorted(self.stored), sorted(self.unknown), self.total) from error
         self._record_counts()
         if pending:
-            raise WriteFailedError(self.last_key, MAX_WRITE_ATTEMPTS, sorted(self.stored), len(self.batch))
+            raise WriteFailedError(self.last_key, MAX_WRITE_ATTEMPTS, sorted(self.stored), self.total)
         if self.unknown:
-            raise WriteIncompleteError(self.last_key, sorted(self.stored), sorted(self.unknown), len(self.batch))
+            raise WriteIncompleteError(self.last_key, sorted(self.stored), sorted(self.unknown), self.total)
 
     def _attempt(self, pending: list[int]) -> list[int]:
-        """Take slots for ``pending`` and add their frames; return the messages to write again."""
+        """Take slots for the ``pending`` payloads and add them; return those to write again."""
         queue = self.queue
         started = queue.clock()
+        count = sum(len(self.batch[number][0]) for number in pending)
         if self.placed is not None:
             (shard, first), self.placed = self.placed, None
         else:
             shard = next(queue._writer_shards)
             self.last_key = queue.keys.write_counter(shard)
-            last = queue.cache.incr(self.last_key, len(pending))
+            last = queue.cache.incr(self.last_key, count)
             if last is None:
                 queue._recovery.repair_counters({shard: 0})
                 return pending
             queue._seen_queue = True
-            first = last - len(pending) + 1
-        cuts = frames_of([len(self.batch[index]) for index in pending])
-        keys = queue.keys.slots(shard, [first + cut.start for cut in cuts])
-        frames = [_Frame(key, first + cut.start, [pending[n] for n in cut]) for key, cut in zip(keys, cuts)]
+            first = last - count + 1
+        offsets = list(itertools.accumulate((len(self.batch[number][0]) for number in pending), initial=first))
+        keys = queue.keys.slots(shard, offsets[:-1])
+        frames = [
+            _Frame(number, key, offset, *self.batch[number]) for number, key, offset in zip(pending, keys, offsets)
+        ]
         self.last_key = keys[0]
         if queue.clock() - started > queue.max_write_seconds:
             self._abandon(shard, frames)
             return pending
-        values = {frame.key: payload_of([self.batch[index] for index in frame.indices]) for frame in frames}
-        added = queue.cache.add_multi(values)
+        added = queue.cache.add_multi({frame.key: frame.payload for frame in frames})
         self.stored += [index for frame in frames if added.get(frame.key) is True for index in frame.indices]
         doubtful = [frame for frame in frames if added.get(frame.key) is not True]
         return self._settle_doubtful(shard, doubtful, added) if doubtful else []
@@ -985,13 +992,13 @@ class _BatchWrite:
         for frame in doubtful:
             value = current.get(frame.key)
             lost_reply = added.get(frame.key) is None
-            if lost_reply and _holds(value, [self.batch[index] for index in frame.indices]):
+            if lost_reply and _holds(value, frame.payload):
                 self.stored += frame.indices  # stored; only the reply was lost
                 continue
             if lost_reply and value is not None and value.startswith(TAKEN):
                 self.unknown += frame.indices  # stored and already taken, or someone else's: cannot tell
                 continue
-            retry += frame.indices
+            retry.append(frame.number)
             if value is None:
                 empty.append(frame)
             elif value in (TOMBSTONE, GAP_TOMBSTONE):
@@ -1053,15 +1060,18 @@ class _BatchWrite:
             self.queue._record_counts(count, f"a write's counts (retried {retried}, collided {self.collided})")
 
 
-def _holds(value: bytes | None, parts: list[bytes]) -> bool:
-    """Whether ``value`` is these messages as written, or a lease's mark holding them
-    or their first part (a reader took the frame's first part, and moved the rest)."""
+def _holds(value: bytes | None, payload: bytes) -> bool:
+    """Whether ``value`` is ``payload`` as written, or a lease's mark holding it or its
+    first part (a reader took the frame's first part, and moved the rest)."""
     if value is None:
         return False
-    if value == payload_of(parts):
+    if value == payload:
         return True
-    held = payload_parts(held_payload(value)) if value.startswith(LEASE_PREFIX) else None
-    return bool(held) and list(held) == parts[: len(held)]
+    if not value.startswith(LEASE_PREFIX):
+        return False
+    held = held_payload(value)
+    mine, theirs = read_slot(payload).messages, read_slot(held).messages
+    return held == payload or 0 < len(theirs) < len(mine) and frame_payload(mine[: len(theirs)]) == held
 
 
 class Lease:

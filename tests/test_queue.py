@@ -18,7 +18,7 @@ from clickqueue import (
     QueueKeys,
     ShardMismatchError,
 )
-from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE, payload_of, taken_value
+from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE, frame_payload, taken_value
 
 
 # -- writing and reading ---------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_write_multi_stores_its_messages_as_frames_in_the_first_slot_of_each(mak
     slots = queue.keys.slots(0, range(1, FRAME_MESSAGES + 3))
     stored = cache.get_multi(slots)
     assert stored == {
-        queue.keys.slot(0, 1): payload_of([b"%d" % n for n in range(FRAME_MESSAGES)]),
+        queue.keys.slot(0, 1): frame_payload(list(range(FRAME_MESSAGES))),
         queue.keys.slot(0, FRAME_MESSAGES + 1): b"%d" % FRAME_MESSAGES,
     }
     assert queue.stats().depth == FRAME_MESSAGES + 1
@@ -316,12 +316,13 @@ def test_foreign_value_in_place_of_a_frame_counts_every_message_of_the_frame_los
 @pytest.mark.parametrize(
     "frame",
     [
-        pytest.param(FRAME_PREFIX + b"3\n1\n2", id="fewer-parts-than-its-count"),
-        pytest.param(FRAME_PREFIX + b"2\n1,2\n3", id="a-part-that-is-two-values"),
-        pytest.param(FRAME_PREFIX + b"1\n1", id="a-count-of-one"),
-        pytest.param(FRAME_PREFIX + b"%d\n" % (FRAME_MESSAGES + 1) + b"\n".join([b"1"] * (FRAME_MESSAGES + 1)), id="over-the-most"),
-        pytest.param(FRAME_PREFIX + b"2\n[1\n2]", id="parts-that-are-one-value"),
-        pytest.param(FRAME_PREFIX + b"2\n\xff\n1", id="not-utf-8"),
+        pytest.param(FRAME_PREFIX + b"3\n[1,2]", id="an-array-shorter-than-its-count"),
+        pytest.param(FRAME_PREFIX + b'2\n{"a":1,"b":2}', id="not-an-array"),
+        pytest.param(FRAME_PREFIX + b"1\n[1]", id="a-count-of-one"),
+        pytest.param(FRAME_PREFIX + b"%d\n[" % (FRAME_MESSAGES + 1) + b",".join([b"1"] * (FRAME_MESSAGES + 1)) + b"]", id="over-the-most"),
+        pytest.param(FRAME_PREFIX + b"2\n[1,2", id="not-json"),
+        pytest.param(FRAME_PREFIX + b"2\n[\xff,1]", id="not-utf-8"),
+        pytest.param(FRAME_PREFIX + b"x2\n[1,2]", id="a-count-that-is-not-a-number"),
     ],
 )
 def test_malformed_frame_is_foreign_skipped_and_counted_once(make_queue, cache, frame):
@@ -405,7 +406,7 @@ def test_leased_messages_stay_stored_marked_with_the_lease_until_ack(make_queue,
     queue.write_multi([1, 2])
     lease = queue.lease(10, seconds=30)
     stored = cache.get_multi(lease.message_keys)
-    assert list(stored.values()) == [LEASE_PREFIX + lease.lease_id.encode() + b":" + payload_of([b"1", b"2"])]
+    assert list(stored.values()) == [LEASE_PREFIX + lease.lease_id.encode() + b":" + frame_payload([1, 2])]
     assert lease.ack() is True
     assert cache.get_multi(lease.message_keys) == {}
     assert queue.stats().leased == 0

@@ -7,13 +7,13 @@ import pytest
 from conftest import CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import CacheUnavailableError, Queue
-from clickqueue.codec import FRAME_BYTES, FRAME_MESSAGES, LEASE_PREFIX, TOMBSTONE, encode_message, payload_of
+from clickqueue.codec import FRAME_BYTES, FRAME_MESSAGES, LEASE_PREFIX, TOMBSTONE, encode_message, frame_payload
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import ReadState
 
 
 def frame_of(*messages) -> bytes:
-    return payload_of([encode_message(message) for message in messages])
+    return frame_payload(messages)
 
 
 def stored_slots(cache, queue, numbers) -> dict[int, bytes]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from clickqueue import MessageEncodingError, Queue, wrap_client
-from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, TAKEN, SlotKind, encode_message, leased_value, payload_of, read_slot, slot_span, taken_value
+from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, TAKEN, SlotKind, encode_message, leased_value, frame_payload, read_slot, slot_span, taken_value
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -29,7 +29,7 @@ def test_every_json_value_round_trips_through_the_encoding(value):
 
 @given(st.lists(json_values, min_size=1, max_size=FRAME_MESSAGES))
 def test_every_frame_round_trips_and_spans_one_slot_per_message(values):
-    value = payload_of([encode_message(message) for message in values])
+    value = frame_payload(values)
     slot = read_slot(value)
     assert (slot.kind, slot.messages, slot.span, slot_span(value)) == (SlotKind.MESSAGE, tuple(values), len(values), len(values))
     leased = leased_value("a" * 32, value)
