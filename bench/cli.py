@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e2e.add_argument("--e2e-rate", type=float, default=100, help="events/s of the paced level")
     e2e.add_argument("--e2e-connections", type=int, default=64, help="wrk connections of the saturating level")
     e2e.add_argument("--e2e-marker-interval", type=float, default=0.1, help="seconds between two lag markers")
-    e2e.add_argument("--e2e-timeout", type=float, default=90, help="most seconds a level waits to be counted")
+    e2e.add_argument("--e2e-timeout", type=float, default=60, help="most seconds a level waits to be counted")
     known, _ = parser.parse_known_args(argv)
     if known.quick:
         parser.set_defaults(**QUICK_DEFAULTS)

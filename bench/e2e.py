@@ -51,6 +51,7 @@ ITEMS = 100
 POLL_INTERVAL_SECONDS = 0.05
 COUNTED_POLL_SECONDS = 0.1
 WARM_UP_EVENTS = 20
+WARM_UP_TIMEOUT_SECONDS = 30
 REQUEST_TIMEOUT_SECONDS = 30
 IDLE_SECONDS = 1.0
 """A connection unused this long is opened again: gunicorn closes kept-alive ones idle for 2 s."""
@@ -341,7 +342,7 @@ def run_end_to_end(levels: list[Level], config: EndToEnd, on_level: Callable[[st
         tempfile.TemporaryDirectory(prefix="clickqueue-bench-e2e-") as directory,
         servers.local_app_server(Path(directory) / "data") as server,
     ):
-        warmed_up = warm_up(server.port, config.timeout)
+        warmed_up = warm_up(server.port, min(config.timeout, WARM_UP_TIMEOUT_SECONDS))
         on_level(f"end to end: warm-up {'counted' if warmed_up else 'NOT counted'}")
         results = []
         for level in levels:
