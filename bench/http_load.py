@@ -119,7 +119,8 @@ def with_cache_commands(url: str, load: HttpLoad, client: Client, queue: Queue) 
 
 
 def cache_calls_per_event(track_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """memcached commands per event over every timed /track run, and the shared writes they show.
+    """memcached commands per event (the median of the rounds', and over them all), and the
+    shared writes they show.
 
     Each ``write_multi`` makes one ``incr`` (one command), so the ``incr``
     count is the number of shared writes; its ``add_multi`` is one command
@@ -131,14 +132,13 @@ def cache_calls_per_event(track_runs: list[dict[str, Any]]) -> dict[str, Any]:
         name: sum(run["memcached_commands"][name] for run in track_runs) for name in track_runs[0]["memcached_commands"]
     }
     shared_writes = commands.get("incr_hits", 0) + commands.get("incr_misses", 0)
+    per_round = [run["memcached_commands"]["total"] / run["events"] for run in track_runs if run["events"]]
     return {
         "events": events,
         "memcached_commands": commands,
-        "commands_per_event": round(commands["total"] / events, 4) if events else None,
-        "per_round": [
-            round(run["memcached_commands"]["total"] / run["events"], 4) if run["events"] else None
-            for run in track_runs
-        ],
+        "commands_per_event": round(statistics.median(per_round), 4) if per_round else None,
+        "commands_per_event_overall": round(commands["total"] / events, 4) if events else None,
+        "per_round": [round(value, 4) for value in per_round],
         "shared_writes": shared_writes,
         "events_per_shared_write": round(events / shared_writes, 2) if shared_writes else None,
     }

@@ -219,8 +219,9 @@ def http_section(http: dict[str, Any]) -> str:
         f"p50 {http['track_p50_over_noop_wrapped_ms']:+.1f} ms (medians of the rounds)"
     )
     cache = (
-        f"/track cache calls: {commands['total']} memcached commands for {calls['events']} events = "
-        f"{_number(calls['commands_per_event'])} per event ({by_counter}); "
+        f"/track cache calls: {_number(calls['commands_per_event'])} memcached commands per event (median of "
+        f"the rounds); in all {commands['total']} for {calls['events']} events = "
+        f"{_number(calls['commands_per_event_overall'])} ({by_counter}); "
         f"{_number(calls['events_per_shared_write'])} events per shared write"
     )
     return f"{table}\n{ratios}\n{cache}"
@@ -325,7 +326,11 @@ def plot(document: dict[str, Any], path: Path) -> None:
     _plot_http(panels[0][1], document["http"])
     _plot_storage(panels[1][0], document["storage"])
     _plot_end_to_end(panels[1][1], document["end_to_end"])
-    figure.suptitle(f"clickqueue benchmark, load average {document['machine']['load_average_at_start']:.1f} at start")
+    machine = document["machine"]
+    figure.suptitle(
+        f"clickqueue benchmark, load average {machine['load_average_at_start']:.1f} at start, "
+        f"{machine.get('load_average_at_end', 0):.1f} at end, {machine['cores']} cores"
+    )
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

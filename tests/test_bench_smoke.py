@@ -106,7 +106,9 @@ def test_quick_run_reports_every_part(tmp_path):
     assert track_calls["memcached_commands"]["total"] == sum(
         count for name, count in track_calls["memcached_commands"].items() if name != "total"
     )
-    assert track_calls["commands_per_event"] > 0 and track_calls["events_per_shared_write"] >= 1
+    assert track_calls["commands_per_event"] > 0 and track_calls["commands_per_event_overall"] > 0
+    assert len(track_calls["per_round"]) == document["parameters"]["repeats"]
+    assert track_calls["events_per_shared_write"] >= 1
 
     storage = document["storage"]
     assert storage["messages"] > 0 and storage["target_measure"] in storage["queue_to_raw"]
