@@ -289,7 +289,10 @@ class _Claim:
 @dataclass(frozen=True)
 class _Fetched:
     message_keys: list[str]
+    """The slots holding the messages (a frame's holds several)."""
     messages: list[Any]
+    message_ids: list[str]
+    """Each message's own slot key."""
     skipped: int
     gapped: int
 
@@ -451,7 +454,7 @@ class Queue:
             if lease.messages:
                 return lease
             lease.ack()  # nothing in it: settle it now, with its counts
-        return Lease(self, _Claim([]), _Fetched([], [], 0, 0))
+        return Lease(self, _Claim([]), _Fetched([], [], [], 0, 0))
 
     def _claim(self, max_items: int, lease_seconds: float | None, settle_empty_runs: bool) -> _Claim:
         """Move the state forward over the next slots (or take over an expired
@@ -611,10 +614,15 @@ class Queue:
         taken = self._take(claim, views, found)
         delivered = {key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}
         undelivered = [in_gap for *_slot, in_gap in table.uncovered(delivered, (SlotKind.MESSAGE,))]
-        message_keys = [slot[0] for slot, _view in table.held({key: views[key] for key in taken}, PRESENT)]
+        held = table.held({key: views[key] for key in taken}, PRESENT)
         fetched = _Fetched(
-            message_keys,
-            [message for key in message_keys for message in views[key].messages[: taken[key]]],
+            [key for (key, *_), _view in held],
+            [message for (key, *_), view in held for message in view.messages[: taken[key]]],
+            [
+                message_id
+                for (key, shard, number, _in_gap), _view in held
+                for message_id in self.keys.slots(shard, range(number, number + taken[key]))
+            ],
             skipped=len(undelivered) - sum(undelivered),
             gapped=sum(undelivered),
         )
@@ -1078,9 +1086,11 @@ class Lease:
     """A batch of messages held for one reader until ``ack`` or ``release``.
 
     ``lease_id`` stays the same when the batch is delivered again, so a
-    consumer can make its processing idempotent per batch. As a context
-    manager it acks when the block succeeds and releases it on an exception.
-    An empty lease (nothing to read) is falsy and its ack/release do nothing.
+    consumer can make its processing idempotent per batch; ``message_ids``
+    (one per message, its own slot's key) stay the same too, so it can count
+    each message once. As a context manager it acks when the block succeeds
+    and releases it on an exception. An empty lease (nothing to read) is falsy
+    and its ack/release do nothing.
     """
 
     def __init__(self, queue: Queue, claim: _Claim, fetched: _Fetched) -> None:
@@ -1090,6 +1100,7 @@ class Lease:
         self.holder = claim.holder
         self.message_keys = fetched.message_keys
         self.messages = fetched.messages
+        self.message_ids = fetched.message_ids
         self._skipped = fetched.skipped
         self._gapped = fetched.gapped
 

@@ -218,3 +218,14 @@ def test_lost_reads_below_zero_while_slots_of_a_turned_away_frame_wait_to_be_cla
     assert drain(queue) == list(range(5))
     stats = queue.stats()
     assert (stats.skipped, stats.retried, stats.lost, stats.read, stats.written) == (5, 5, 0, 6, 6)
+
+
+def test_a_leases_message_ids_name_each_messages_own_slot_and_stay_when_it_is_delivered_again(make_queue, clock):
+    queue = make_queue()
+    queue.write("a")
+    queue.write_multi(["b", "c", "d"])  # one frame, in slot 2
+    first = queue.lease(10, seconds=30)
+    assert first.message_ids == queue.keys.slots(0, [1, 2, 3, 4])
+    assert first.message_keys == queue.keys.slots(0, [1, 2]), "the slots holding them"
+    clock.advance(31)
+    assert queue.lease(10, seconds=30).message_ids == first.message_ids
