@@ -43,7 +43,7 @@ QUICK_DEFAULTS = {
     "http_connections": 4,
     "storage_messages": 2000,
     "e2e_seconds": 1,
-    "e2e_rate": 50,
+    "e2e_rate": 30,
     "e2e_timeout": 20,
 }
 """``--quick``: a smoke run of every part in well under a minute; explicit options still win."""
@@ -103,7 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     storage.add_argument("--storage-batch", type=int, default=100, help="messages per write_multi or set_many")
     e2e = parser.add_argument_group("end to end (python main.py)")
     e2e.add_argument("--e2e-seconds", type=float, default=10, help="seconds of load per level")
-    e2e.add_argument("--e2e-rate", type=float, default=100, help="events/s of the paced level")
+    e2e.add_argument(
+        "--e2e-rate", type=float, default=50, help="events/s of the paced level: below what the drain keeps up with"
+    )
     e2e.add_argument("--e2e-connections", type=int, default=64, help="wrk connections of the saturating level")
     e2e.add_argument("--e2e-marker-interval", type=float, default=0.1, help="seconds between two lag markers")
     e2e.add_argument("--e2e-timeout", type=float, default=60, help="most seconds a level waits to be counted")
