@@ -20,10 +20,12 @@ from pymemcache.client.base import Client
 import bench
 from bench import servers
 from bench.calls import count_calls
+from bench.e2e import EndToEnd, Level, run_end_to_end
 from bench.http_load import APPS, Gunicorn, HttpLoad, track_vs_noop
 from bench.multiproc import Workload, run_sharded
 from bench.report import plot, render_text, targets, throughput_rows
 from bench.single import run_group
+from bench.storage import bytes_per_message
 from bench.workload import Throughput, median_runs
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -39,6 +41,10 @@ QUICK_DEFAULTS = {
     "mp_seconds": 2.0,
     "http_seconds": 1,
     "http_connections": 4,
+    "storage_messages": 2000,
+    "e2e_seconds": 1,
+    "e2e_rate": 30,
+    "e2e_timeout": 20,
 }
 """``--quick``: a smoke run of every part in well under a minute; explicit options still win."""
 
@@ -91,6 +97,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     http.add_argument("--http-workers", type=int, default=2, help="gunicorn workers (app.yaml: 2)")
     http.add_argument("--http-threads", type=int, default=8, help="gunicorn threads per worker (app.yaml: 8)")
+    storage = parser.add_argument_group("memcache bytes per stored message")
+    storage.add_argument("--storage-messages", type=int, default=100_000, help="messages stored each way")
+    storage.add_argument("--storage-message-bytes", type=int, default=100, help="message size")
+    storage.add_argument("--storage-batch", type=int, default=100, help="messages per write_multi or set_many")
+    e2e = parser.add_argument_group("end to end (python main.py)")
+    e2e.add_argument("--e2e-seconds", type=float, default=10, help="seconds of load per level")
+    e2e.add_argument(
+        "--e2e-rate", type=float, default=50, help="events/s of the paced level: below what the drain keeps up with"
+    )
+    e2e.add_argument("--e2e-connections", type=int, default=64, help="wrk connections of the saturating level")
+    e2e.add_argument("--e2e-marker-interval", type=float, default=0.1, help="seconds between two lag markers")
+    e2e.add_argument("--e2e-timeout", type=float, default=60, help="most seconds a level waits to be counted")
     known, _ = parser.parse_known_args(argv)
     if known.quick:
         parser.set_defaults(**QUICK_DEFAULTS)
@@ -164,12 +182,17 @@ def measure_multiprocess(
     return median_runs(runs, lambda run: run["shards"], lambda run: run["per_second"])
 
 
+def end_to_end_levels(args: argparse.Namespace) -> list[Level]:
+    return [Level("paced", args.e2e_rate), Level("saturating", None, args.e2e_connections)]
+
+
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Every part of the benchmark, on servers started here and always stopped."""
     started = time.monotonic()
     document: dict[str, Any] = {"command": command, "machine": machine_info()}
     groups = len(args.batches) * len(args.message_sizes)
-    progress = Progress(groups + 1 + args.repeats * (len(args.shards) + len(APPS)))
+    levels = end_to_end_levels(args)
+    progress = Progress(groups + 2 + args.repeats * (len(args.shards) + len(APPS)) + 1 + len(levels))
     with ExitStack() as stack:
         memcached = stack.enter_context(servers.memcached())
         redis_server = stack.enter_context(servers.redis())
@@ -179,6 +202,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         results = measure_single_process(args, clients, progress)
         calls = count_calls(clients[0])
         progress.step(f"cache calls: {calls['write']:g} per write, {calls['cycle_100']:g} per cycle of 100")
+        storage = bytes_per_message(args.storage_messages, args.storage_message_bytes, args.storage_batch)
+        progress.step(
+            f"memcache bytes per message: queue {storage['queue']['chunk_bytes_per_message']:g}, "
+            f"raw {storage['raw']['chunk_bytes_per_message']:g} (slab chunks)"
+        )
         multiprocess = measure_multiprocess(args, memcached.address, progress)
         http = track_vs_noop(
             memcached.address,
@@ -187,6 +215,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             args.repeats,
             progress.step,
         )
+    end_to_end = run_end_to_end(
+        levels, EndToEnd(args.e2e_seconds, args.e2e_marker_interval, args.e2e_timeout), progress.step
+    )
     document["machine"]["load_average_at_end"] = os.getloadavg()[0]
     document.update(
         parameters={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
@@ -194,7 +225,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         cache_calls=calls,
         multiprocess=multiprocess,
         http=http,
-        targets=[target.as_dict() for target in targets(results, calls, http)],
+        storage=storage,
+        end_to_end=end_to_end,
+        targets=[target.as_dict() for target in targets(results, calls, http, storage)],
         elapsed_seconds=round(time.monotonic() - started, 1),
     )
     return document
@@ -218,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(document, indent=2) + "\n")
-    plot(document["throughput"], args.plot)
+    plot(document, args.plot)
     text = render_text(document)
     if args.json:
         print(text, file=sys.stderr)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from bench import servers
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = servers.REPO_ROOT
 CHECKPOINTS = [0, 10_000, 50_000]
 WRITE_CHUNK = 500
 
@@ -137,11 +136,8 @@ def measure_drain(
 
 def measure_stats(data_dir: Path, requests: int) -> dict[str, float]:
     """Time ``GET /stats`` on ``python main.py`` serving ``data_dir``: median and slowest, in ms."""
-    port = servers.free_port()
-    env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"}
-    command = [sys.executable, str(REPO_ROOT / "main.py")]
-    with servers.running("python main.py", command, port, env=env):
-        url = f"http://{servers.HOST}:{port}/stats"
+    with servers.local_app_server(data_dir) as server:
+        url = f"http://{servers.HOST}:{server.port}/stats"
         timings = []
         for _ in range(requests + 1):  # the first one warms up
             started = time.perf_counter()

@@ -39,52 +39,69 @@ def throughput_rows(results: list[Throughput]) -> list[dict[str, Any]]:
 class Target:
     name: str
     value: float | None
+    """None: not measured in this run (a batch size or part left out)."""
     limit: float
     at_least: bool
     """True: value must reach ``limit``; False: it must not exceed it."""
-    stretch: bool = False
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
         if self.value is None:
-            return False
+            return None
         return self.value >= self.limit if self.at_least else self.value <= self.limit
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "value": self.value,
-            "limit": self.limit,
-            "at_least": self.at_least,
-            "stretch": self.stretch,
-            "met": self.met,
-        }
+        return {"name": self.name, "value": self.value, "limit": self.limit, "at_least": self.at_least, "met": self.met}
 
 
-def targets(results: list[Throughput], calls: dict[str, Any], http: dict[str, Any]) -> list[Target]:
-    """Issue 4's targets; throughput ratios at the largest batch measured, for each message size."""
-    largest = max(run.batch for run in results)
+def targets(
+    results: list[Throughput],
+    calls: dict[str, Any],
+    http: dict[str, Any],
+    storage: dict[str, Any],
+) -> list[Target]:
+    """Issue 11's targets (throughput ratios for each message size measured), then issue 4's cache calls."""
     sizes = sorted({run.message_bytes for run in results})
 
-    def cycle_versus(reference: str, label: str, limit: float, stretch: bool) -> list[Target]:
+    def cycle_versus(reference: str, label: str, batch: int, limit: float) -> list[Target]:
         return [
             Target(
-                f"queue cycle / {label}, batch {largest}, {size} B",
-                ratio(results, CYCLE_CASE, reference, largest, size),
+                f"queue cycle / {label}, batch {batch}, {size} B",
+                ratio(results, CYCLE_CASE, reference, batch, size),
                 limit,
                 at_least=True,
-                stretch=stretch,
             )
             for size in sizes
         ]
 
+    connections = http["wrk"]["connections"]
+    measure = storage["target_measure"]
     return [
-        *cycle_versus(RAW_CASE, "raw memcached", 0.8, stretch=False),
+        *cycle_versus(RAW_CASE, "raw memcached", 100, 1.5),
+        *cycle_versus(RAW_CASE, "raw memcached", 10, 1.0),
+        *cycle_versus(REDIS_CASE, "Redis list", 100, 1.0),
+        Target(
+            f"/track / no-op inside wrap_wsgi_app, req/s, {connections} connections",
+            http["track_to_noop_wrapped"],
+            0.8,
+            at_least=True,
+        ),
+        Target(
+            f"cache calls per /track event, {connections} connections (memcached commands)",
+            http["track_cache_calls"]["commands_per_event"],
+            0.25,
+            at_least=False,
+        ),
+        Target("/track p50 - no-op (wrapped) p50, ms", http["track_p50_over_noop_wrapped_ms"], 5, at_least=False),
+        Target(
+            f"memcache bytes per stored {storage['message_bytes']} B message / raw per-key ({measure})",
+            storage["queue_to_raw"][measure],
+            0.6,
+            at_least=False,
+        ),
         Target("cache calls per write", calls["write"], 2, at_least=False),
         Target("cache calls per read_multi(100)", calls["read_multi_100"], 4, at_least=False),
         Target("cache calls per write_multi+read_multi of 100", calls["cycle_100"], 6, at_least=False),
-        Target("/track req/s / no-op req/s", http["track_to_noop"], 0.7, at_least=True),
-        *cycle_versus(REDIS_CASE, "Redis", 0.5, stretch=True),
     ]
 
 
@@ -163,52 +180,167 @@ def render_text(document: dict[str, Any]) -> str:
             ],
         )
     )
-    http = document["http"]
-    sections.append(
-        _format_table(
-            ["HTTP GET /track?type=click&item=x", "req/s", "requests", "non-2xx", "socket errors", "p99"],
-            [
-                [
-                    name,
-                    f"{http[name]['per_second']:,.0f}",
-                    str(http[name]["requests"]),
-                    str(http[name]["non_2xx"]),
-                    str(http[name]["socket_errors"]),
-                    str(http[name]["latency_p99"]),
-                ]
-                for name in ("noop", "noop_wrapped", "track")
-            ]
-            + [
-                ["/track / no-op", f"{http['track_to_noop']:.2f}x", "", "", "", ""],
-                ["/track / no-op wrapped", f"{http['track_to_noop_wrapped']:.2f}x", "", "", "", ""],
-            ],
-        )
-    )
-    sections.append(
-        _format_table(
-            ["target", "value", "limit", "result"],
-            [
-                [
-                    target["name"] + (" (stretch)" if target["stretch"] else ""),
-                    "-" if target["value"] is None else f"{target['value']:g}",
-                    (">= " if target["at_least"] else "<= ") + f"{target['limit']:g}",
-                    "met" if target["met"] else "MISSED",
-                ]
-                for target in document["targets"]
-            ],
-        )
-    )
+    sections += [
+        http_section(document["http"]),
+        storage_section(document["storage"]),
+        end_to_end_section(document["end_to_end"]),
+        targets_section(document["targets"]),
+    ]
     return "\n\n".join(sections) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Messages/s against batch size (log-log): the queue cycle, raw memcached and Redis."""
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}ms"
+
+
+def http_section(http: dict[str, Any]) -> str:
+    """req/s and latency of each app; the ratios, the latency difference, and /track's cache commands."""
+    calls = http["track_cache_calls"]
+    commands = calls["memcached_commands"]
+    by_counter = ", ".join(f"{name} {count}" for name, count in commands.items() if name != "total" and count)
+    table = _format_table(
+        ["HTTP GET /track?type=click&item=x", "req/s", "requests", "non-2xx", "socket errors", "p50", "p99"],
+        [
+            [
+                name,
+                f"{http[name]['per_second']:,.0f}",
+                str(http[name]["requests"]),
+                str(http[name]["non_2xx"]),
+                str(http[name]["socket_errors"]),
+                _ms(http["latency_ms"][name]["p50"]),
+                _ms(http["latency_ms"][name]["p99"]),
+            ]
+            for name in ("noop", "noop_wrapped", "track")
+        ],
+    )
+    ratios = (
+        f"/track / no-op: {http['track_to_noop']:.2f}x req/s, p50 {http['track_p50_over_noop_ms']:+.1f} ms; "
+        f"/track / no-op wrapped: {http['track_to_noop_wrapped']:.2f}x req/s, "
+        f"p50 {http['track_p50_over_noop_wrapped_ms']:+.1f} ms (medians of the rounds)"
+    )
+    cache = (
+        f"/track cache calls: {_number(calls['commands_per_event'])} memcached commands per event (median of "
+        f"the rounds); in all {commands['total']} for {calls['events']} events = "
+        f"{_number(calls['commands_per_event_overall'])} ({by_counter}); "
+        f"{_number(calls['events_per_shared_write'])} events per shared write"
+    )
+    return f"{table}\n{ratios}\n{cache}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def storage_section(storage: dict[str, Any]) -> str:
+    """Bytes per stored message, the queue's frames against one key per message."""
+    measures = ("bytes", "chunk_bytes", "total_malloced")
+    rows = [
+        [
+            f"{name} ({'write_multi' if name == 'queue' else 'set_many'} of {storage['batch']})",
+            f"{storage[name]['items']:,}",
+            _number(storage[name]["messages_per_item"]),
+            *(f"{storage[name][f'{measure}_per_message']:,.1f}" for measure in measures),
+        ]
+        for name in ("queue", "raw")
+    ]
+    rows.append(["queue / raw", "", "", *(f"{storage['queue_to_raw'][measure]:.3f}x" for measure in measures)])
+    return (
+        _format_table(
+            [
+                f"memcached, {storage['messages']:,} messages of {storage['message_bytes']} B",
+                "items",
+                "msg/item",
+                "bytes/msg",
+                "chunk bytes/msg",
+                "malloced/msg",
+            ],
+            rows,
+        )
+        + f"\ntarget measure: {storage['target_measure']}"
+    )
+
+
+def end_to_end_section(end_to_end: dict[str, Any]) -> str:
+    """Each level: what was answered and counted, how fast, and the lag to /stats."""
+    rows = [
+        [
+            level["level"] + (f" {level['rate']:g}/s" if level["rate"] is not None else ""),
+            level["load"]["client"],
+            f"{level['answered']:,}",
+            f"{level['counted']:,}" + ("" if level["complete"] else " (NOT ALL)"),
+            f"{level['answered_per_second']:,.0f}",
+            f"{level['end_to_end_per_second']:,.0f}",
+            f"{level['counted_per_second_during_load']:,.0f}",
+            f"{level['tail_seconds']:.1f}s",
+            _ms(level["load"]["latency_p50_ms"]),
+            _ms(level["lag_ms"]["p50"]),
+            _ms(level["lag_ms"]["p99"]),
+            f"{level['markers']['seen']}/{level['markers']['answered']}",
+        ]
+        for level in end_to_end["levels"]
+    ]
+    return _format_table(
+        [
+            f"end to end, {end_to_end['seconds']:g} s of load",
+            "client",
+            "answered",
+            "counted",
+            "answered/s",
+            "counted/s",
+            "during load",
+            "tail",
+            "/track p50",
+            "lag p50",
+            "lag p99",
+            "markers",
+        ],
+        rows,
+    ) + ("" if end_to_end["warm_up_counted"] else "\nthe warm-up events were NOT counted")
+
+
+def targets_section(targets_run: list[dict[str, Any]]) -> str:
+    return _format_table(
+        ["target", "value", "limit", "result"],
+        [
+            [
+                target["name"],
+                _number(target["value"]),
+                (">= " if target["at_least"] else "<= ") + f"{target['limit']:g}",
+                {True: "met", False: "MISSED", None: "not measured"}[target["met"]],
+            ]
+            for target in targets_run
+        ],
+    )
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    """Four panels: the single-process cycle against batch size (log-log), /track against the
+    no-op apps, memcache bytes per message, and the end-to-end levels."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot, ticker
+    from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(8, 5))
+    figure, panels = pyplot.subplots(2, 2, figsize=(14, 9.5))
+    _plot_throughput(panels[0][0], document["throughput"])
+    _plot_http(panels[0][1], document["http"])
+    _plot_storage(panels[1][0], document["storage"])
+    _plot_end_to_end(panels[1][1], document["end_to_end"])
+    machine = document["machine"]
+    figure.suptitle(
+        f"clickqueue benchmark, load average {machine['load_average_at_start']:.1f} at start, "
+        f"{machine.get('load_average_at_end', 0):.1f} at end, {machine['cores']} cores"
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def _plot_throughput(axes: Any, rows: list[dict[str, Any]]) -> None:
+    """Messages/s against batch size (log-log): the queue cycle, raw memcached and Redis."""
+    from matplotlib import ticker
+
     sizes = sorted({row["message_bytes"] for row in rows})
     for case, (label, colour) in PLOTTED_CASES.items():
         for index, size in enumerate(sizes):
@@ -228,10 +360,108 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes.yaxis.set_minor_formatter(ticker.NullFormatter())
     axes.set_xlabel("batch size (messages per call)")
     axes.set_ylabel("messages/s")
-    axes.set_title("Write+read cycle in one process on loopback: clickqueue, raw memcached, Redis")
+    axes.set_title("Write+read cycle in one process on loopback", fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    axes.legend(fontsize=7)
+
+
+def _bar_labels(axes: Any, bars: Any, labels: list[str]) -> None:
+    for bar, label in zip(bars, labels, strict=True):
+        axes.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
+
+
+def _plot_http(axes: Any, http: dict[str, Any]) -> None:
+    """req/s of each app, p50 and p99 latency written on the bars."""
+    apps = ("noop", "noop_wrapped", "track")
+    bars = axes.bar(apps, [http[app]["per_second"] for app in apps], color=["tab:gray", "tab:olive", "tab:blue"])
+    _bar_labels(
+        axes,
+        bars,
+        [
+            f"{http[app]['per_second']:,.0f} req/s\np50 {_ms(http['latency_ms'][app]['p50'])}"
+            f"\np99 {_ms(http['latency_ms'][app]['p99'])}"
+            for app in apps
+        ],
+    )
+    calls = http["track_cache_calls"]
+    axes.set_ylabel("requests/s")
+    axes.set_ylim(0, max(bar.get_height() for bar in bars) * 1.35)
+    axes.set_title(
+        f"GET /track under gunicorn, wrk {http['wrk']['connections']} connections: "
+        f"{http['track_to_noop_wrapped']:.2f}x no-op wrapped,\n"
+        f"{_number(calls['commands_per_event'])} memcached commands per event",
+        fontsize=10,
+    )
+
+
+def _plot_storage(axes: Any, storage: dict[str, Any]) -> None:
+    """Bytes per stored message, queue against raw, in each measure."""
+    measures = ("bytes", "chunk_bytes", "total_malloced")
+    width = 0.38
+    for offset, (name, colour) in enumerate((("queue", "tab:blue"), ("raw", "tab:gray"))):
+        values = [storage[name][f"{measure}_per_message"] for measure in measures]
+        bars = axes.bar(
+            [index + (offset - 0.5) * width for index in range(len(measures))],
+            values,
+            width,
+            color=colour,
+            label=f"{name} ({storage[name]['messages_per_item']:g} messages per item)",
+        )
+        _bar_labels(axes, bars, [f"{value:,.0f}" for value in values])
+    axes.set_xticks(range(len(measures)))
+    axes.set_xticklabels(
+        [f"{measure}\n(queue {storage['queue_to_raw'][measure]:.2f}x raw)" for measure in measures], fontsize=8
+    )
+    axes.set_ylabel("bytes per stored message")
+    axes.set_title(
+        f"memcached memory per {storage['message_bytes']} B message, {storage['messages']:,} messages", fontsize=10
+    )
+    axes.legend(fontsize=7)
+
+
+def _plot_end_to_end(axes: Any, end_to_end: dict[str, Any]) -> None:
+    """answered/s and counted/s of each level, lag written on the bars."""
+    levels = end_to_end["levels"]
+    width = 0.38
+    names = [level["level"] for level in levels]
+    answered = [level["answered_per_second"] for level in levels]
+    counted = [level["end_to_end_per_second"] for level in levels]
+    axes.bar(
+        [index - width / 2 for index in range(len(levels))],
+        answered,
+        width,
+        color="tab:gray",
+        label="answered /track per s",
+    )
+    bars = axes.bar(
+        [index + width / 2 for index in range(len(levels))],
+        counted,
+        width,
+        color="tab:green",
+        label="counted in Datastore per s (load start to all counted)",
+    )
+    _bar_labels(
+        axes,
+        bars,
+        [
+            f"{level['end_to_end_per_second']:,.0f}/s\nlag p50 {_ms(level['lag_ms']['p50'])}"
+            f"\np99 {_ms(level['lag_ms']['p99'])}" + ("" if level["complete"] else "\nNOT ALL COUNTED")
+            for level in levels
+        ],
+    )
+    axes.set_xticks(range(len(levels)))
+    axes.set_xticklabels(
+        [f"{name}\n{level['load']['client']}" for name, level in zip(names, levels, strict=True)], fontsize=8
+    )
+    axes.set_ylabel("events/s")
+    axes.set_ylim(0, max([*answered, *counted, 1]) * 1.35)
+    axes.set_title(f"End to end on python main.py, {end_to_end['seconds']:g} s of load per level", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 30
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerError(RuntimeError):
@@ -129,6 +130,16 @@ def gunicorn(app: str, workers: int, threads: int, directory: Path, env: dict[st
         app,
     ]
     with running(f"gunicorn {app}", command, port, env={**os.environ, **env}) as server:
+        yield server
+
+
+@contextmanager
+def local_app_server(data_dir: Path) -> Iterator[Server]:
+    """``python main.py``: the app under gunicorn on the SDK's stubs, running its own
+    tasks, serving the datastore in ``data_dir`` (tests/e2e_support.py's ``local_server``)."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"}
+    with running("python main.py", [sys.executable, str(REPO_ROOT / "main.py")], port, env=env) as server:
         yield server
 
 

@@ -3,9 +3,11 @@
 App Engine's memcache stub lives inside one process and gunicorn runs several,
 so the queue goes to the memcached at ``$CLICKQUEUE_BENCH_MEMCACHED``
 (``host:port``) through the app's own seam, ``main.create_app(Settings(queue=...))``,
-keeping the default queue's name and shard count. ``/track`` also asks the
-task queue for its slot's processing task on every request; each gunicorn
-worker gets the SDK's task queue stub for that (tasks are recorded, never run).
+keeping the default queue's name and shard count; ``Settings`` makes the
+group commit that the recording handlers write through, as in the app.
+``/track`` also asks the task queue for its slot's processing task (once per
+slot and process); each gunicorn worker gets the SDK's task queue stub for
+that (tasks are recorded, never run).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -86,3 +87,11 @@ def median_runs(runs: Iterable[Run], identity: Callable[[Run], Hashable], speed:
     for run in runs:
         groups.setdefault(identity(run), []).append(run)
     return [sorted(group, key=speed)[(len(group) - 1) // 2] for group in groups.values()]
+
+
+def percentile(values: Iterable[float], percent: float) -> float | None:
+    """The nearest-rank ``percent`` percentile of ``values`` (None if there are none)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]

@@ -46,7 +46,7 @@ _NOT_RUN = object()
 """What ``HashClient._safely_run_func`` hands back when it skipped a failing server."""
 
 _STORED, _NOT_STORED, _EXISTS, _NOT_FOUND = b"HD", b"NS", b"EX", b"NF"
-_KEY = re.compile(r"[!-~]{1,250}")
+_NOT_IN_A_KEY = re.compile(r"[^!-~]")
 """A key memcached's text protocol takes: 1 to 250 printable ASCII characters, no space."""
 _RECV_BYTES = 65536
 
@@ -142,7 +142,9 @@ class PymemcacheCache:
     def _by_server(self, keys: Sequence[str]) -> dict[Any, list[str]]:
         """The keys by the server that holds them, every key checked first: a key is
         written into the command line as it is."""
-        if (bad := next((key for key in keys if not _KEY.fullmatch(key)), None)) is not None:
+        lengths = list(map(len, keys))
+        if _NOT_IN_A_KEY.search("".join(keys)) or min(lengths, default=1) < 1 or max(lengths, default=1) > 250:
+            bad = next(key for key in keys if _NOT_IN_A_KEY.search(key) or not 0 < len(key) <= 250)
             raise InvalidArgumentError("cache key", bad, "use 1 to 250 printable ASCII characters without spaces")
         if self._ring is None:
             return {self.client: list(keys)}

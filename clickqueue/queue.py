@@ -5,33 +5,54 @@ Protocol
 Keys (all ``cq:<name>:``, built only by ``QueueKeys``): ``w:<s>`` the write
 counter of shard ``s``; ``m:<s>:<n>`` slot ``n`` of shard ``s``; ``state`` the
 read state (JSON, changed only by compare-and-set); ``gen:<k>`` four copies of
-the state's generation number. Slot values are messages (JSON) or NUL-prefixed
-marks (``clickqueue.codec``): TOMBSTONE, GAP_TOMBSTONE, TAKEN, and LEASED(id).
+the state's generation number. Slot values are messages (JSON), frames of
+messages, or NUL-prefixed marks (``clickqueue.codec``): TOMBSTONE,
+GAP_TOMBSTONE, TAKEN, and LEASED(id).
+
+Slots count messages; values hold frames. Each message has a slot number of
+its own, but the messages one write stores side by side share one value, a
+*frame* of up to ``FRAME_MESSAGES`` (and ``FRAME_BYTES``), in the first of
+their slots; the frame *spans* the others, whose keys stay unwritten. Per-key
+costs (the client's work, memcache's item header) are paid per frame, while
+every count stays per message: a frame evicted leaves its slots empty, and
+each counts. Frames are at most ``PROBE_WINDOW`` long, so the counter repair's
+windowed search still finds the first slot of some frame in every window of
+a stored run.
 
 Write. ``incr(w:<s>, k)`` hands out slots ``n-k+1..n`` of a shard taken in
-turn; ``add_multi`` stores each message in its slot. A slot whose ``add`` is
-refused or unanswered is read back: holding our bytes, the message is stored
-(the reply was lost); a tombstone means a reader got there first and the
-message goes to a fresh slot; anything else means the counter went back (it is
-repaired above every stored slot) and the message goes to a fresh slot. A
-writer that took longer than ``max_write_seconds`` between ``incr`` and
-``add`` takes a fresh slot instead.
+turn; ``add_multi`` stores each frame in its first slot. A frame whose ``add``
+is refused or unanswered is read back, with the slots it spans: holding our
+bytes (or a lease's mark of them, or of their first part), it is stored (the
+reply was lost); a tombstone means a reader got there first and its messages
+go to fresh slots, each slot it spans counted as the reader left it (a
+tombstone: skipped; nothing yet: settled by the writer's count CAS if next in
+line); anything else means the counter went back (it is repaired above every
+stored slot) and its messages go to fresh slots. A writer that took longer
+than ``max_write_seconds`` between ``incr`` and ``add`` tombstones its slots
+and takes fresh ones.
 
 Claim. A reader ``gets_multi`` the state and every write counter in one call,
-moves ``claimed[s]`` forward over at most ``max_items`` slots below the
-counters it saw (and, for a lease, adds the lease record: id, slot ranges,
-deadline, attempt), and compare-and-sets the state. An expired lease is taken
-over instead, whole, under the same id with ``attempt + 1``, by a ``lease()``
-whose ``max_items`` is at least its slot count.
+plans to move ``claimed[s]`` forward over at most ``max_items`` slots below
+the counters it saw, reads those slots, and ends the claim where a frame
+does: before a frame that runs past the plan's end, unless it is the first
+frame there (then the claim takes its first part). It compare-and-sets the
+state (for a lease, with the lease record: id, slot ranges, deadline,
+attempt). An expired lease is taken over instead, whole, under the same id
+with ``attempt + 1``, by a ``lease()`` whose ``max_items`` is at least its
+slot count.
 
-Read. The claimed slots are read with ``gets_multi``. A slot still empty (its
-writer is between ``incr`` and ``add``, died there, or the message was evicted)
+Read. A claimed slot still empty and spanned by no frame the claim read (its
+writer is between ``incr`` and ``add``, died there, or the frame was evicted)
 gets a tombstone by ``add`` (GAP_TOMBSTONE inside a gap): whichever ``add``
-wins owns the slot. Each message is then taken by compare-and-set on its slot:
-to TAKEN (expiring in a second) by ``read_multi``, to LEASED(id) by ``lease``.
-A message is returned only to the reader whose compare-and-set won, or read
-again later as LEASED(id) by a holder of that same lease id. ``ack`` removes
-the lease from the state by compare-and-set, then deletes its slots.
+wins owns the slot. Each message or frame is then taken by compare-and-set on
+its slot: to TAKEN (expiring in a second) by ``read_multi``, to LEASED(id) by
+``lease``. A frame the claim ends inside is taken for its first part (TAKEN
+of that part, or LEASED(id) of it) and, once won, its rest is added as a
+frame in the next slot, which is its own; a reader that tombstoned that slot
+first turns it away to fresh slots, as it would a writer. Messages are
+returned only to the reader whose compare-and-set won, or read again later as
+LEASED(id) by a holder of that same lease id. ``ack`` removes the lease from
+the state by compare-and-set, then deletes its slots.
 
 Counts live in the state, changed in the same CAS as what they count:
 ``skipped`` (claimed slots outside gaps that gave no message) and ``gapped``
@@ -48,8 +69,10 @@ Invariants, and why they hold
    ``REPAIR_MARGIN``, and the margin is recorded as a gap. A claim takes a
    counter below ``used_through`` for regressed (an older version of it can
    come back from a server some client had marked dead).
-2. Each message sits in one slot: a writer moves on only from a slot that
-   does not hold its bytes, and ``add`` never overwrites.
+2. Each message sits in one slot's value: a writer (or a reader storing the
+   rest of a frame) moves on only from a slot that does not hold its bytes,
+   and ``add`` never overwrites; a reader moves the rest of a frame only after
+   its compare-and-set took the frame's slot.
 3. A message is delivered at most once, under every fault below, because
    exclusivity lives in the slot, not in the state: delivery needs a won
    compare-and-set on the slot's message, which only one party can win, and
@@ -64,7 +87,13 @@ Invariants, and why they hold
 6. Loss is counted: a message that is never delivered left its slot empty or
    foreign when claimed (counted in ``skipped`` before the tombstone that
    could turn its writer away), and ``retried`` is counted only for messages
-   that were stored elsewhere.
+   that were stored elsewhere. A slot a frame spans counts as holding a
+   message only while the claim saw that frame; a frame that never got its
+   first slot leaves every slot it would have spanned to be counted.
+7. ``lease(k)`` and ``read_multi(k)`` return at most ``k`` messages: a claim
+   covers at most ``k`` slots, a frame is cut at the claim's end, and where a
+   counter that went back made two frames overlap, the one that does not fit
+   is taken and written again, not returned.
 
 Fault model (any of these, at any moment, in any combination)
 -------------------------------------------------------------
@@ -119,6 +148,18 @@ Limits (what cannot be promised)
   a client had marked dead) hands out slots until a reader repairs it; a write
   that lands in a slot readers had passed, whose tombstone is gone, is never
   read, and counted only as far as ``lost`` is a lower bound after a reset.
+  A frame's ``add`` checks only its first slot, so a frame written from such a
+  counter can span slots an older value still holds: both are read (the one
+  that does not fit moved, as above), and ``read``/``written`` then count
+  slots, not messages, for them.
+* A read of fewer messages than a frame holds splits it; the rest, stored again
+  in the next slot, can be turned away by a reader racing for that slot and
+  written once more in fresh slots (``skipped`` and ``retried`` both count it).
+  A reader that dies between taking the first part and storing the rest loses
+  the rest, counted in ``skipped`` as its slots are claimed.
+* A writer counts ``retried`` for a turned-away frame's slots when it learns of
+  them; those not yet claimed are counted ``skipped`` by the claim that reaches
+  them, so until then ``lost`` can read below 0.
 """
 
 from __future__ import annotations
@@ -130,21 +171,26 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from clickqueue.cache import CallBudget, ObservedCache, wrap_client
 from clickqueue.codec import (
+    EMPTY_SLOT,
     GAP_TOMBSTONE,
     LEASE_PREFIX,
     TAKEN,
     TOMBSTONE,
     SlotKind,
     SlotValue,
-    encode_message,
+    encode_frames,
+    frame_payload,
+    held_payload,
     leased_value,
     read_slot,
+    slot_span,
+    taken_value,
 )
 from clickqueue.errors import (
     BatchTooLargeError,
@@ -232,8 +278,10 @@ class _Claim:
     settled_slots: int = 0
     slots: dict[str, tuple] = field(default_factory=dict)
     """The claimed slots as read just before the claim's CAS (value, token)."""
-    views: dict[str, SlotValue] = field(default_factory=dict)
+    views: dict[str, SlotValue] = field(default_factory=lambda: _Views())
     """What each claimed slot held then, as this claim's reader sees it (decoded once)."""
+    table: _Slots | None = None
+    """The claimed slots in order."""
     counted: tuple[int, int] = (0, 0)
     """(skipped, gapped): the claimed slots without a message, counted in that CAS."""
 
@@ -241,7 +289,10 @@ class _Claim:
 @dataclass(frozen=True)
 class _Fetched:
     message_keys: list[str]
+    """The slots holding the messages (a frame's holds several)."""
     messages: list[Any]
+    message_ids: list[str]
+    """Each message's own slot key."""
     skipped: int
     gapped: int
 
@@ -321,10 +372,11 @@ class Queue:
         and 2 calls to count it. Raises ``CacheUnavailableError`` if nothing was
         stored, ``WriteIncompleteError`` if only part may have been.
         """
-        batch = [encode_message(message) for message in messages]
-        if len(batch) > MAX_BATCH_MESSAGES:
-            raise BatchTooLargeError("messages", len(batch), MAX_BATCH_MESSAGES)
-        if (size := sum(map(len, batch))) > MAX_BATCH_BYTES:
+        messages = list(messages)
+        if len(messages) > MAX_BATCH_MESSAGES:
+            raise BatchTooLargeError("messages", len(messages), MAX_BATCH_MESSAGES)
+        batch = encode_frames(messages)
+        if (size := sum(len(payload) for _messages, payload in batch)) > MAX_BATCH_BYTES:
             raise BatchTooLargeError("bytes", size, MAX_BATCH_BYTES)
         if batch:
             _BatchWrite(self, batch).run()
@@ -334,22 +386,25 @@ class Queue:
         """Write messages again (after failed processing): 4 cache calls."""
         messages = list(messages)
         self.write_multi(messages)
-        self._record_counts(requeued=len(messages))
 
-    def _record_counts(self, **counts: int) -> None:
-        """Add writer-side counts to the state, at most once (a count lost to an
-        error only makes ``lost`` larger)."""
+        def count(state: ReadState) -> None:
+            state.counts.requeued += len(messages)
 
-        def add(state: ReadState) -> bool:
-            for name, amount in counts.items():
-                setattr(state.counts, name, getattr(state.counts, name) + amount)
+        if messages:
+            self._record_counts(count, f"counts {{'requeued': {len(messages)}}}")
+
+    def _record_counts(self, count: Callable[[ReadState], None], what: str) -> None:
+        """Apply ``count`` to the state's counts, at most once (a count lost to an error
+        only makes ``lost`` larger)."""
+
+        def change(state: ReadState) -> bool:
+            count(state)
             return True
 
-        if any(counts.values()):
-            try:
-                self._store.change(add, landed=lambda state: True)
-            except (CacheUnavailableError, ContentionError) as error:
-                logger.warning("queue %s: could not record counts %s: %s", self.name, counts, error)
+        try:
+            self._store.change(change, landed=lambda state: True)
+        except (CacheUnavailableError, ContentionError) as error:
+            logger.warning("queue %s: could not record %s: %s", self.name, what, error)
 
     # -- claiming and reading ------------------------------------------------------
 
@@ -399,7 +454,7 @@ class Queue:
             if lease.messages:
                 return lease
             lease.ack()  # nothing in it: settle it now, with its counts
-        return Lease(self, _Claim([]), _Fetched([], [], 0, 0))
+        return Lease(self, _Claim([]), _Fetched([], [], [], 0, 0))
 
     def _claim(self, max_items: int, lease_seconds: float | None, settle_empty_runs: bool) -> _Claim:
         """Move the state forward over the next slots (or take over an expired
@@ -428,7 +483,7 @@ class Queue:
             claim = self._plan_claim(state, counters, max_items, lease_seconds, settle_empty_runs)
             if not claim.ranges and not claim.settled_slots:
                 return claim
-            self._read_claimed_slots(claim, state)
+            self._count_claimed(claim, state)
             encoded = self._store.encode(state)
             if claim.lease_id is not None and len(encoded) > MAX_STATE_BYTES:
                 raise TooManyLeasesError(self.keys.state, len(state.leases))
@@ -449,16 +504,32 @@ class Queue:
         if lease_seconds is not None and (expired_id := state.first_expired_lease(now, max_items)):
             record = state.leases[expired_id]
             record.deadline, record.attempt, record.holder = now + lease_seconds, record.attempt + 1, self._nonce()
-            return _Claim(record.ranges, expired_id, record.attempt, record.holder)
+            claim = _Claim(record.ranges, expired_id, record.attempt, record.holder)
+            claim.table = _Slots(self.keys, record.ranges)
+            claim.slots, claim.views = self._read_slots(claim.table, expired_id)
+            return claim
         settled = self._settle_runs(state, counters, gaps_only=not settle_empty_runs)
-        ranges = state.claim(counters, max_items)
+        ends = state.plan_claim(counters, max_items)
+        planned = _Slots(self.keys, [SlotRange(shard, state.claimed[shard] + 1, last) for shard, last in ends.items()])
+        slots, views = self._read_slots(planned, None)
+        ranges = state.claim(counters, max_items, _fit_frames(planned, views, ends))
         if not ranges or lease_seconds is None:
-            return _Claim(ranges, settled_slots=settled)
-        if len(state.leases) >= MAX_LEASES:
-            raise TooManyLeasesError(self.keys.state, MAX_LEASES)
-        lease_id, holder = f"{self._rng.getrandbits(128):032x}", self._nonce()
-        state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1, (0, 0), holder)
-        return _Claim(ranges, lease_id, 1, holder, settled)
+            claim = _Claim(ranges, settled_slots=settled)
+        else:
+            if len(state.leases) >= MAX_LEASES:
+                raise TooManyLeasesError(self.keys.state, MAX_LEASES)
+            lease_id, holder = f"{self._rng.getrandbits(128):032x}", self._nonce()
+            state.leases[lease_id] = LeaseRecord(ranges, now + lease_seconds, 1, (0, 0), holder)
+            claim = _Claim(ranges, lease_id, 1, holder, settled)
+        claim.table = planned.claimed_as(self.keys, ranges)
+        claim.slots = {key: value for key, value in slots.items() if key in claim.table.position}
+        claim.views = _Views((key, view) for key, view in views.items() if key in claim.table.position)
+        return claim
+
+    def _read_slots(self, slots: _Slots, lease_id: str | None) -> tuple[dict[str, tuple], _Views]:
+        """Read ``slots`` (1 call): each present one's value and token, and what it holds for ``lease_id``."""
+        found = self.cache.gets_multi(slots.keys()) if len(slots) else {}
+        return found, _Views((key, read_slot(value, lease_id)) for key, (value, _token) in found.items())
 
     def _settle_runs(self, state: ReadState, counters: list[int], gaps_only: bool) -> int:
         """Claim in bulk, in this claim's CAS, the next slots that hold no message:
@@ -476,37 +547,36 @@ class Queue:
             key: part.in_gap for run in runs for part in run for key in self.keys.slots(part.shard, part.numbers())
         }
         found = self.cache.get_multi(list(in_gap))
-        empty = {key: GAP_TOMBSTONE if gap else TOMBSTONE for key, gap in in_gap.items() if key not in found}
+        run_keys = [
+            list(itertools.takewhile(
+                lambda key: key not in found or read_slot(found[key]).kind is not SlotKind.MESSAGE,
+                [key for part in run for key in self.keys.slots(part.shard, part.numbers())],
+            ))
+            for run in runs
+        ]  # up to each run's first message: what lies beyond is not claimed, so not tombstoned
+        empty = {
+            key: GAP_TOMBSTONE if in_gap[key] else TOMBSTONE for keys in run_keys for key in keys if key not in found
+        }
         added = self.cache.add_multi(empty, self.tombstone_seconds) if empty else {}
         settled_total = 0
-        for run in runs:
-            keys = [key for part in run for key in self.keys.slots(part.shard, part.numbers())]
-            settled = list(
-                itertools.takewhile(
-                    lambda key: added.get(key) is True or (key in found and read_slot(found[key]).kind is not SlotKind.MESSAGE),
-                    keys,
-                )
-            )
+        for run, keys in zip(runs, run_keys):
+            settled = list(itertools.takewhile(lambda key: added.get(key) is True or key in found, keys))
             gapped = sum(1 for key in settled if in_gap[key])
             state.settle_run(run[0].shard, len(settled) - gapped, gapped)
             settled_total += len(settled)
         return settled_total
 
-    def _read_claimed_slots(self, claim: _Claim, state: ReadState) -> None:
-        """Read the slots a claim is about to take (1 call) and count, in the same
-        CAS as the claim, those holding no message: counted before anything
-        tombstones them, since a writer a tombstone turns away counts ``retried``,
-        which must never exceed what readers counted. A lease's record keeps the
-        counts (a takeover counted them when the lease was made)."""
-        slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
-        claim.slots = found = self.cache.gets_multi(list(slot_in_gap)) if slot_in_gap else {}
-        claim.views = {key: read_slot(found[key][0] if key in found else None, claim.lease_id) for key in slot_in_gap}
+    def _count_claimed(self, claim: _Claim, state: ReadState) -> None:
+        """Count, in the same CAS as the claim, its slots that hold no message as the
+        claim read them (a frame's messages fill the slots it spans): counted before
+        anything tombstones them, since a writer a tombstone turns away counts
+        ``retried``, which must never exceed what readers counted. A lease's record
+        keeps the counts (a takeover counted them when the lease was made)."""
         record = state.leases.get(claim.lease_id)  # None for a read_multi (no lease id)
         if record is not None and record.attempt > 1:
             return
-        no_message = {key: in_gap for key, in_gap in slot_in_gap.items() if claim.views[key].kind is not SlotKind.MESSAGE}
-        gapped = sum(no_message.values())
-        claim.counted = (len(no_message) - gapped, gapped)
+        gaps = [in_gap for *_slot, in_gap in claim.table.uncovered(claim.views, (SlotKind.MESSAGE,))]
+        claim.counted = (len(gaps) - sum(gaps), sum(gaps))
         state.counts.add(*claim.counted)
         if record is not None:
             record.precounted = claim.counted
@@ -530,24 +600,31 @@ class Queue:
         return all(r.last <= state.claimed[r.shard] for r in claim.ranges)
 
     def _fetch(self, claim: _Claim) -> _Fetched:
-        """Tombstone the claimed slots found empty, then take the messages: 1 cache
-        call (``cas_multi``); empty slots cost their tombstones (1, see
-        ``_tombstone``). ``read_multi`` corrects its counts (2) only if a slot
-        changed after the claim read it (a writer stored into it first)."""
-        slot_in_gap = {key: r.in_gap for r in claim.ranges for key in self.keys.slots(r.shard, r.numbers())}
-        keys = list(slot_in_gap)
+        """Tombstone the claimed slots found empty (and not inside a frame), then take
+        the messages: 1 cache call (``cas_multi``); empty slots cost their tombstones
+        (1, see ``_tombstone``); a frame the claim ends inside costs the store of its
+        rest (2, see ``_take``). ``read_multi`` corrects its counts (2) only if a
+        slot changed after the claim read it (a writer stored into it first)."""
+        table = claim.table
         found = dict(claim.slots)
-        views = dict(claim.views)
-        empty = [key for key in keys if views[key].kind is SlotKind.EMPTY]
+        views = _Views(claim.views)
+        empty = [slot for slot in table.uncovered(views, PRESENT) if views[slot[0]].kind is SlotKind.EMPTY]
         if empty:
-            self._tombstone(empty, slot_in_gap, views, found, claim.lease_id)
-        won = self._take(claim, views, found)
-        message_keys = [key for key in keys if key in won]
+            self._tombstone(empty, views, found, claim.lease_id)
+        taken = self._take(claim, views, found)
+        delivered = {key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}
+        undelivered = [in_gap for *_slot, in_gap in table.uncovered(delivered, (SlotKind.MESSAGE,))]
+        held = table.held({key: views[key] for key in taken}, PRESENT)
         fetched = _Fetched(
-            message_keys,
-            [views[key].message for key in message_keys],
-            skipped=sum(1 for key in keys if key not in won and not slot_in_gap[key]),
-            gapped=sum(1 for key in keys if key not in won and slot_in_gap[key]),
+            [key for (key, *_), _view in held],
+            [message for (key, *_), view in held for message in view.messages[: taken[key]]],
+            [
+                message_id
+                for (key, shard, number, _in_gap), _view in held
+                for message_id in self.keys.slots(shard, range(number, number + taken[key]))
+            ],
+            skipped=len(undelivered) - sum(undelivered),
+            gapped=sum(undelivered),
         )
         if claim.lease_id is None and (fetched.skipped, fetched.gapped) != claim.counted:
             try:
@@ -557,49 +634,91 @@ class Queue:
         return fetched
 
     def _tombstone(
-        self,
-        empty: list[str],
-        slot_in_gap: dict[str, bool],
-        views: dict[str, SlotValue],
-        found: dict[str, tuple],
-        lease_id: str | None,
+        self, empty: list[_Slot], views: dict[str, SlotValue], found: dict[str, tuple], lease_id: str | None
     ) -> None:
         """Add a tombstone to each empty slot: 1 call. A slot whose ``add`` lost to its
         writer is read again (1 call); one whose ``add`` went unanswered and did not
         land is tried once more, so a late writer is not left to store into it."""
         for _ in range(2):
-            tombstones = {key: GAP_TOMBSTONE if slot_in_gap[key] else TOMBSTONE for key in empty}
+            tombstones = {key: GAP_TOMBSTONE if in_gap else TOMBSTONE for key, *_, in_gap in empty}
             added = self.cache.add_multi(tombstones, self.tombstone_seconds)
-            unsettled = [key for key in empty if added.get(key) is not True]
+            unsettled = [slot for slot in empty if added.get(slot[0]) is not True]
             if not unsettled:
                 return
-            found.update(self.cache.gets_multi(unsettled))
-            for key in unsettled:
-                views[key] = read_slot(found[key][0] if key in found else None, lease_id)
-            empty = [key for key in unsettled if views[key].kind is SlotKind.EMPTY]
+            found.update(self.cache.gets_multi([key for key, *_ in unsettled]))
+            for key, *_ in unsettled:
+                if key in found:
+                    views[key] = read_slot(found[key][0], lease_id)
+            empty = [slot for slot in unsettled if views[slot[0]].kind is SlotKind.EMPTY]
             if not empty:
                 return
 
-    def _take(self, claim: _Claim, views: dict[str, SlotValue], found: dict[str, tuple]) -> set[str]:
-        """Compare-and-set each message's slot to TAKEN or LEASED(id): 1 call.
-        Returns the slots won (and those already LEASED to this lease)."""
-        won = {key for key, view in views.items() if view.kind is SlotKind.LEASED_TO_US}
-        messages = {key: view for key, view in views.items() if view.kind is SlotKind.MESSAGE}
-        if not messages:
-            return won
+    def _take(self, claim: _Claim, views: dict[str, SlotValue], found: dict[str, tuple]) -> dict[str, int]:
+        """Compare-and-set each message's or frame's slot to TAKEN or LEASED(id): 1 call.
+        Returns the slots won (and those already LEASED to this lease), each with
+        how many of its messages are this claim's: all, but for a frame running past
+        the claim's last slot of its shard, which is cut there. The rest of such a
+        frame is stored again in the slot after that (``_BatchWrite``, 2 calls), once
+        its first part is won.
+
+        Never more messages than slots claimed: frames overlap only where a write
+        counter went back and handed a writer slots inside an older frame. One that
+        does not fit is moved: taken (1 call) and written again (``_BatchWrite``)."""
+        taken = {key: view.span for key, view in views.items() if view.kind is SlotKind.LEASED_TO_US}
+        last_of_shard = {r.shard: r.last for r in claim.ranges}
+        room = len(claim.table) - sum(taken.values())
+        cut, overflow, first_parts = {}, [], {}
+        for (key, shard, number, _in_gap), view in claim.table.held(views, (SlotKind.MESSAGE,)):
+            count = min(view.span, last_of_shard[shard] - number + 1)
+            if count > room:
+                overflow.append(key)
+                continue
+            cut[key], room = count, room - count
+            if count < view.span:
+                first_parts[key] = (shard, number + count)
+        if overflow:
+            self._move(overflow, views, found)
+        if not cut:
+            return taken
         if claim.lease_id is None:
-            takes = {key: (TAKEN, found[key][1]) for key in messages}
+            takes = {key: (taken_value(count), found[key][1]) for key, count in cut.items()}
             expire_seconds = TAKEN_SECONDS
         else:
-            takes = {key: (leased_value(claim.lease_id, view.message_bytes), found[key][1]) for key, view in messages.items()}
+            takes = {
+                key: (leased_value(claim.lease_id, views[key].payload if count == views[key].span else frame_payload(views[key].messages[:count])), found[key][1])
+                for key, count in cut.items()
+            }
             expire_seconds = 0
         applied = self.cache.cas_multi(takes, expire_seconds)
-        won |= {key for key in takes if applied.get(key) is True}
+        won = {key for key in takes if applied.get(key) is True}
         unanswered = [key for key in takes if applied.get(key) is None]
         if unanswered and claim.lease_id is not None:  # a TAKEN mark cannot say whose it is
             reread = self.cache.gets_multi(unanswered)
             won |= {key for key in reread if read_slot(reread[key][0], claim.lease_id).kind is SlotKind.LEASED_TO_US}
-        return won
+        taken |= {key: cut[key] for key in won}
+        for key, rest_at in first_parts.items():
+            if key in won:
+                self._store_again(views[key].messages[cut[key] :], placed=rest_at)
+        return taken
+
+    def _move(self, keys: list[str], views: dict[str, SlotValue], found: dict[str, tuple]) -> None:
+        """Take the frames in ``keys`` (TAKEN, compare-and-set: 1 call) and write the
+        messages of those won again, in fresh slots."""
+        takes = {key: (taken_value(views[key].span), found[key][1]) for key in keys}
+        applied = self.cache.cas_multi(takes, TAKEN_SECONDS)
+        won = [key for key in keys if applied.get(key) is True]
+        if won:
+            self._store_again([message for key in won for message in views[key].messages])
+
+    def _store_again(self, messages: Sequence[Any], placed: tuple[int, int] | None = None) -> None:
+        """Store messages this read took out of their slot but does not deliver: the rest
+        of a frame, in the slot after the part taken (``placed``: its own slot
+        numbers; elsewhere if a reader got there first), or a frame that did not fit.
+        What cannot be stored is left to be counted: its slots hold nothing."""
+        try:
+            _BatchWrite(self, encode_frames(messages), placed=placed).run()
+        except (CacheUnavailableError, ContentionError, WriteFailedError, WriteIncompleteError) as error:
+            logger.warning("queue %s: could not store %d messages again: %s", self.name, len(messages), error)
 
     # -- leases --------------------------------------------------------------------
 
@@ -630,7 +749,7 @@ class Queue:
         (compare-and-set, so nothing else is ever removed): 2 calls."""
         found = self.cache.gets_multi(lease.message_keys)
         own = {
-            key: (TAKEN, token)
+            key: (taken_value(slot_span(value)), token)
             for key, (value, token) in found.items()
             if value.startswith(LEASE_PREFIX) and read_slot(value, lease.lease_id).kind is SlotKind.LEASED_TO_US
         }
@@ -701,16 +820,121 @@ def _add_counts(skipped: int, gapped: int) -> Callable[[ReadState], bool]:
     return add
 
 
-class _BatchWrite:
-    """One ``write_multi``: slots taken, adds settled, and what is stored so far."""
+_Slot = tuple[str, int, int, bool]
+"""A claimed slot: its key, shard, number, and whether it lies in a gap."""
 
-    def __init__(self, queue: Queue, batch: list[bytes]) -> None:
+
+class _Views(dict):
+    """What slots hold, by key: a slot read as missing holds nothing."""
+
+    def __missing__(self, key: str) -> SlotValue:
+        return EMPTY_SLOT
+
+
+PRESENT = (SlotKind.MESSAGE, SlotKind.LEASED_TO_US, SlotKind.SETTLED, SlotKind.FOREIGN)
+
+
+class _Slots:
+    """Slots of one claim (or of a plan) in order, each as ``_Slot``, and the sparse
+    work on them: a read finds a value in a few, frames span the rest."""
+
+    def __init__(self, keys: QueueKeys, ranges: list[SlotRange]) -> None:
+        self.ranges = ranges
+        self.slots: list[_Slot] = [
+            (key, r.shard, number, r.in_gap)
+            for r in ranges
+            for key, number in zip(keys.slots(r.shard, r.numbers()), r.numbers())
+        ]
+        self.position = {key: index for index, (key, *_) in enumerate(self.slots)}
+
+    def claimed_as(self, keys: QueueKeys, ranges: list[SlotRange]) -> _Slots:
+        """The slots of ``ranges``, a claim made from this plan: the plan itself when
+        the claim took it all, outside any gap (the common case)."""
+        return self if ranges == self.ranges else _Slots(keys, ranges)
+
+    def __iter__(self) -> Iterator[_Slot]:
+        return iter(self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def keys(self) -> list[str]:
+        return [key for key, *_ in self.slots]
+
+    def held(self, views: dict[str, SlotValue], kinds: tuple[SlotKind, ...]) -> list[tuple[_Slot, SlotValue]]:
+        """The slots holding a value of ``kinds``, in order, each with it."""
+        return sorted(
+            (
+                (self.slots[self.position[key]], view)
+                for key, view in views.items()
+                if view.kind in kinds and key in self.position
+            ),
+            key=lambda held: self.position[held[0][0]],
+        )
+
+    def uncovered(self, views: dict[str, SlotValue], kinds: tuple[SlotKind, ...]) -> list[_Slot]:
+        """The slots neither holding a value of ``kinds`` nor spanned by one (a frame
+        spans the slots after its own, in its shard)."""
+        covered = bytearray(len(self.slots))
+        for (key, shard, number, _in_gap), view in self.held(views, kinds):
+            first = self.position[key]
+            last = min(first + view.span, len(self.slots))
+            while self.slots[last - 1][1:3] != (shard, number + last - 1 - first):  # a shard ends sooner
+                last -= 1
+            covered[first:last] = b"\x01" * (last - first)
+        return [] if 0 not in covered else [slot for slot, is_covered in zip(self.slots, covered) if not is_covered]
+
+
+def _fit_frames(planned: _Slots, views: dict[str, SlotValue], ends: dict[int, int]) -> dict[int, int]:
+    """Cut a planned claim (``ends``: the last slot per shard) so that it ends where a
+    frame does: before the frame that runs past a shard's end, if the claim holds
+    messages before it in that shard; else the frame stays, and ``_take`` takes
+    its first part."""
+    fitted = dict(ends)
+    first_frame: dict[int, int] = {}
+    for (_key, shard, number, _in_gap), view in planned.held(views, (SlotKind.MESSAGE,)):
+        first_frame.setdefault(shard, number)
+        if number + view.span - 1 > ends[shard] and number > first_frame[shard]:
+            fitted[shard] = number - 1
+    return fitted
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A payload of one write as placed by an attempt: in the slot of its first
+    message, spanning one slot per message (``indices``, in the batch)."""
+
+    number: int
+    """Which of the write's payloads it is."""
+    key: str
+    first: int
+    indices: range
+    payload: bytes
+
+    def numbers(self) -> range:
+        return range(self.first, self.first + len(self.indices))
+
+
+class _BatchWrite:
+    """One ``write_multi``: its payloads (``encode_frames``), slots taken, frames added
+    and settled, and what is stored so far.
+
+    ``placed`` (shard, slot) makes the first attempt store the batch from that slot
+    on, without an ``incr``: the rest of a frame a claim took the first part of.
+    """
+
+    def __init__(self, queue: Queue, batch: list[tuple[range, bytes]], placed: tuple[int, int] | None = None) -> None:
         self.queue = queue
         self.batch = batch
+        self.total = sum(len(indices) for indices, _payload in batch)
+        self.placed = placed
         self.stored: list[int] = []
         self.unknown: list[int] = []
         self.left_tombstoned: Counter[int] = Counter()
         """Per message, the tombstoned slots it left, which their reader counts as skipped."""
+        self.undecided: list[tuple[int, int, int]] = []
+        """(shard, slot, message) of a frame turned away whose slot holds no tombstone yet:
+        the write's count settles those still unclaimed, and counts those claimed."""
         self.collided = 0
         self.last_key = ""
 
@@ -726,93 +950,147 @@ class _BatchWrite:
             self._record_counts()
             if not self.stored and not self.unknown:
                 raise
-            raise WriteIncompleteError(error.key, sorted(self.stored), sorted(self.unknown), len(self.batch)) from error
+            raise WriteIncompleteError(error.key, sorted(self.stored), sorted(self.unknown), self.total) from error
         self._record_counts()
         if pending:
-            raise WriteFailedError(self.last_key, MAX_WRITE_ATTEMPTS, sorted(self.stored), len(self.batch))
+            raise WriteFailedError(self.last_key, MAX_WRITE_ATTEMPTS, sorted(self.stored), self.total)
         if self.unknown:
-            raise WriteIncompleteError(self.last_key, sorted(self.stored), sorted(self.unknown), len(self.batch))
+            raise WriteIncompleteError(self.last_key, sorted(self.stored), sorted(self.unknown), self.total)
 
     def _attempt(self, pending: list[int]) -> list[int]:
-        """Take slots for ``pending`` and add them; return the messages to write again."""
+        """Take slots for the ``pending`` payloads and add them; return those to write again."""
         queue = self.queue
-        shard = next(queue._writer_shards)
-        self.last_key = queue.keys.write_counter(shard)
         started = queue.clock()
-        last = queue.cache.incr(self.last_key, len(pending))
-        if last is None:
-            queue._recovery.repair_counters({shard: 0})
-            return pending
-        queue._seen_queue = True
-        numbers = range(last - len(pending) + 1, last + 1)
-        slots = dict(zip(queue.keys.slots(shard, numbers), pending))
-        self.last_key = next(iter(slots))
+        count = sum(len(self.batch[number][0]) for number in pending)
+        if self.placed is not None:
+            (shard, first), self.placed = self.placed, None
+        else:
+            shard = next(queue._writer_shards)
+            self.last_key = queue.keys.write_counter(shard)
+            last = queue.cache.incr(self.last_key, count)
+            if last is None:
+                queue._recovery.repair_counters({shard: 0})
+                return pending
+            queue._seen_queue = True
+            first = last - count + 1
+        offsets = list(itertools.accumulate((len(self.batch[number][0]) for number in pending), initial=first))
+        keys = queue.keys.slots(shard, offsets[:-1])
+        frames = [
+            _Frame(number, key, offset, *self.batch[number]) for number, key, offset in zip(pending, keys, offsets)
+        ]
+        self.last_key = keys[0]
         if queue.clock() - started > queue.max_write_seconds:
-            self._abandon(slots)
+            self._abandon(shard, frames)
             return pending
-        added = queue.cache.add_multi({key: self.batch[index] for key, index in slots.items()})
-        self.stored += [index for key, index in slots.items() if added.get(key) is True]
-        doubtful = {key: index for key, index in slots.items() if added.get(key) is not True}
-        return self._settle_doubtful(shard, dict(zip(slots, numbers)), doubtful, added) if doubtful else []
+        added = queue.cache.add_multi({frame.key: frame.payload for frame in frames})
+        self.stored += [index for frame in frames if added.get(frame.key) is True for index in frame.indices]
+        doubtful = [frame for frame in frames if added.get(frame.key) is not True]
+        return self._settle_doubtful(shard, doubtful, added) if doubtful else []
 
-    def _settle_doubtful(
-        self, shard: int, number_of: dict[str, int], doubtful: dict[str, int], added: dict[str, bool | None]
-    ) -> list[int]:
-        """Read back slots whose ``add`` was refused or unanswered, and decide each."""
-        unanswered = [index for key, index in doubtful.items() if added.get(key) is None]
+    def _settle_doubtful(self, shard: int, doubtful: list[_Frame], added: dict[str, bool | None]) -> list[int]:
+        """Read back the slots of frames whose ``add`` was refused or unanswered (each
+        slot a frame spans: 1 call), and decide each frame."""
+        unanswered = [index for frame in doubtful if added.get(frame.key) is None for index in frame.indices]
         self.unknown += unanswered
-        current = self.queue.cache.get_multi(list(doubtful))  # raising leaves the unanswered unknown
+        current = self.queue.cache.get_multi(  # raising leaves the unanswered unknown
+            [key for frame in doubtful for key in self.queue.keys.slots(shard, frame.numbers())]
+        )
         self.unknown = [index for index in self.unknown if index not in unanswered]
-        retry, collided_at, empty = [], [], {}
-        for key, index in doubtful.items():
-            value, mine = current.get(key), self.batch[index]
-            if added.get(key) is None and (value == mine or _leased_copy_of(value, mine)):
-                self.stored.append(index)  # stored; only the reply was lost
-            elif added.get(key) is None and value == TAKEN:
-                self.unknown.append(index)  # stored and already taken, or someone else's: cannot tell
-            elif value is None:
-                empty[key] = index
-                retry.append(index)
-            elif value == TOMBSTONE:
-                self.left_tombstoned[index] += 1  # its reader counted it skipped
-                retry.append(index)
-            elif value == GAP_TOMBSTONE:
-                retry.append(index)
+        retry, collided_tops, empty = [], [], []
+        for frame in doubtful:
+            value = current.get(frame.key)
+            lost_reply = added.get(frame.key) is None
+            if lost_reply and _holds(value, frame.payload):
+                self.stored += frame.indices  # stored; only the reply was lost
+                continue
+            if lost_reply and value is not None and value.startswith(TAKEN):
+                self.unknown += frame.indices  # stored and already taken, or someone else's: cannot tell
+                continue
+            retry.append(frame.number)
+            if value is None:
+                empty.append(frame)
+            elif value in (TOMBSTONE, GAP_TOMBSTONE):
+                self._count_turned_away(shard, frame, current)
             else:
-                collided_at.append(number_of[key])
-                retry.append(index)
+                collided_tops.append(frame.first + slot_span(value) - 1)
         if empty:
-            self._abandon(empty)
-        if collided_at:
-            self.collided += len(collided_at)
-            self.queue._recovery.repair_counters({shard: max(collided_at)})
+            self._abandon(shard, empty)
+        if collided_tops:
+            self.collided += len(collided_tops)
+            self.queue._recovery.repair_counters({shard: max(collided_tops)})
         return retry
 
-    def _abandon(self, empty_slots: dict[str, int]) -> None:
-        """Tombstone the empty slots this write leaves (1 call), so whoever claims
-        them counts them skipped, as their ``retried`` needs: left empty, a later
-        counter repair's margin could cover them and count them as gapped."""
-        added = self.queue.cache.add_multi(dict.fromkeys(empty_slots, TOMBSTONE), self.queue.tombstone_seconds)
-        for key, index in empty_slots.items():
+    def _count_turned_away(self, shard: int, frame: _Frame, current: dict[str, bytes]) -> None:
+        """A reader's tombstone took the frame's first slot: each slot it spans is
+        counted by whoever claims it, as its value says (a tombstone: skipped; a gap
+        tombstone: gapped; nothing yet: decided by the write's count)."""
+        for key, number, index in zip(self.queue.keys.slots(shard, frame.numbers()), frame.numbers(), frame.indices):
+            if current.get(key) == TOMBSTONE:
+                self.left_tombstoned[index] += 1  # its reader counted it skipped
+            elif key not in current:
+                self.undecided.append((shard, number, index))
+
+    def _abandon(self, shard: int, frames: list[_Frame]) -> None:
+        """Tombstone every slot of the frames this write leaves (1 call), so whoever
+        claims them counts them skipped, as their ``retried`` needs: left empty, a
+        later counter repair's margin could cover them and count them as gapped."""
+        message_of = {
+            key: index
+            for frame in frames
+            for key, index in zip(self.queue.keys.slots(shard, frame.numbers()), frame.indices)
+        }
+        added = self.queue.cache.add_multi(dict.fromkeys(message_of, TOMBSTONE), self.queue.tombstone_seconds)
+        for key, index in message_of.items():
             if added.get(key) is True:
                 self.left_tombstoned[index] += 1
 
     def _record_counts(self) -> None:
-        retried = sum(self.left_tombstoned[index] for index in self.stored)
-        self.queue._record_counts(retried=retried, collided=self.collided)
+        """Add what this write counted to the state, at most once (a count lost to an
+        error only makes ``lost`` larger). The slots of turned-away frames that no
+        tombstone settled hold nothing: each is claimed here where it is next in
+        line, and counts as retried (for a message stored elsewhere) unless it lies
+        in a gap; one further on is counted skipped by the reader that claims it."""
+        stored = set(self.stored)
+        retried = sum(count for index, count in self.left_tombstoned.items() if index in stored)
+        undecided = sorted(self.undecided)
+
+        def count(state: ReadState) -> None:
+            turned_away = 0
+            for shard, number, index in undecided:
+                in_gap = state.in_gap(shard, number)
+                if number == state.claimed[shard] + 1:
+                    state.settle_run(shard, int(not in_gap), int(in_gap))
+                turned_away += index in stored and not in_gap  # claimed or to be: counted as skipped
+            state.counts.retried += retried + turned_away
+            state.counts.collided += self.collided
+
+        if retried or undecided or self.collided:
+            self.queue._record_counts(count, f"a write's counts (retried {retried}, collided {self.collided})")
 
 
-def _leased_copy_of(value: bytes | None, message_bytes: bytes) -> bool:
-    return value is not None and value.startswith(LEASE_PREFIX) and value.endswith(b":" + message_bytes)
+def _holds(value: bytes | None, payload: bytes) -> bool:
+    """Whether ``value`` is ``payload`` as written, or a lease's mark holding it or its
+    first part (a reader took the frame's first part, and moved the rest)."""
+    if value is None:
+        return False
+    if value == payload:
+        return True
+    if not value.startswith(LEASE_PREFIX):
+        return False
+    held = held_payload(value)
+    mine, theirs = read_slot(payload).messages, read_slot(held).messages
+    return held == payload or 0 < len(theirs) < len(mine) and frame_payload(mine[: len(theirs)]) == held
 
 
 class Lease:
     """A batch of messages held for one reader until ``ack`` or ``release``.
 
     ``lease_id`` stays the same when the batch is delivered again, so a
-    consumer can make its processing idempotent per batch. As a context
-    manager it acks when the block succeeds and releases it on an exception.
-    An empty lease (nothing to read) is falsy and its ack/release do nothing.
+    consumer can make its processing idempotent per batch; ``message_ids``
+    (one per message, its own slot's key) stay the same too, so it can count
+    each message once. As a context manager it acks when the block succeeds
+    and releases it on an exception. An empty lease (nothing to read) is falsy
+    and its ack/release do nothing.
     """
 
     def __init__(self, queue: Queue, claim: _Claim, fetched: _Fetched) -> None:
@@ -822,6 +1100,7 @@ class Lease:
         self.holder = claim.holder
         self.message_keys = fetched.message_keys
         self.messages = fetched.messages
+        self.message_ids = fetched.message_ids
         self._skipped = fetched.skipped
         self._gapped = fetched.gapped
 

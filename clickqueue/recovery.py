@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from clickqueue.cache import Cache, CasToken
+from clickqueue.codec import FRAME_MESSAGES, slot_span
 from clickqueue.keys import QueueKeys
 from clickqueue.errors import CorruptStateError
 from clickqueue.state import ReadState, SlotRange, StateStore
@@ -31,9 +32,10 @@ RECOVERY_SLOTS = 1000
 """How far below the write counter a recreated state starts (as a gap), so the
 messages written just before the state was lost are still read."""
 
-PROBE_WINDOW = 16
+PROBE_WINDOW = FRAME_MESSAGES
 """Slots read together when looking for the last stored slot: small holes
-(evictions, writes in flight) do not end the search."""
+(evictions, writes in flight) do not end the search, and a window inside a run
+of stored frames always holds the first slot of one (none spans more)."""
 
 GALLOP_STEPS = 32
 """Windows probed at exponentially growing distances in one call (up to ~6.9e10 slots)."""
@@ -188,7 +190,8 @@ class Recovery:
             self.store.change(record, landed=lambda state: True)
 
     def last_stored_slots(self, starts: Mapping[int, int]) -> dict[int, int]:
-        """Per shard, the highest slot above its start holding anything, for all the
+        """Per shard, the highest slot above its start holding anything (or spanned by
+        a frame that does), for all the
         shards at once in a bounded number of calls (about 10): windows at
         exponentially growing distances, then bisection.
 
@@ -233,7 +236,8 @@ class Recovery:
 
     def _probe(self, windows: Mapping[int, list[int]]) -> dict[int, tuple[int | None, int | None]]:
         """Read, for each shard, windows of ``PROBE_WINDOW`` slots from each start
-        (ascending), all in one call. Per shard: the highest stored slot, and the
+        (ascending), all in one call. Per shard: the highest stored slot (the last
+        a stored frame spans), and the
         start of the first empty window above it (None where there is none)."""
         numbers: dict[str, tuple[int, int]] = {}
         for shard, starts in windows.items():
@@ -243,7 +247,7 @@ class Recovery:
         stored = self.cache.get_multi(list(numbers)) if numbers else {}
         result: dict[int, tuple[int | None, int | None]] = {}
         for shard, starts in windows.items():
-            found = [numbers[key][1] for key in stored if numbers[key][0] == shard]
+            found = [numbers[key][1] + slot_span(value) - 1 for key, value in stored.items() if numbers[key][0] == shard]
             if not found:
                 result[shard] = (None, starts[0] if starts else None)
                 continue

@@ -8,7 +8,7 @@ cache. ``StateStore`` does the get-change-CAS loop.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from clickqueue.cache import Cache
@@ -153,27 +153,37 @@ class ReadState:
 
     # -- claiming ------------------------------------------------------------------
 
-    def claim(self, write_counters: Sequence[int], max_items: int) -> list[SlotRange]:
-        """Advance ``claimed`` over up to ``max_items`` slots below the counters.
-
-        Every shard with a backlog gets a fair share (what a small shard leaves
-        goes to the larger ones), so no shard waits behind another's backlog.
-        """
-        self.seen = [max(seen, counter) for seen, counter in zip(self.seen, write_counters)]
+    def plan_claim(self, write_counters: Sequence[int], max_items: int) -> dict[int, int]:
+        """Per shard, the last slot a claim of up to ``max_items`` slots below the
+        counters would take. Every shard with a backlog gets a fair share (what a
+        small shard leaves goes to the larger ones), so no shard waits behind
+        another's backlog."""
         backlog = {
             shard: counter - self.claimed[shard]
             for shard, counter in enumerate(write_counters)
             if counter > self.claimed[shard]
         }
-        ranges: list[SlotRange] = []
+        ends = {}
         remaining = max_items
         by_size = sorted(backlog, key=lambda shard: (backlog[shard], shard))
         for position, shard in enumerate(by_size):
             taken = min(backlog[shard], remaining // (len(by_size) - position))
             if taken:
-                ranges += self._split_at_gaps(shard, self.claimed[shard] + 1, self.claimed[shard] + taken)
-                self.claimed[shard] += taken
+                ends[shard] = self.claimed[shard] + taken
                 remaining -= taken
+        return ends
+
+    def claim(
+        self, write_counters: Sequence[int], max_items: int, ends: Mapping[int, int] | None = None
+    ) -> list[SlotRange]:
+        """Advance ``claimed`` to ``ends`` (``plan_claim``'s, or ends cut shorter from
+        it; by default planned here) and return the slots claimed."""
+        self.seen = [max(seen, counter) for seen, counter in zip(self.seen, write_counters)]
+        ranges: list[SlotRange] = []
+        for shard, last in (self.plan_claim(write_counters, max_items) if ends is None else ends).items():
+            if last > self.claimed[shard]:
+                ranges += self._split_at_gaps(shard, self.claimed[shard] + 1, last)
+                self.claimed[shard] = last
         self._prune_gaps()
         return ranges
 
@@ -229,6 +239,9 @@ class ReadState:
             return False
         self.gaps.append(SlotRange(gap.shard, first, gap.last, in_gap=True))
         return True
+
+    def in_gap(self, shard: int, number: int) -> bool:
+        return any(gap.shard == shard and gap.first <= number <= gap.last for gap in self.gaps)
 
     def unclaimed_gap_slots(self) -> int:
         return sum(gap.last - max(gap.first - 1, self.claimed[gap.shard]) for gap in self.gaps)

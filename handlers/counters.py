@@ -17,7 +17,7 @@ batch's ``AppliedBatch`` marker. Totals and time buckets thus never disagree.
 
 **Exactly once, per message, however the batch is split.** The marker is keyed
 by the lease id (the same when the batch is delivered again) and lists the ids
-of the messages already counted (``lease.message_keys``, the slot of each
+of the messages already counted (``lease.message_ids``, the slot of each
 message, stable across deliveries); each commit adds its messages' ids in the
 same transaction as their counts. A delivery again counts only the messages
 its marker does not list: after a failure between two commits of a batch, the

@@ -73,7 +73,7 @@ def drain(settings: Settings) -> DrainReport:
                 return DrainReport(processed, budget_spent=False)
             events = {
                 message_id: event
-                for message_id, event in zip(batch.message_keys, map(event_from_message, batch.messages), strict=True)
+                for message_id, event in zip(batch.message_ids, map(event_from_message, batch.messages), strict=True)
                 if event is not None
             }
             if len(events) < len(batch.messages):

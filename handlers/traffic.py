@@ -61,6 +61,12 @@ def bot_pattern() -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
 
 
+USER_AGENTS_REMEMBERED = 4096
+"""User-Agent strings whose verdict a process keeps: a few browser versions send
+most traffic, and matching one against every pattern costs ~0.1 ms."""
+
+
+@functools.lru_cache(maxsize=USER_AGENTS_REMEMBERED)
 def is_bot(user_agent: str) -> bool:
     return bot_pattern().search(user_agent) is not None
 

@@ -239,21 +239,24 @@ class PauseAfterIncr(CacheWrapper):
 
 class GatedAddMulti(CacheWrapper):
     """Holds the first ``add_multi`` until ``release`` is set (a write in flight for as long
-    as the test needs); records the keys of each; fails those numbered in ``failing``
-    (0 is the first) with ``CacheUnavailableError``, as a memcache error does."""
+    as the test needs); records how many messages each stores (a frame holds several);
+    fails those numbered in ``failing`` (0 is the first) with ``CacheUnavailableError``,
+    as a memcache error does."""
 
     def __init__(self, inner, failing: tuple[int, ...] = ()) -> None:
         super().__init__(inner)
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.calls: list[list[str]] = []
+        self.calls: list[int] = []
         self.failing = failing
 
     def add_multi(self, values, expire_seconds=0):
         from clickqueue import CacheUnavailableError
 
+        from clickqueue.codec import slot_span
+
         number = len(self.calls)
-        self.calls.append(list(values))
+        self.calls.append(sum(map(slot_span, values.values())))
         if number == 0:
             self.entered.set()
             assert self.release.wait(THREAD_DEADLINE_SECONDS), "the test never released the first write"
@@ -267,8 +270,9 @@ class GatedAddMulti(CacheWrapper):
 
 
 class StoresOnlyTheFirst(GatedAddMulti):
-    """The second ``add_multi`` stores only its first 3 messages and loses the answer
-    for the rest; reading those back fails: a write that ends incomplete."""
+    """The second ``add_multi`` stores only its first frame (``FRAME_MESSAGES`` messages
+    when it has more) and loses the answer for the rest; reading those back fails: a
+    write that ends incomplete."""
 
     def __init__(self, inner) -> None:
         super().__init__(inner)
@@ -278,7 +282,7 @@ class StoresOnlyTheFirst(GatedAddMulti):
         if number != 1:
             return self.inner.add_multi(values, expire_seconds)
         self.fail_reads = True
-        return {**dict.fromkeys(values), **self.inner.add_multi(dict(list(values.items())[:3]), expire_seconds)}
+        return {**dict.fromkeys(values), **self.inner.add_multi(dict(list(values.items())[:1]), expire_seconds)}
 
     def get_multi(self, keys):
         if self.fail_reads:
@@ -608,7 +612,7 @@ def leased_events(lease) -> dict:
     """A lease's events by message id, as ``drain`` hands them to ``apply_batch``."""
     from handlers.events import event_from_message
 
-    return dict(zip(lease.message_keys, map(event_from_message, lease.messages), strict=True))
+    return dict(zip(lease.message_ids, map(event_from_message, lease.messages), strict=True))
 
 
 def clicks_and_views(counts: dict) -> dict[str, int]:

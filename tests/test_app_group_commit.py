@@ -26,6 +26,7 @@ from conftest import (
 )
 
 from clickqueue import CacheUnavailableError, Queue, wrap_client
+from clickqueue.codec import FRAME_MESSAGES
 from handlers.settings import Settings
 
 TASK_HEADERS = {"X-AppEngine-QueueName": "process"}
@@ -91,7 +92,7 @@ def test_requests_sharing_a_failed_write_answer_503_and_none_of_their_events_is_
     assert first.outcome().status_int == 204
     answers = [thread.outcome() for thread in in_flight]
     assert [(answer.status_int, answer.json) for answer in answers] == [(503, NOTHING_RECORDED)] * 5
-    assert len(gate.calls[1]) == 6, "the five requests' six events shared the write that failed"
+    assert gate.calls[1] == 6, "the five requests' six events shared the write that failed"
     app.get("/track?type=view&item=after", status=204)  # a request after the failed write
     assert process_everything(app) == 2
     assert counted(app, "first") == {"click": 1, "view": 0}
@@ -101,17 +102,17 @@ def test_requests_sharing_a_failed_write_answer_503_and_none_of_their_events_is_
 
 
 def test_a_write_that_stored_part_of_a_batch_answers_503_saying_so(testbed, make_app, clock):
-    gate = StoresOnlyTheFirst(existing_queue(wrap_client(None), "events"))  # stores 3 of its second write
+    gate = StoresOnlyTheFirst(existing_queue(wrap_client(None), "events"))  # stores the first frame of its second write
     gate.release.set()
     app = make_app(Settings(queue=Queue("events", gate, clock=clock), clock=clock))
     app.get("/track?type=click&item=first", status=204)
 
-    events = [{"type": "view", "item": f"batch-{n}"} for n in range(5)]
+    events = [{"type": "view", "item": f"batch-{n}"} for n in range(FRAME_MESSAGES + 2)]
     answer = app.post_json("/track", {"events": events}, status=503)
 
     assert answer.json == {
-        "error": "the queue failed mid-write: of 5 events, 3 were recorded and 2 may have been; "
-        "sending them again may count those twice"
+        "error": f"the queue failed mid-write: of {FRAME_MESSAGES + 2} events, {FRAME_MESSAGES} were recorded "
+        "and 2 may have been; sending them again may count those twice"
     }
 
 

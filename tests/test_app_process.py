@@ -12,6 +12,7 @@ from google.appengine.api import croninfo, queueinfo
 from google.appengine.ext import ndb
 
 from clickqueue import Queue
+from clickqueue.codec import FRAME_MESSAGES
 from conftest import REPO_ROOT, FakeClock, clicks_and_views, keyed, leased_events
 from handlers import counters
 from handlers.events import Event
@@ -43,6 +44,8 @@ NOTHING = {"click": 0, "view": 0, "bots": 0, "ctr": None}
 
 
 EVENTS = [("click", "a"), ("view", "a"), ("view", "a"), ("click", "b"), ("view", "c")] * 50
+LEASED = 100 // FRAME_MESSAGES * FRAME_MESSAGES
+"""What a lease of the app's 100 takes from one batch of 250: it ends where a frame does."""
 
 
 @pytest.mark.parametrize(
@@ -95,7 +98,7 @@ def test_process_commits_one_batch_per_lease(make_app, app_settings):
 
     process(app)
 
-    assert [size for _, size in batch_ids] == [100, 100, 50]
+    assert [size for _, size in batch_ids] == [LEASED, LEASED, len(EVENTS) - 2 * LEASED]
     assert len({batch_id for batch_id, _ in batch_ids}) == 3
 
 
@@ -153,8 +156,8 @@ def test_failure_after_some_batches_keeps_the_committed_ones(make_app, app_setti
     failed = process(app, status=503)
     retried = process(app)
 
-    assert (failed.json["processed"], failed.json["requeued"]) == (100, 100)
-    assert retried.json["processed"] == 150
+    assert (failed.json["processed"], failed.json["requeued"]) == (LEASED, LEASED)
+    assert retried.json["processed"] == len(EVENTS) - LEASED
     assert calls[2] == calls[1]  # the given-back batch comes first, under its lease id
     assert stored_counts("abc") == expected_counts(EVENTS)
 

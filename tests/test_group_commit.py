@@ -40,6 +40,7 @@ from clickqueue import (
     Queue,
     wrap_client,
 )
+from clickqueue.codec import FRAME_MESSAGES
 
 
 @pytest.fixture(params=["appengine", "memcached"])
@@ -99,7 +100,7 @@ def test_callers_arriving_during_a_write_share_the_next_write_multi(thread_safe_
     gate.release.set()
 
     assert [thread.outcome() for thread in [first, *followers]] == [None] * 16
-    assert [len(keys) for keys in gate.calls] == [3, 30], "16 callers, 2 write_multi calls"
+    assert gate.calls == [3, 30], "16 callers, 2 write_multi calls"
     assert drain(Queue("q", thread_safe_cache)) == ids("first", 3) + messages_of(*batches), "in arrival order"
 
 
@@ -135,7 +136,7 @@ def test_batches_hold_at_most_max_messages_and_never_split_a_caller(thread_safe_
     gate.release.set()
 
     assert held.outcome() is None
-    sizes = [len(keys) for keys in gate.calls]
+    sizes = gate.calls
     assert sizes[:3] == [1, 8, 4] and sorted(sizes[3:]) == [7, 25], "e's and f's writes race: either goes first"
     received = drain(Queue("q", thread_safe_cache))
     assert received[:13] == ids("held", 1) + ids("b", 4) + ids("c", 4) + ids("d", 4)
@@ -158,14 +159,17 @@ def test_every_caller_of_a_failed_write_gets_the_error_and_none_of_their_message
 
     group.write_multi(ids("after", 2))  # a caller after the failed batch
 
-    assert [len(keys) for keys in gate.calls[:3]] == [2, 18, 2]
+    assert gate.calls[:3] == [2, 18, 2]
     assert drain(Queue("q", thread_safe_cache)) == ids("first", 2) + ids("after", 2)
 
 
 def test_an_incomplete_write_tells_each_caller_which_of_its_own_messages_were_stored(thread_safe_cache):
     gate, condition, group = gated_group(thread_safe_cache, StoresOnlyTheFirst)
     first = start_held_write(gate, writing(group, ids("first", 1)))
-    stored, partly = arrive_in_order(condition, [writing(group, ids("stored", 2)), writing(group, ids("partly", 3))])
+    # the shared write is two frames: stored's 31 messages and partly's first, then partly's other two
+    stored, partly = arrive_in_order(
+        condition, [writing(group, ids("stored", FRAME_MESSAGES - 1)), writing(group, ids("partly", 3))]
+    )
 
     gate.release.set()
 
@@ -173,7 +177,7 @@ def test_an_incomplete_write_tells_each_caller_which_of_its_own_messages_were_st
     error = partly.outcome()
     assert isinstance(error, GroupWriteError)
     assert (error.stored, error.unknown, error.total) == ([0], [1, 2], 3)
-    assert drain(Queue("q", thread_safe_cache)) == ids("first", 1) + ids("stored", 2) + ids("partly", 1)
+    assert drain(Queue("q", thread_safe_cache)) == ids("first", 1) + ids("stored", FRAME_MESSAGES - 1) + ids("partly", 1)
 
 
 def test_a_message_the_queue_refuses_fails_only_its_own_caller(testbed):
@@ -188,7 +192,7 @@ def test_a_message_the_queue_refuses_fails_only_its_own_caller(testbed):
 
     assert (first.outcome(), good.outcome(), also_good.outcome()) == (None, None, None)
     assert isinstance(bad.outcome(), MessageEncodingError)
-    assert sorted(len(keys) for keys in gate.calls) == [1, 2, 3], "refused together, written caller by caller"
+    assert sorted(gate.calls) == [1, 2, 3], "refused together, written caller by caller"
     received = sorted(m["id"] for m in drain(Queue("q", wrap_client(None))))
     assert received == sorted(m["id"] for m in ids("first", 1) + ids("good", 2) + ids("also-good", 3))
 
@@ -205,7 +209,7 @@ def test_callers_over_max_batch_bytes_together_are_written_one_by_one_each_whole
     gate.release.set()
 
     assert [thread.outcome() for thread in [first, *callers]] == [None] * 3
-    assert sorted(len(keys) for keys in gate.calls) == [1, per_caller, per_caller]
+    assert sorted(gate.calls) == [1, per_caller, per_caller]
     received = Counter(m["id"].split("-")[0] for m in drain(Queue("q", wrap_client(None))))
     assert received == {"first": 1, "a": per_caller, "b": per_caller}
 

@@ -18,7 +18,7 @@ from clickqueue import (
     QueueKeys,
     ShardMismatchError,
 )
-from clickqueue.codec import LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE
+from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE, frame_payload, taken_value
 
 
 # -- writing and reading ---------------------------------------------------------------------
@@ -104,9 +104,22 @@ def test_requeued_messages_come_back_and_are_counted(make_queue):
 
 def test_read_multi_leaves_expiring_taken_marks_not_messages(make_queue, cache):
     queue = make_queue()
-    queue.write_multi(["a", "b"])
-    assert queue.read_multi() == ["a", "b"]
-    assert cache.get_multi(queue.keys.slots(0, [1, 2])) == dict.fromkeys(queue.keys.slots(0, [1, 2]), TAKEN)
+    queue.write("a")
+    queue.write_multi(["b", "c"])  # a frame in slot 2, spanning slot 3
+    assert queue.read_multi() == ["a", "b", "c"]
+    assert cache.get_multi(queue.keys.slots(0, [1, 2, 3])) == {queue.keys.slot(0, 1): TAKEN, queue.keys.slot(0, 2): taken_value(2)}
+
+
+def test_write_multi_stores_its_messages_as_frames_in_the_first_slot_of_each(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(list(range(FRAME_MESSAGES + 1)))
+    slots = queue.keys.slots(0, range(1, FRAME_MESSAGES + 3))
+    stored = cache.get_multi(slots)
+    assert stored == {
+        queue.keys.slot(0, 1): frame_payload(list(range(FRAME_MESSAGES))),
+        queue.keys.slot(0, FRAME_MESSAGES + 1): b"%d" % FRAME_MESSAGES,
+    }
+    assert queue.stats().depth == FRAME_MESSAGES + 1
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -125,6 +138,7 @@ for _ in range(70):
         (float("nan"), MessageEncodingError),
         ({"x": float("inf")}, MessageEncodingError),
         (DEEP, MessageEncodingError),
+        ("a lone surrogate \ud800", MessageEncodingError),
         ("x" * (MAX_MESSAGE_BYTES + 1), MessageTooLargeError),
         (["é" * (MAX_MESSAGE_BYTES // 2)], MessageTooLargeError),
     ],
@@ -275,7 +289,8 @@ def test_foreign_value_in_a_slot_is_skipped_counted_once_and_never_unpickled(mak
     Exploit.marker = tmp_path / "pwned"
     value = pickle.dumps(Exploit()) if kind == "pickle" else FOREIGN_VALUES[kind]
     queue = make_queue()
-    queue.write_multi(["before", "placeholder", "after"])
+    for message in ["before", "placeholder", "after"]:
+        queue.write(message)
     slot = queue.keys.slot(0, 2)
     cache.delete_multi([slot])
     cache.add_multi({slot: value})
@@ -285,9 +300,45 @@ def test_foreign_value_in_a_slot_is_skipped_counted_once_and_never_unpickled(mak
     assert (stats.skipped, stats.lost, stats.read, stats.written) == (1, 1, 2, 3)
 
 
+@pytest.mark.parametrize("kind", ["garbage bytes", "a lease mark that is not ours"])
+def test_foreign_value_in_place_of_a_frame_counts_every_message_of_the_frame_lost(make_queue, cache, kind):
+    queue = make_queue()
+    queue.write("before")
+    queue.write_multi(["f1", "f2", "f3"])  # slots 2 to 4
+    queue.write("after")
+    cache.delete_multi([queue.keys.slot(0, 2)])
+    cache.add_multi({queue.keys.slot(0, 2): FOREIGN_VALUES[kind]})
+    assert queue.read_multi() == ["before", "after"]
+    stats = queue.stats()
+    assert (stats.skipped, stats.lost, stats.read, stats.written) == (3, 3, 2, 5)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(FRAME_PREFIX + b"3\n[1,2]", id="an-array-shorter-than-its-count"),
+        pytest.param(FRAME_PREFIX + b'2\n{"a":1,"b":2}', id="not-an-array"),
+        pytest.param(FRAME_PREFIX + b"1\n[1]", id="a-count-of-one"),
+        pytest.param(FRAME_PREFIX + b"%d\n[" % (FRAME_MESSAGES + 1) + b",".join([b"1"] * (FRAME_MESSAGES + 1)) + b"]", id="over-the-most"),
+        pytest.param(FRAME_PREFIX + b"2\n[1,2", id="not-json"),
+        pytest.param(FRAME_PREFIX + b"2\n[\xff,1]", id="not-utf-8"),
+        pytest.param(FRAME_PREFIX + b"x2\n[1,2]", id="a-count-that-is-not-a-number"),
+    ],
+)
+def test_malformed_frame_is_foreign_skipped_and_counted_once(make_queue, cache, frame):
+    queue = make_queue()
+    for message in ["a", "placeholder", "b"]:
+        queue.write(message)
+    cache.delete_multi([queue.keys.slot(0, 2)])
+    cache.add_multi({queue.keys.slot(0, 2): frame})
+    assert queue.read_multi() == ["a", "b"]
+    assert (queue.stats().skipped, queue.stats().lost) == (1, 1)
+
+
 def test_foreign_value_in_a_leased_batch_is_counted_once_across_redeliveries(make_queue, cache, clock):
     queue = make_queue()
-    queue.write_multi(["a", "b", "c"])
+    for message in ["a", "b", "c"]:
+        queue.write(message)
     slot = queue.keys.slot(0, 2)
     cache.delete_multi([slot])
     cache.add_multi({slot: b"\xff not json"})
@@ -305,7 +356,8 @@ def test_a_planted_pickle_never_runs_through_the_app_engine_api(testbed, tmp_pat
 
     Exploit.marker = tmp_path / "pwned"
     queue = Queue("q")
-    queue.write_multi(["before", "placeholder", "after"])
+    for message in ["before", "placeholder", "after"]:
+        queue.write(message)
     memcache.set(queue.keys.slot(0, 2), Exploit())  # the API pickles it, with the pickle flag
     assert queue.read_multi() == ["before", "after"]
     assert not Exploit.marker.exists()
@@ -354,7 +406,7 @@ def test_leased_messages_stay_stored_marked_with_the_lease_until_ack(make_queue,
     queue.write_multi([1, 2])
     lease = queue.lease(10, seconds=30)
     stored = cache.get_multi(lease.message_keys)
-    assert sorted(stored.values()) == [LEASE_PREFIX + lease.lease_id.encode() + b":" + m for m in (b"1", b"2")]
+    assert list(stored.values()) == [LEASE_PREFIX + lease.lease_id.encode() + b":" + frame_payload([1, 2])]
     assert lease.ack() is True
     assert cache.get_multi(lease.message_keys) == {}
     assert queue.stats().leased == 0
@@ -469,7 +521,7 @@ def test_ack_of_a_lease_the_queue_forgot_returns_false_and_clears_only_its_own_m
     cache.delete_multi([queue.keys.state])  # the state is lost: the lease is forgotten
     queue.write("written after the loss")
     assert lease.ack() is False
-    assert cache.get_multi(lease.message_keys) == dict.fromkeys(lease.message_keys, TAKEN)
+    assert cache.get_multi(lease.message_keys) == dict.fromkeys(lease.message_keys, taken_value(2))
     assert drain(queue) == ["written after the loss"]
 
 
@@ -503,19 +555,22 @@ def test_stats_are_zero_before_the_queue_exists(make_queue):
 
 def test_written_equals_read_plus_lost_plus_depth_plus_leased(make_queue, cache, clock):
     queue = make_queue(shards=2)
-    queue.write_multi(list(range(30)))  # one shard
-    queue.write_multi(list(range(30, 40)))  # the other
-    cache.delete_multi([queue.keys.slot(0, 3), queue.keys.slot(1, 4)])  # two evicted messages
+    for first in range(0, 30, 10):
+        queue.write_multi(list(range(first, first + 10)))  # frames in slots 1, 11, 21 of one shard
+        queue.write_multi(list(range(30 + first // 2, 35 + first // 2)))  # and in 1, 6, 11 of the other
+    for shard in (0, 1):  # the second frame of each is evicted: 15 messages
+        stored = cache.get_multi(queue.keys.slots(shard, range(1, 31)))
+        cache.delete_multi([sorted(stored, key=lambda key: int(key.rsplit(":", 1)[1]))[1]])
     held = queue.lease(7, seconds=30)
     queue.read_multi(9)
     stats = queue.stats()
-    assert stats.written == stats.read + stats.lost + stats.depth + stats.leased == 40
+    assert stats.written == stats.read + stats.lost + stats.depth + stats.leased == 45
     assert stats.leased == 7 and held.ack()
     stats = queue.stats()
-    assert stats.written == stats.read + stats.lost + stats.depth + stats.leased == 40
+    assert stats.written == stats.read + stats.lost + stats.depth + stats.leased == 45
     drain(queue, 1000)
     stats = queue.stats()
-    assert (stats.read, stats.lost, stats.depth, stats.leased) == (38, 2, 0, 0)
+    assert (stats.read, stats.lost, stats.depth, stats.leased) == (30, 15, 0, 0)
 
 
 # -- in-flight writes (a reader reaches a slot before its writer stores it) --------------------

@@ -30,7 +30,7 @@ from clickqueue import (
     WriteIncompleteError,
     wrap_client,
 )
-from clickqueue.codec import TAKEN
+from clickqueue.codec import FRAME_MESSAGES, TAKEN
 from clickqueue.queue import MAX_CACHE_CALLS_PER_CALL, MAX_EMPTY_ROUNDS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_LEASES, ReadState
@@ -207,11 +207,23 @@ def test_a_process_that_never_saw_the_queue_counts_a_lost_state_as_a_reset(make_
 
 def test_evicted_message_is_counted_as_lost(make_queue, cache):
     queue = make_queue()
-    queue.write_multi(range(5))
+    for message in range(5):
+        queue.write(message)
     cache.delete_multi([queue.keys.slot(0, 2), queue.keys.slot(0, 4)])
     assert drain(queue) == [0, 2, 4]
     stats = queue.stats()
     assert (stats.skipped, stats.lost, stats.written, stats.read) == (2, 2, 5, 3)
+
+
+def test_evicted_frame_is_counted_as_lost_with_every_message_in_it(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(["a", "b"])
+    queue.write_multi(range(5))  # one frame, slots 3 to 7
+    queue.write("c")
+    cache.delete_multi([queue.keys.slot(0, 3)])
+    assert drain(queue) == ["a", "b", "c"]
+    stats = queue.stats()
+    assert (stats.skipped, stats.lost, stats.written, stats.read) == (5, 5, 8, 3)
 
 
 def test_a_counter_pushed_far_ahead_costs_each_call_a_bounded_number_of_cache_calls(make_queue, cache):
@@ -376,11 +388,11 @@ def test_bug4_a_counter_repair_that_lost_its_race_records_no_gap(make_queue, cac
     Queue("q", RaceBeforeCounterAdd(cache, counter, another_repair_wins_and_writers_go_on), clock=clock).write(
         {"id": "late"}
     )
-    cache.delete_multi([queue.keys.slot(0, 18)])  # one of the 1,030, evicted
+    cache.delete_multi([queue.keys.slot(0, 2)])  # the first frame of the 1,030 (32 of them), evicted
     received = ids(drain(queue, 1000))
-    assert len(received) == 1031 and 16 not in received
+    assert len(received) == 1000 and not set(range(FRAME_MESSAGES)) & set(received)
     stats = queue.stats()
-    assert (stats.lost, stats.gapped) == (1, 0)
+    assert (stats.lost, stats.gapped) == (FRAME_MESSAGES, 0)
 
 
 def test_a_takeover_whose_reply_was_lost_never_passes_another_holders_takeover_for_its_own(
@@ -464,7 +476,8 @@ def test_bug9_pickled_dict_in_a_leased_slot_neither_crashes_nor_blocks_its_batch
     from google.appengine.api import memcache
 
     queue = Queue("q")
-    queue.write_multi(["a", "placeholder", "c"])
+    for message in ["a", "placeholder", "c"]:
+        queue.write(message)
     memcache.delete(queue.keys.slot(0, 2))
     memcache.set(queue.keys.slot(0, 2), {"pickled": "dict"})
     with queue.lease(10, seconds=30) as batch:
@@ -474,7 +487,8 @@ def test_bug9_pickled_dict_in_a_leased_slot_neither_crashes_nor_blocks_its_batch
 
 def test_taken_marks_and_tombstones_are_never_read_as_messages(make_queue, cache):
     queue = make_queue()
-    queue.write_multi(["a", "b"])
+    queue.write("a")
+    queue.write("b")
     cache.delete_multi([queue.keys.state])  # recovery will read these slots again
     slot_a, slot_b = queue.keys.slots(0, [1, 2])
     tokens = cache.gets_multi([slot_a, slot_b])
@@ -578,14 +592,15 @@ def test_hash_client_node_restarts_and_a_flush_never_deliver_a_message_under_two
 
 @pytest.mark.slow
 def test_eviction_in_a_small_memcached_is_counted_as_lost(small_memcached):
-    """20 MB of messages into a memcached of 8 MB: the oldest are evicted, and
-    every message is either read once or counted in ``lost``."""
+    """20 MB of messages into a memcached of 8 MB: the oldest frames are evicted,
+    and every message is either read once or counted in ``lost``."""
     with closing(small_memcached.client()) as client:
         queue = Queue("evict", client)
         payload = "x" * 1000
-        total = 20_000
-        for start in range(0, total, 100):
-            queue.write_multi([{"id": n, "pad": payload} for n in range(start, start + 100)])
+        batch = 3 * FRAME_MESSAGES  # whole frames: all of one size, evicted oldest first
+        total = batch * (20_000 // batch)
+        for start in range(0, total, batch):
+            queue.write_multi([{"id": n, "pad": payload} for n in range(start, start + batch)])
         received = []
         calls = 0
         while queue.stats().depth:
@@ -632,7 +647,8 @@ def test_marks_expire_and_messages_do_not(testbed, clock):
     from clickqueue.queue import TAKEN_SECONDS
 
     queue = Queue("q", clock=clock, tombstone_seconds=600, max_write_seconds=60)
-    queue.write_multi(["read", "held", "gone"])
+    for message in ["read", "held", "gone"]:
+        queue.write(message)
     assert expiry_seconds(queue.keys.slot(0, 3)) is None, "a message lives until read or evicted"
     assert queue.read() == "read"
     lease = queue.lease(1, seconds=30)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from clickqueue import MessageEncodingError, Queue, wrap_client
-from clickqueue.codec import SlotKind, encode_message, read_slot
+from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, TAKEN, SlotKind, encode_message, leased_value, frame_payload, read_slot, slot_span, taken_value
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -24,7 +24,19 @@ json_values = st.recursive(
 @given(json_values)
 def test_every_json_value_round_trips_through_the_encoding(value):
     slot = read_slot(encode_message(value))
-    assert (slot.kind, slot.message) == (SlotKind.MESSAGE, value)
+    assert (slot.kind, slot.messages) == (SlotKind.MESSAGE, (value,))
+
+
+@given(st.lists(json_values, min_size=1, max_size=FRAME_MESSAGES))
+def test_every_frame_round_trips_and_spans_one_slot_per_message(values):
+    value = frame_payload(values)
+    slot = read_slot(value)
+    assert (slot.kind, slot.messages, slot.span, slot_span(value)) == (SlotKind.MESSAGE, tuple(values), len(values), len(values))
+    leased = leased_value("a" * 32, value)
+    assert read_slot(leased, "a" * 32).messages == tuple(values)
+    assert (read_slot(leased).kind, read_slot(leased).span, slot_span(leased)) == (SlotKind.SETTLED, len(values), len(values))
+    taken = taken_value(len(values))
+    assert (read_slot(taken).kind, read_slot(taken).span, slot_span(taken)) == (SlotKind.SETTLED, len(values), len(values))
 
 
 @given(json_values)
@@ -34,10 +46,14 @@ def test_encoding_is_compact_json_and_never_a_mark(value):
     assert not encoded.startswith(b"\x00")
 
 
-@given(st.binary())
+@given(st.binary() | st.sampled_from([FRAME_PREFIX, LEASE_PREFIX + b"a" * 33 + FRAME_PREFIX, TAKEN + b":"]).flatmap(
+    lambda prefix: st.binary().map(lambda rest: prefix + rest)
+))
 def test_any_bytes_in_a_slot_read_as_a_message_a_mark_or_foreign_never_an_error(value):
-    slot = read_slot(value)
-    assert slot.kind in (SlotKind.MESSAGE, SlotKind.SETTLED, SlotKind.FOREIGN)
+    slot = read_slot(value, "a" * 32)
+    assert slot.kind in (SlotKind.MESSAGE, SlotKind.LEASED_TO_US, SlotKind.SETTLED, SlotKind.FOREIGN)
+    assert 1 <= slot_span(value) <= FRAME_MESSAGES
+    assert slot.span == len(slot.messages) or slot.kind in (SlotKind.SETTLED, SlotKind.FOREIGN)
 
 
 @given(st.one_of(st.sets(st.integers(), min_size=1), st.binary(min_size=1), st.just(float("nan")), st.builds(object)))

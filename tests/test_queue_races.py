@@ -20,7 +20,7 @@ from clickqueue import (
     WriteIncompleteError,
     wrap_client,
 )
-from clickqueue.codec import GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
+from clickqueue.codec import FRAME_BYTES, GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
 from clickqueue.queue import MAX_WRITE_ATTEMPTS, TAKEN_SECONDS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, ReadState, SlotRange
@@ -283,6 +283,20 @@ def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_
     assert stats_of(queue, "skipped", "retried", "lost", "depth") == (1500, 0, 1500, 0)
 
 
+def test_a_run_settled_in_bulk_tombstones_no_slot_past_its_first_message(cache, clock):
+    """What lies past the run's first message is not claimed: a tombstone there would
+    turn a writer away from a slot nobody counts yet."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write("first")
+    assert queue.read() == "first"
+    cache.incr(queue.keys.write_counter(0), 1500)  # writers that died after their incr
+    cache.add_multi({queue.keys.slot(0, 300): encode_message("stored late")})
+    assert queue.read_multi(1) == ["stored late"]
+    assert cache.get_multi(queue.keys.slots(0, range(301, 503))) == {}
+    assert set(cache.get_multi(queue.keys.slots(0, range(2, 300))).values()) == {TOMBSTONE}
+    assert stats_of(queue, "skipped", "lost") == (298, 298)
+
+
 def test_a_run_already_tombstoned_is_settled_in_bulk_without_a_tombstone_call(cache, clock):
     queue = Queue("q", cache, clock=clock)
     queue.write("first")
@@ -504,12 +518,36 @@ def test_a_write_counts_every_collision_it_met(cache, clock):
     assert drain(queue) == ["creates the queue", "third time lucky"]
 
 
+def alone(name: str) -> str:
+    """A message too large to share a frame: one per slot, so outcomes are per message."""
+    return name * (FRAME_BYTES // 2 + 1)
+
+
 def test_a_lost_reply_reports_stored_what_it_finds_stored_and_unknown_what_was_taken(cache, clock):
     queue = Queue("q", cache, clock=clock)
     queue.write("warm up")
     assert queue.read() == "warm up"
+    x, y = alone("x"), alone("y")
 
     class RepliesLostAndFirstTaken(CacheWrapper):
+        def add_multi(self, values, expire_seconds=0):
+            applied = self.inner.add_multi(values, expire_seconds)
+            if any(":m:" in key for key in values):
+                assert queue.read_multi(1) == [x]
+                return dict.fromkeys(applied)
+            return applied
+
+    with pytest.raises(WriteIncompleteError) as raised:
+        Queue("q", RepliesLostAndFirstTaken(cache), clock=clock).write_multi([x, y])
+    assert (raised.value.stored, raised.value.unknown) == ([1], [0])
+    assert (raised.value.key, raised.value.total) == (queue.keys.slot(0, 2), 2)
+    assert drain(queue) == [y]
+
+
+def test_a_frame_whose_reply_was_lost_and_whose_first_part_was_taken_is_unknown_whole(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+
+    class ReplyLostAndFirstPartTaken(CacheWrapper):
         def add_multi(self, values, expire_seconds=0):
             applied = self.inner.add_multi(values, expire_seconds)
             if any(":m:" in key for key in values):
@@ -518,10 +556,9 @@ def test_a_lost_reply_reports_stored_what_it_finds_stored_and_unknown_what_was_t
             return applied
 
     with pytest.raises(WriteIncompleteError) as raised:
-        Queue("q", RepliesLostAndFirstTaken(cache), clock=clock).write_multi(["x", "y"])
-    assert (raised.value.stored, raised.value.unknown) == ([1], [0])
-    assert (raised.value.key, raised.value.total) == (queue.keys.slot(0, 2), 2)
-    assert drain(queue) == ["y"]
+        Queue("q", ReplyLostAndFirstPartTaken(cache), clock=clock).write_multi(["x", "y"])
+    assert (raised.value.stored, raised.value.unknown) == ([], [0, 1])
+    assert drain(queue) == ["y"], "the rest of the frame was stored again after the part taken"
 
 
 def test_a_write_keeps_what_it_stored_and_an_unknown_outcome_while_it_retries_the_rest(cache, clock):
@@ -531,6 +568,7 @@ def test_a_write_keeps_what_it_stored_and_an_unknown_outcome_while_it_retries_th
     queue = Queue("q", cache, clock=clock)
     queue.write("warm up")
     assert queue.read() == "warm up"
+    x, y, z = alone("x"), alone("y"), alone("z")
     x_slot, y_slot, z_slot = queue.keys.slots(0, [2, 3, 4])
 
     class Racing(CacheWrapper):
@@ -538,14 +576,14 @@ def test_a_write_keeps_what_it_stored_and_an_unknown_outcome_while_it_retries_th
             if x_slot in values:
                 self.inner.add_multi({y_slot: TOMBSTONE})
                 applied = self.inner.add_multi(values, expire_seconds)
-                assert queue.read_multi(1) == ["x"]
+                assert queue.read_multi(1) == [x]
                 return applied | {x_slot: None}
             return self.inner.add_multi(values, expire_seconds)
 
     with pytest.raises(WriteIncompleteError) as raised:
-        Queue("q", Racing(cache), clock=clock).write_multi(["x", "y", "z"])
+        Queue("q", Racing(cache), clock=clock).write_multi([x, y, z])
     assert (raised.value.stored, raised.value.unknown, raised.value.total) == ([1, 2], [0], 3)
-    assert drain(queue) == ["z", "y"]
+    assert drain(queue) == [z, y]
 
 
 class TombstoneEachSlotFirst(CacheWrapper):

@@ -46,6 +46,25 @@ def test_claim_of_one_item_goes_to_the_fullest_shard():
     assert state([0, 0]).claim([3, 7], max_items=1) == [SlotRange(1, 1, 1)]
 
 
+def test_plan_claim_names_the_last_slot_per_shard_and_changes_nothing():
+    s = state([0, 5])
+    assert s.plan_claim([10, 6], max_items=6) == {1: 6, 0: 5}
+    assert (s.claimed, s.seen) == ([0, 5], [0, 5])
+
+
+def test_claim_to_ends_cut_shorter_than_planned_claims_only_to_them_and_skips_a_shard_cut_to_nothing():
+    s = state([0, 5], gaps=[SlotRange(0, 3, 9, in_gap=True)])
+    assert s.claim([10, 8], max_items=8, ends={0: 4, 1: 5}) == [SlotRange(0, 1, 2), SlotRange(0, 3, 4, True)]
+    assert (s.claimed, s.seen) == ([4, 5], [10, 8])
+    assert s.gaps == [SlotRange(0, 3, 9, True)], "a gap the cut claim did not pass stays"
+
+
+def test_in_gap_tells_the_slots_of_a_gap():
+    s = state([0], gaps=[SlotRange(0, 3, 5, in_gap=True)])
+    assert [s.in_gap(0, number) for number in (2, 3, 5, 6)] == [False, True, True, False]
+    assert not state([0, 0], gaps=[SlotRange(0, 3, 5, in_gap=True)]).in_gap(1, 4)
+
+
 def test_claim_splits_ranges_at_gaps_and_drops_gaps_claimed_past():
     s = state([0], gaps=[SlotRange(0, 3, 5, in_gap=True)])
     assert s.claim([8], max_items=8) == [SlotRange(0, 1, 2), SlotRange(0, 3, 5, True), SlotRange(0, 6, 8)]

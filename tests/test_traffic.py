@@ -7,7 +7,7 @@ from __future__ import annotations
 import crawleruseragents
 import pytest
 
-from handlers.traffic import GENERIC_HTTP_CLIENT_PATTERNS, Sender, is_bot, sender
+from handlers.traffic import GENERIC_HTTP_CLIENT_PATTERNS, USER_AGENTS_REMEMBERED, Sender, is_bot, sender
 
 BROWSERS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
@@ -78,6 +78,13 @@ def test_bot_crawler_or_preview_scraper_is_a_bot(user_agent):
 @pytest.mark.parametrize("user_agent", GENERIC_HTTP_CLIENTS)
 def test_generic_http_client_is_not_a_bot(user_agent):
     assert is_bot(user_agent) is False
+
+
+def test_a_user_agents_verdict_is_remembered_for_the_next_request_with_it():
+    is_bot.cache_clear()
+    assert [is_bot(BROWSERS[0]), is_bot(BROWSERS[0]), is_bot(BOTS[0])] == [False, False, True]
+    assert (is_bot.cache_info().hits, is_bot.cache_info().misses) == (1, 2)
+    assert is_bot.cache_info().maxsize == USER_AGENTS_REMEMBERED
 
 
 @pytest.mark.parametrize("pattern", sorted(GENERIC_HTTP_CLIENT_PATTERNS))

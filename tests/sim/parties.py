@@ -70,10 +70,10 @@ HUGE_BATCH = (40, 900_000)
 _MESSAGE_ID = re.compile(rb'"id":"(m\d+)"')
 
 
-def message_id_in(value: bytes) -> str | None:
-    """The id of the simulation's message stored as ``value``, if it is one."""
-    match = _MESSAGE_ID.search(value, 0, 200)
-    return match.group(1).decode() if match else None
+def message_ids_in(value: bytes) -> list[str]:
+    """The ids of the simulation's messages stored in ``value`` (a message, a frame of
+    them, or a lease's mark holding either), in their order there."""
+    return [match.decode() for match in _MESSAGE_ID.findall(value)]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from tests.sim.faults import (
 )
 from tests.sim.library import QUEUE_KEY_PREFIX, make_queue
 from tests.sim.oracle import Oracle, Phase, describe_error, is_documented_error
-from tests.sim.parties import OpContext, Operation, Party, Role, message_id_in
+from tests.sim.parties import OpContext, Operation, Party, Role, message_ids_in
 from tests.sim.scheduler import OpAborted, PartyKilled, Scheduler
 from tests.sim.simcache import FLAGS_BYTES, SimCache
 from tests.sim.swarm import Swarm
@@ -84,9 +84,8 @@ class _Call:
         return applied_count(self.fault, count)
 
     def deleted(self, value: bytes) -> None:
-        message_id = message_id_in(value)
-        if message_id is not None and self._context is not None:
-            self._context.deleted_ids.append(message_id)
+        if self._context is not None:
+            self._context.deleted_ids += message_ids_in(value)
 
 
 class PartyGate:
@@ -422,10 +421,12 @@ class World:
         """Where each of ``message_ids`` is stored: (shard, slot number) pairs, if anywhere."""
         wanted, slots = set(message_ids), {}
         for node, key in self.cache.entries():
-            if key.startswith(f"{QUEUE_KEY_PREFIX}m:") and (message := message_id_in(self.cache.nodes[node][key].value)):
-                if message in wanted:
-                    _m, shard, number = key.removeprefix(QUEUE_KEY_PREFIX).split(":")
-                    slots.setdefault(message, []).append((int(shard), int(number)))
+            if not key.startswith(f"{QUEUE_KEY_PREFIX}m:"):
+                continue
+            _m, shard, number = key.removeprefix(QUEUE_KEY_PREFIX).split(":")
+            for position, message in enumerate(message_ids_in(self.cache.nodes[node][key].value)):
+                if message in wanted:  # a frame's messages fill the slots after its own
+                    slots.setdefault(message, []).append((int(shard), int(number) + position))
         return slots
 
     def in_passed_slots(self, message_ids: Sequence[str]) -> list[str]:
