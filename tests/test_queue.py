@@ -179,9 +179,23 @@ def test_message_nested_one_level_past_the_limit_is_refused(make_queue, cache, s
     queue = make_queue()
     message = nested(MAX_MESSAGE_DEPTH)
     message = [message] if shape == "list" else {"deeper": message}
-    with pytest.raises(MessageEncodingError, match=f"nested deeper than {MAX_MESSAGE_DEPTH} levels"):
+    with pytest.raises(MessageEncodingError, match=f"nested deeper than {MAX_MESSAGE_DEPTH} levels") as raised:
         queue.write(message)
+    assert raised.value.message is message
     assert cache.calls == {}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param([[] for _ in range(2 * MAX_MESSAGE_DEPTH)], id="many-containers-side-by-side"),
+        pytest.param([nested(MAX_MESSAGE_DEPTH - 1), *[[]] * MAX_MESSAGE_DEPTH], id="at-the-limit-beside-others"),
+    ],
+)
+def test_message_with_more_brackets_than_the_depth_limit_but_no_deeper_is_accepted(make_queue, message):
+    queue = make_queue()
+    queue.write_multi([message, message])  # alone and in a frame
+    assert queue.read_multi() == [json.loads(json.dumps(message))] * 2
 
 
 @pytest.mark.parametrize(
@@ -323,6 +337,7 @@ def test_foreign_value_in_place_of_a_frame_counts_every_message_of_the_frame_los
         pytest.param(FRAME_PREFIX + b"2\n[1,2", id="not-json"),
         pytest.param(FRAME_PREFIX + b"2\n[\xff,1]", id="not-utf-8"),
         pytest.param(FRAME_PREFIX + b"x2\n[1,2]", id="a-count-that-is-not-a-number"),
+        pytest.param(FRAME_PREFIX + b"x\n[1]", id="a-count-that-is-not-a-number-of-one-message"),
     ],
 )
 def test_malformed_frame_is_foreign_skipped_and_counted_once(make_queue, cache, frame):

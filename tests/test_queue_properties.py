@@ -7,7 +7,7 @@ import random
 from conftest import APP_ID, FakeClock, PauseAfterIncr
 from google.appengine.api import memcache
 from google.appengine.ext import testbed as testbed_module
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -49,11 +49,17 @@ def test_encoding_is_compact_json_and_never_a_mark(value):
 @given(st.binary() | st.sampled_from([FRAME_PREFIX, LEASE_PREFIX + b"a" * 33 + FRAME_PREFIX, TAKEN + b":"]).flatmap(
     lambda prefix: st.binary().map(lambda rest: prefix + rest)
 ))
+@example(FRAME_PREFIX + b"2\n\n[1,2]")  # JSON may start with white space
+@example(FRAME_PREFIX + b"x\n[1]")
+@example(TAKEN + b":x")
+@example(LEASE_PREFIX + b"b" * 32 + b':"one message"')
 def test_any_bytes_in_a_slot_read_as_a_message_a_mark_or_foreign_never_an_error(value):
     slot = read_slot(value, "a" * 32)
     assert slot.kind in (SlotKind.MESSAGE, SlotKind.LEASED_TO_US, SlotKind.SETTLED, SlotKind.FOREIGN)
     assert 1 <= slot_span(value) <= FRAME_MESSAGES
     assert slot.span == len(slot.messages) or slot.kind in (SlotKind.SETTLED, SlotKind.FOREIGN)
+    if slot.kind is not SlotKind.FOREIGN:
+        assert slot_span(value) == slot.span, "the span read from the first bytes is the value's"
 
 
 @given(st.one_of(st.sets(st.integers(), min_size=1), st.binary(min_size=1), st.just(float("nan")), st.builds(object)))
