@@ -15,7 +15,9 @@ from clickqueue.codec import (
     encode_frames,
     encode_message,
     frame_payload,
+    SlotKind,
     leased_value,
+    read_slot,
     slot_span,
     taken_value,
 )
@@ -92,3 +94,22 @@ def test_a_frame_encoded_in_one_call_is_the_frame_made_message_by_message():
 )
 def test_the_span_of_a_value_is_read_from_its_first_bytes(value, span):
     assert slot_span(value) == span
+
+
+def test_a_frames_array_may_hold_white_space_as_json_does():
+    slot = read_slot(FRAME_PREFIX + b"2\n[1,\n 2]")
+    assert (slot.kind, slot.messages, slot.span) == (SlotKind.MESSAGE, (1, 2), 2)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(FRAME_PREFIX + b"0\n[]", id="zero"),
+        pytest.param(FRAME_PREFIX + b"1\n[1]", id="one"),
+        pytest.param(FRAME_PREFIX + b"%d\n[%s]" % (FRAME_MESSAGES + 1, b",".join([b"1"] * (FRAME_MESSAGES + 1))), id="past-the-most"),
+        pytest.param(FRAME_PREFIX + b"x\n[1]", id="not-a-number"),
+        pytest.param(FRAME_PREFIX + b"\n[]", id="none"),
+    ],
+)
+def test_a_frame_whose_count_is_not_2_to_frame_messages_is_foreign(value):
+    assert read_slot(value).kind is SlotKind.FOREIGN

@@ -129,24 +129,35 @@ for _ in range(70):
     DEEP = [DEEP]
 
 
+DEEPER_THAN_THE_ENCODER_GOES = []
+for _ in range(10_000):
+    DEEPER_THAN_THE_ENCODER_GOES = [DEEPER_THAN_THE_ENCODER_GOES]
+
+
 @pytest.mark.parametrize(
-    ("message", "error"),
+    ("message", "error", "says"),
     [
-        (object(), MessageEncodingError),
-        ({1, 2}, MessageEncodingError),
-        (b"bytes", MessageEncodingError),
-        (float("nan"), MessageEncodingError),
-        ({"x": float("inf")}, MessageEncodingError),
-        (DEEP, MessageEncodingError),
-        ("a lone surrogate \ud800", MessageEncodingError),
-        ("x" * (MAX_MESSAGE_BYTES + 1), MessageTooLargeError),
-        (["é" * (MAX_MESSAGE_BYTES // 2)], MessageTooLargeError),
+        (object(), MessageEncodingError, "Object of type object is not JSON serializable"),
+        ({1, 2}, MessageEncodingError, "Object of type set is not JSON serializable"),
+        (b"bytes", MessageEncodingError, "Object of type bytes is not JSON serializable"),
+        (float("nan"), MessageEncodingError, "Out of range float values are not JSON compliant"),
+        ({"x": float("inf")}, MessageEncodingError, "Out of range float values are not JSON compliant"),
+        (DEEP, MessageEncodingError, f"nested deeper than {MAX_MESSAGE_DEPTH} levels"),
+        (DEEPER_THAN_THE_ENCODER_GOES, MessageEncodingError, f"nested deeper than {MAX_MESSAGE_DEPTH} levels"),
+        ("a lone surrogate \ud800", MessageEncodingError, "surrogates not allowed"),
+        ("x" * (MAX_MESSAGE_BYTES + 1), MessageTooLargeError, f"message is {MAX_MESSAGE_BYTES + 3} bytes encoded"),
+        (["é" * (MAX_MESSAGE_BYTES // 2)], MessageTooLargeError, f"message is {MAX_MESSAGE_BYTES // 2 * 2 + 4} bytes encoded"),
     ],
+    ids=["object", "set", "bytes", "nan", "infinity", "too-deep", "deeper-than-the-encoder-goes", "lone-surrogate",
+         "too-large", "too-large-in-utf-8"],
 )
-def test_bad_message_is_refused_and_nothing_is_written(make_queue, cache, message, error):
+def test_bad_message_is_refused_and_nothing_is_written(make_queue, cache, message, error, says):
     queue = make_queue()
     with pytest.raises(error) as raised:
         queue.write_multi(["good", message])
+    assert says in str(raised.value)
+    if error is MessageEncodingError:
+        assert raised.value.message is message, "the error names the message it refused"
     assert isinstance(raised.value, ValueError)
     assert cache.calls == {}
     assert queue.read() is None
@@ -174,13 +185,14 @@ def test_message_nested_up_to_the_depth_limit_is_accepted(make_queue, depth):
     assert queue.read() == json.loads(json.dumps(nested(depth)))
 
 
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "in-a-frame"])
 @pytest.mark.parametrize("shape", ["list", "object"])
-def test_message_nested_one_level_past_the_limit_is_refused(make_queue, cache, shape):
+def test_message_nested_one_level_past_the_limit_is_refused(make_queue, cache, shape, alone):
     queue = make_queue()
     message = nested(MAX_MESSAGE_DEPTH)
     message = [message] if shape == "list" else {"deeper": message}
     with pytest.raises(MessageEncodingError, match=f"nested deeper than {MAX_MESSAGE_DEPTH} levels") as raised:
-        queue.write(message)
+        queue.write_multi([message] if alone else ["first", message, "last"])
     assert raised.value.message is message
     assert cache.calls == {}
 
@@ -338,6 +350,7 @@ def test_foreign_value_in_place_of_a_frame_counts_every_message_of_the_frame_los
         pytest.param(FRAME_PREFIX + b"2\n[\xff,1]", id="not-utf-8"),
         pytest.param(FRAME_PREFIX + b"x2\n[1,2]", id="a-count-that-is-not-a-number"),
         pytest.param(FRAME_PREFIX + b"x\n[1]", id="a-count-that-is-not-a-number-of-one-message"),
+        pytest.param(FRAME_PREFIX + b"0\n[]", id="a-count-of-zero-and-no-messages"),
     ],
 )
 def test_malformed_frame_is_foreign_skipped_and_counted_once(make_queue, cache, frame):

@@ -51,6 +51,7 @@ def test_encoding_is_compact_json_and_never_a_mark(value):
 ))
 @example(FRAME_PREFIX + b"2\n\n[1,2]")  # JSON may start with white space
 @example(FRAME_PREFIX + b"x\n[1]")
+@example(FRAME_PREFIX + b"0\n[]")
 @example(TAKEN + b":x")
 @example(LEASE_PREFIX + b"b" * 32 + b':"one message"')
 def test_any_bytes_in_a_slot_read_as_a_message_a_mark_or_foreign_never_an_error(value):
