@@ -852,9 +852,6 @@ class _Slots:
         the claim took it all, outside any gap (the common case)."""
         return self if ranges == self.ranges else _Slots(keys, ranges)
 
-    def __iter__(self) -> Iterator[_Slot]:
-        return iter(self.slots)
-
     def __len__(self) -> int:
         return len(self.slots)
 
