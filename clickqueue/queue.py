@@ -58,7 +58,8 @@ Counts live in the state, changed in the same CAS as what they count:
 ``skipped`` (claimed slots outside gaps that gave no message) and ``gapped``
 (inside gaps), counted before the reader tombstones anything, corrected after;
 ``retried`` (slots a writer left for a tombstone, counted once its message is
-stored elsewhere); ``resets``. From these and the counters, ``stats()`` derives
+stored elsewhere, or named as not stored in the error ``write_multi`` raised
+when it gave up: not written, so no loss); ``resets``. From these and the counters, ``stats()`` derives
 ``lost = skipped - retried`` and ``written == read + lost + depth + leased``.
 
 Invariants, and why they hold
@@ -87,7 +88,7 @@ Invariants, and why they hold
 6. Loss is counted: a message that is never delivered left its slot empty or
    foreign when claimed (counted in ``skipped`` before the tombstone that
    could turn its writer away), and ``retried`` is counted only for messages
-   that were stored elsewhere. A slot a frame spans counts as holding a
+   that were stored elsewhere or whose caller was told they were not stored. A slot a frame spans counts as holding a
    message only while the claim saw that frame; a frame that never got its
    first slot leaves every slot it would have spanned to be counted.
 7. ``lease(k)`` and ``read_multi(k)`` return at most ``k`` messages: a claim
@@ -204,7 +205,16 @@ from clickqueue.errors import (
 )
 from clickqueue.keys import QueueKeys
 from clickqueue.recovery import Recovery, decimal
-from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, LeaseRecord, ReadState, SlotRange, StateStore
+from clickqueue.state import (
+    MAX_CAS_ATTEMPTS,
+    MAX_LEASES,
+    MAX_STATE_BYTES,
+    LeaseRecord,
+    ReadState,
+    SlotRange,
+    StateStore,
+    cas_pause_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -314,8 +324,9 @@ class Queue:
     ``client`` is None for App Engine memcache, a pymemcache client for
     memcached, or any object with the ``clickqueue.cache.Cache`` methods.
     Every process using one queue name must use the same ``shards``. ``clock``
-    gives lease deadlines and the writers' stall check; ``rng`` gives lease ids
-    and the first shard (a seeded one makes a simulation replayable).
+    gives lease deadlines and the writers' stall check; ``sleep`` the pause
+    after a lost compare-and-set; ``rng`` gives lease ids, the first shard and
+    those pauses (a seeded one makes a simulation replayable).
     """
 
     def __init__(
@@ -325,6 +336,7 @@ class Queue:
         *,
         shards: int = 1,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         tombstone_seconds: int = 3600,
         max_write_seconds: float = 60,
@@ -345,13 +357,14 @@ class Queue:
         self.cache = ObservedCache(wrap_client(client), self._budget.spend)
         self.shards = shards
         self.clock = clock
+        self._sleep = sleep
         self.tombstone_seconds = tombstone_seconds
         self.max_write_seconds = max_write_seconds
         self._rng = rng or random.SystemRandom()
         first_shard = self._rng.randrange(shards)
         self._writer_shards = itertools.cycle([*range(first_shard, shards), *range(first_shard)])
         self._counter_keys = [self.keys.write_counter(shard) for shard in range(shards)]
-        self._store = StateStore(self.cache, self.keys, shards, self._budget.check)
+        self._store = StateStore(self.cache, self.keys, shards, self._budget.check, self._pause_after_failed_cas)
         self._recovery = Recovery(
             self.cache, self.keys, self._store, seen_before=lambda: self._seen_queue, check_budget=self._budget.check
         )
@@ -379,7 +392,7 @@ class Queue:
         if (size := sum(len(payload) for _messages, payload in batch)) > MAX_BATCH_BYTES:
             raise BatchTooLargeError("bytes", size, MAX_BATCH_BYTES)
         if batch:
-            _BatchWrite(self, batch).run()
+            _BatchWrite(self, batch, errors_reach_caller=True).run()
 
     @_one_call
     def requeue(self, messages: Iterable[Any]) -> None:
@@ -461,7 +474,7 @@ class Queue:
         lease), reading them first: 3 cache calls (``gets_multi`` of the state and
         counters, of the slots, ``cas_multi``), plus repairs of whatever the first
         finds missing, plus 2 to settle runs of slots without messages (``_settle_runs``)."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+        for attempt in range(1, MAX_CAS_ATTEMPTS + 1):
             self._budget.check()
             found = self.cache.gets_multi([self.keys.state, *self._counter_keys])
             if self.keys.state not in found:
@@ -490,7 +503,11 @@ class Queue:
             applied = self.cache.cas_multi({self.keys.state: (encoded, token)})[self.keys.state]
             if applied or (applied is None and self._claim_landed(claim)):
                 return claim
+            self._pause_after_failed_cas(attempt)
         raise ContentionError(self.keys.state, MAX_CAS_ATTEMPTS)
+
+    def _pause_after_failed_cas(self, failed_attempts: int) -> None:
+        self._sleep(cas_pause_seconds(failed_attempts, self._rng))
 
     def _plan_claim(
         self,
@@ -716,7 +733,7 @@ class Queue:
         numbers; elsewhere if a reader got there first), or a frame that did not fit.
         What cannot be stored is left to be counted: its slots hold nothing."""
         try:
-            _BatchWrite(self, encode_frames(messages), placed=placed).run()
+            _BatchWrite(self, encode_frames(messages), errors_reach_caller=False, placed=placed).run()
         except (CacheUnavailableError, ContentionError, WriteFailedError, WriteIncompleteError) as error:
             logger.warning("queue %s: could not store %d messages again: %s", self.name, len(messages), error)
 
@@ -916,13 +933,23 @@ class _BatchWrite:
     """One ``write_multi``: its payloads (``encode_frames``), slots taken, frames added
     and settled, and what is stored so far.
 
+    ``errors_reach_caller``: the error of a write that gives up tells its caller
+    which messages it did not store (``write_multi``), so the slots they left to
+    tombstones are no loss; a reader storing messages again has no caller to tell.
     ``placed`` (shard, slot) makes the first attempt store the batch from that slot
     on, without an ``incr``: the rest of a frame a claim took the first part of.
     """
 
-    def __init__(self, queue: Queue, batch: list[tuple[range, bytes]], placed: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        batch: list[tuple[range, bytes]],
+        errors_reach_caller: bool,
+        placed: tuple[int, int] | None = None,
+    ) -> None:
         self.queue = queue
         self.batch = batch
+        self.errors_reach_caller = errors_reach_caller
         self.total = sum(len(indices) for indices, _payload in batch)
         self.placed = placed
         self.stored: list[int] = []
@@ -1043,12 +1070,16 @@ class _BatchWrite:
 
     def _record_counts(self) -> None:
         """Add what this write counted to the state, at most once (a count lost to an
-        error only makes ``lost`` larger). The slots of turned-away frames that no
+        error only makes ``lost`` larger). A slot a message left to a tombstone
+        counts as retried once the message is accounted for: stored elsewhere, or
+        named to the caller as not stored. The slots of turned-away frames that no
         tombstone settled hold nothing: each is claimed here where it is next in
-        line, and counts as retried (for a message stored elsewhere) unless it lies
-        in a gap; one further on is counted skipped by the reader that claims it."""
-        stored = set(self.stored)
-        retried = sum(count for index, count in self.left_tombstoned.items() if index in stored)
+        line, and counts as retried (for a message accounted for) unless it lies in
+        a gap; one further on is counted skipped by the reader that claims it."""
+        accounted = set(self.stored)
+        if self.errors_reach_caller:
+            accounted = set(range(self.total)) - set(self.unknown)
+        retried = sum(count for index, count in self.left_tombstoned.items() if index in accounted)
         undecided = sorted(self.undecided)
 
         def count(state: ReadState) -> None:
@@ -1057,7 +1088,7 @@ class _BatchWrite:
                 in_gap = state.in_gap(shard, number)
                 if number == state.claimed[shard] + 1:
                     state.settle_run(shard, int(not in_gap), int(in_gap))
-                turned_away += index in stored and not in_gap  # claimed or to be: counted as skipped
+                turned_away += index in accounted and not in_gap  # claimed or to be: counted as skipped
             state.counts.retried += retried + turned_away
             state.counts.collided += self.collided
 

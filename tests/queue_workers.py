@@ -109,11 +109,17 @@ class Delivery:
 
 
 def read_messages(
-    queue: Queue, writers_done: Callable[[], bool], seed: int, lease_only: bool = False, idle_rounds: int = 3
+    queue: Queue,
+    writers_done: Callable[[], bool],
+    seed: int,
+    lease_only: bool = False,
+    idle_rounds: int = 3,
+    retried: tuple[type[Exception], ...] = (CacheUnavailableError, ContentionError),
 ) -> list[Delivery]:
     """Read by ``read_multi`` and by ``lease`` + ack at random (leases only if
     ``lease_only``) until writers are done and the queue gives nothing
-    ``idle_rounds`` times running. A call the cache fails is made again later."""
+    ``idle_rounds`` times running. A call that raises one of ``retried`` (the
+    cache failed it) is made again later; any other error ends the reader."""
     rng = random.Random(seed)
     deliveries: list[Delivery] = []
     empty_rounds = calls = 0
@@ -122,7 +128,7 @@ def read_messages(
         calls += 1
         try:
             got = _read_once(queue, rng, lease_only, f"read:{seed}:{calls}", deliveries)
-        except (CacheUnavailableError, ContentionError):
+        except retried:
             time.sleep(RETRY_PAUSE_SECONDS)
             empty_rounds = 0
             continue
@@ -155,11 +161,17 @@ def writer_process(addresses, shards: int, writer_index: int, count: int, store_
     client.close()
 
 
-def reader_process(addresses, shards: int, reader_index: int, done_flag: str, out: str, lease_only: bool, start) -> None:
+def reader_process(
+    addresses, shards: int, reader_index: int, done_flag: str, out: str, lease_only: bool, retried: tuple, start
+) -> None:
     start.wait()
     client = memcached_client(addresses)
     deliveries = read_messages(
-        memcached_queue(client, shards), Path(done_flag).exists, seed=1000 + reader_index, lease_only=lease_only
+        memcached_queue(client, shards),
+        Path(done_flag).exists,
+        seed=1000 + reader_index,
+        lease_only=lease_only,
+        retried=retried,
     )
     Path(out).write_text(json.dumps([[d.message_id, d.owner, d.attempt] for d in deliveries]))
     client.close()
@@ -185,11 +197,13 @@ def run_on_memcached(
     store_delay_seconds: float = 0.0,
     during: Callable[[], None] | None = None,
     lease_only: bool = False,
+    readers_retry: tuple[type[Exception], ...] = (CacheUnavailableError, ContentionError),
 ) -> RunResult:
     """Run writer and reader processes on memcached; return every delivery.
 
     Every process waits until all have started; ``during``, if given, runs in
-    this process once a third of the messages are written.
+    this process once a third of the messages are written. A reader exits
+    with an error (failing the run) on any exception not in ``readers_retry``.
     """
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(writers + readers + 1)
@@ -203,7 +217,10 @@ def run_on_memcached(
         for index, out in enumerate(writer_outputs)
     ]
     reader_processes = [
-        context.Process(target=reader_process, args=(addresses, shards, index, str(done_flag), str(out), lease_only, start))
+        context.Process(
+            target=reader_process,
+            args=(addresses, shards, index, str(done_flag), str(out), lease_only, readers_retry, start),
+        )
         for index, out in enumerate(reader_outputs)
     ]
     processes = writer_processes + reader_processes

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from queue_workers import message_ids, read_messages, run_on_memcached, write_messages
 
-from clickqueue import Queue, QueueStats
+from clickqueue import CacheUnavailableError, Queue, QueueStats
 
 WRITERS, READERS, PER_WRITER = 4, 3, 3000  # 12,000 messages
 
@@ -57,11 +57,27 @@ def test_threads_on_the_app_engine_stub_get_every_message_exactly_once(testbed, 
     assert_exactly_once([message_id for ids in received for message_id in ids], Queue("load", shards=shards))
 
 
+NO_CONTENTION_ALLOWED = (CacheUnavailableError,)
+"""Readers retry only what the cache failed: with no faults, a ``ContentionError`` fails the run."""
+
+
 @pytest.mark.parametrize("shards", [1, 4])
 def test_processes_on_memcached_get_every_message_exactly_once(memcached_server, memcached_client, tmp_path, shards):
-    run = run_on_memcached([memcached_server.address], tmp_path, shards, WRITERS, READERS, PER_WRITER)
+    run = run_on_memcached(
+        [memcached_server.address], tmp_path, shards, WRITERS, READERS, PER_WRITER, readers_retry=NO_CONTENTION_ALLOWED
+    )
     assert run.unknown_writes == []
     assert_exactly_once(run.received, Queue("load", memcached_client, shards=shards))
+
+
+def test_readers_racing_on_a_nearly_drained_queue_never_give_up(memcached_server, memcached_client, tmp_path):
+    """More readers than writers on one shard: claims collide on the state all the
+    time, yet no reader loses every compare-and-set (the pause after a lost one
+    breaks the lockstep) and every message arrives exactly once."""
+    run = run_on_memcached(
+        [memcached_server.address], tmp_path, 1, WRITERS, 2 * READERS, PER_WRITER, readers_retry=NO_CONTENTION_ALLOWED
+    )
+    assert_exactly_once(run.received, Queue("load", memcached_client))
 
 
 @pytest.mark.parametrize("shards", [1, 4])
@@ -71,7 +87,14 @@ def test_readers_that_reach_slots_before_their_writers_lose_nothing(
     """Writers linger up to 10 ms between incr and add: readers tombstone empty slots,
     writers retry, and still every message arrives exactly once."""
     run = run_on_memcached(
-        [memcached_server.address], tmp_path, shards, WRITERS, READERS, PER_WRITER, store_delay_seconds=0.01
+        [memcached_server.address],
+        tmp_path,
+        shards,
+        WRITERS,
+        READERS,
+        PER_WRITER,
+        store_delay_seconds=0.01,
+        readers_retry=NO_CONTENTION_ALLOWED,
     )
     stats = assert_exactly_once(run.received, Queue("load", memcached_client, shards=shards))
     assert stats.retried > 0, "the in-flight race was exercised"

@@ -220,10 +220,35 @@ class EveryStateCasLost(CacheWrapper):
 
 def test_a_claim_that_loses_every_compare_and_set_gives_up_naming_the_state(cache, clock):
     Queue("q", cache, clock=clock).write("a")
-    queue = Queue("q", EveryStateCasLost(cache), clock=clock)
+    pauses = []
+    queue = Queue("q", EveryStateCasLost(cache), clock=clock, sleep=pauses.append)
     with pytest.raises(ContentionError) as raised:
         queue.read()
     assert (raised.value.key, raised.value.attempts) == (queue.keys.state, MAX_CAS_ATTEMPTS)
+    assert len(pauses) == MAX_CAS_ATTEMPTS
+
+
+class FirstStateCasesLost(CacheWrapper):
+    def __init__(self, inner, lost):
+        super().__init__(inner)
+        self.lost = lost
+
+    def cas_multi(self, values, expire_seconds=0):
+        if self.lost and any(key.endswith(":state") for key in values):
+            self.lost -= 1
+            return dict.fromkeys(values, False)
+        return self.inner.cas_multi(values, expire_seconds)
+
+
+def test_a_claim_that_loses_a_compare_and_set_pauses_a_random_growing_time_before_it_tries_again(cache, clock):
+    """Two readers that meet in step would stay in step without it, and one could lose every attempt."""
+    Queue("q", cache, clock=clock).write("a")
+    pauses = []
+    queue = Queue("q", FirstStateCasesLost(cache, lost=3), clock=clock, sleep=pauses.append, rng=random.Random(7))
+    assert queue.read() == "a"
+    assert len(pauses) == 3
+    assert [0 <= pause <= bound for pause, bound in zip(pauses, [0.001, 0.002, 0.004])] == [True] * 3
+    assert len(set(pauses)) == 3
 
 
 def test_a_corrupt_state_is_replaced_with_a_warning(cache, clock, caplog):
@@ -681,6 +706,34 @@ def test_a_write_turned_away_from_every_slot_gives_up_after_max_write_attempts_n
         f"write_multi stored 0 of 1 messages (0 unknown): gave up after 100 attempts found their slots taken; "
         f"last key {last_slot!r}"
     )
+
+
+class AReaderClaimsEverySlotFirst(CacheWrapper):
+    """A reader's claim always reaches the slots a writer took before it can store:
+    it counts them skipped and tombstones them."""
+
+    def __init__(self, inner, clock):
+        super().__init__(inner)
+        self.reader = Queue("q", inner, clock=clock)
+
+    def add_multi(self, values, expire_seconds=0):
+        if any(":m:" in key for key in values) and TOMBSTONE not in values.values():
+            self.reader.read_multi(100)
+        return self.inner.add_multi(values, expire_seconds)
+
+
+@pytest.mark.parametrize("messages", [["never stored"], ["a", "b", "c"]], ids=["one message", "one frame of three"])
+def test_a_write_that_gives_up_counts_the_slots_it_left_as_retried_not_lost(cache, clock, messages):
+    """Its error tells the caller nothing was stored: those messages were never
+    written, so the tombstoned slots they left are no loss."""
+    Queue("q", cache, clock=clock).write("first")
+    with pytest.raises(WriteFailedError) as raised:
+        Queue("q", AReaderClaimsEverySlotFirst(cache, clock), clock=clock).write_multi(messages)
+    assert raised.value.stored == []
+    queue = Queue("q", cache, clock=clock)
+    left = MAX_WRITE_ATTEMPTS * len(messages)
+    assert stats_of(queue, "written", "read", "skipped", "retried", "lost") == (1, 1, left, left, 0)
+    assert_identity(queue)
 
 
 def test_a_writer_that_stalls_exactly_max_write_seconds_keeps_its_slot(cache, clock):

@@ -24,7 +24,7 @@ def cache(testbed):
 
 
 def recovery(cache, shards=1, seen_before=False):
-    store = StateStore(cache, KEYS, shards, check_budget=lambda: None)
+    store = StateStore(cache, KEYS, shards, check_budget=lambda: None, pause_after_failed_cas=lambda failed: None)
     return Recovery(cache, KEYS, store, seen_before=lambda: seen_before, check_budget=lambda: None)
 
 

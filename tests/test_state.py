@@ -1,12 +1,21 @@
 """The read state's rules, without a cache: claims, gaps, runs, leases, encoding."""
 
 import json
+import random
 
 import pytest
 
 from clickqueue import ContentionError, CorruptStateError, ShardMismatchError
 from clickqueue.keys import QueueKeys
-from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_STATE_BYTES, LeaseRecord, ReadState, SlotRange, StateStore
+from clickqueue.state import (
+    MAX_CAS_ATTEMPTS,
+    MAX_STATE_BYTES,
+    LeaseRecord,
+    ReadState,
+    SlotRange,
+    StateStore,
+    cas_pause_seconds,
+)
 
 KEY = "cq:q:state"
 
@@ -187,7 +196,7 @@ def test_a_state_of_another_shard_count_is_a_mismatch_not_corruption():
 
 
 def test_encode_drops_the_oldest_gaps_when_the_state_would_outgrow_its_budget(testbed):
-    store = StateStore(None, QueueKeys("q"), shards=1, check_budget=lambda: None)
+    store = StateStore(None, QueueKeys("q"), shards=1, check_budget=lambda: None, pause_after_failed_cas=lambda failed: None)
     s = state([0], gaps=[SlotRange(0, n * 10 + 1, n * 10 + 5, True) for n in range(30_000)])
     encoded = store.encode(s)
     assert len(encoded) <= MAX_STATE_BYTES
@@ -219,7 +228,7 @@ def bump(s):
 
 
 def store_on(cache):
-    return StateStore(cache, QueueKeys("q"), shards=1, check_budget=lambda: None)
+    return StateStore(cache, QueueKeys("q"), shards=1, check_budget=lambda: None, pause_after_failed_cas=lambda failed: None)
 
 
 def test_change_retries_a_lost_cas_until_it_lands():
@@ -233,6 +242,36 @@ def test_change_gives_up_with_contention_error_after_its_attempts():
     cache = ScriptedCas([False] * MAX_CAS_ATTEMPTS)
     with pytest.raises(ContentionError):
         store_on(cache).change(bump)
+
+
+def test_change_pauses_after_each_failed_compare_and_set_counting_them():
+    pauses = []
+    store = StateStore(
+        ScriptedCas([False, None, False, True]), QueueKeys("q"), shards=1, check_budget=lambda: None,
+        pause_after_failed_cas=pauses.append,
+    )
+    assert store.change(bump) is True
+    assert pauses == [1, 2, 3]
+
+
+class Bounds:
+    """An rng whose ``uniform`` returns the interval it was asked for."""
+
+    def uniform(self, low, high):
+        return (low, high)
+
+
+@pytest.mark.parametrize(
+    "failed_attempts, bound_seconds",
+    [(1, 0.001), (2, 0.002), (3, 0.004), (5, 0.016), (6, 0.02), (MAX_CAS_ATTEMPTS, 0.02)],
+)
+def test_the_pause_after_a_failed_cas_is_random_up_to_a_bound_that_doubles_to_its_cap(failed_attempts, bound_seconds):
+    assert cas_pause_seconds(failed_attempts, Bounds()) == (0, bound_seconds)
+
+
+def test_the_pause_after_a_failed_cas_is_drawn_from_the_rng():
+    draws = {cas_pause_seconds(4, random.Random(seed)) for seed in range(50)}
+    assert len(draws) == 50 and all(0 <= draw <= 0.008 for draw in draws)
 
 
 def test_change_without_a_landed_check_tries_an_unanswered_cas_again():

@@ -19,4 +19,4 @@ QUEUE_KEY_PREFIX = f"cq:{QUEUE_NAME}:"
 
 def make_queue(cache: ContractView, clock: Callable[[], float], rng: random.Random, options: dict[str, Any]) -> Queue:
     """A Queue on ``cache`` (a view) with the run's ``options`` (shards, tombstone_seconds...)."""
-    return Queue(QUEUE_NAME, cache, clock=clock, rng=rng, **options)
+    return Queue(QUEUE_NAME, cache, clock=clock, sleep=lambda seconds: None, rng=rng, **options)
