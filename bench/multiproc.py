@@ -21,6 +21,7 @@ from typing import Any
 
 from pymemcache.client.base import Client
 
+from bench import memcached_stats
 from bench.workload import make_messages
 from clickqueue import CountingCache, Queue, QueueKeys, wrap_client
 
@@ -202,14 +203,18 @@ def run_sharded(address: tuple[str, int], shards: int, workload: Workload) -> di
     """One multi-process run on an emptied memcached.
 
     The queue's own counts (``retried``: writers that lost a slot to a reader's
-    tombstone, ``lost``) come from ``Queue.stats()`` afterwards.
+    tombstone, ``lost``) come from ``Queue.stats()`` afterwards, with memcached's
+    ``evictions`` during the run: with no fault injected, eviction is what can
+    make ``lost`` more than 0 (the earlier parts give memory to other slab classes).
     """
     client = Client(address)
     try:
         client.flush_all(noreply=False)
+        evictions_before = memcached_stats.general(client)["evictions"]
         config = RunConfig(address, f"bench-mp-{shards}", shards, workload)
         summary = summarize(config, run_processes(config))
         stats = Queue(config.queue_name, client, shards=shards).stats()
+        evictions = int(memcached_stats.general(client)["evictions"] - evictions_before)
     finally:
         client.close()
-    return {**summary, "retried": stats.retried, "lost": stats.lost}
+    return {**summary, "retried": stats.retried, "lost": stats.lost, "evictions": evictions}

@@ -158,6 +158,7 @@ def render_text(document: dict[str, Any]) -> str:
                 "cas/read",
                 "retried",
                 "lost",
+                "evictions",
                 "read=written",
             ],
             [
@@ -172,6 +173,7 @@ def render_text(document: dict[str, Any]) -> str:
                     f"{run['cas_per_read_multi']:.2f}",
                     str(run["retried"]),
                     str(run["lost"]),
+                    str(run["evictions"]),
                     "yes"
                     if run["messages_read"] == run["messages_written"]
                     else f"NO {run['messages_read']}/{run['messages_written']}",
