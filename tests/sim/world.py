@@ -386,6 +386,19 @@ class World:
         except CorruptStateError:
             return None
 
+    def slots_to_walk(self) -> int:
+        """Slots below the write counters that no reader has claimed yet (ground truth):
+        what readers must walk, a bounded step per call, before the newest messages."""
+        state = self._state()
+        if state is None:
+            return 0
+        walk = 0
+        for shard, claimed in enumerate(state.claimed):
+            item = self.cache.get(f"{QUEUE_KEY_PREFIX}w:{shard}")
+            if item is not None and item.value.isdigit():
+                walk += max(0, int(item.value) - claimed)
+        return walk
+
     def unclaimed_gap_slots(self) -> int:
         """Gap slots the state holds that no reader has claimed yet (ground truth)."""
         state = self._state()
