@@ -1072,14 +1072,21 @@ class _BatchWrite:
         """Add what this write counted to the state, at most once (a count lost to an
         error only makes ``lost`` larger). A slot a message left to a tombstone
         counts as retried once the message is accounted for: stored elsewhere, or
-        named to the caller as not stored. The slots of turned-away frames that no
-        tombstone settled hold nothing: each is claimed here where it is next in
-        line, and counts as retried (for a message accounted for) unless it lies in
-        a gap; one further on is counted skipped by the reader that claims it."""
+        named to the caller as not stored. A message no caller hears of (a reader
+        storing it again) that was not stored keeps one such slot as its loss. The
+        slots of turned-away frames that no tombstone settled hold nothing: each is
+        claimed here where it is next in line, and counts as retried (for a message
+        accounted for) unless it lies in a gap; one further on is counted skipped by
+        the reader that claims it."""
         accounted = set(self.stored)
         if self.errors_reach_caller:
             accounted = set(range(self.total)) - set(self.unknown)
-        retried = sum(count for index, count in self.left_tombstoned.items() if index in accounted)
+        lost_here = set(range(self.total)) - accounted - set(self.unknown)
+        retried = sum(
+            count - (index in lost_here)
+            for index, count in self.left_tombstoned.items()
+            if index in accounted or index in lost_here
+        )
         undecided = sorted(self.undecided)
 
         def count(state: ReadState) -> None:

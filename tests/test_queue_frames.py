@@ -8,6 +8,7 @@ from conftest import CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import CacheUnavailableError, Queue
 from clickqueue.codec import FRAME_BYTES, FRAME_MESSAGES, LEASE_PREFIX, TOMBSTONE, encode_message, frame_payload
+from clickqueue.queue import MAX_WRITE_ATTEMPTS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import ReadState
 
@@ -134,10 +135,40 @@ def test_the_rest_of_a_frame_that_cannot_be_stored_again_is_counted_lost(make_qu
     queue.write_multi(list(range(5)))
     with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
         assert Queue("q", RestNeverStored(cache, queue.keys.slot(0, 3)), clock=clock).read_multi(2) == [0, 1]
-    assert "could not store 3 messages again" in caplog.text
+    rest_slot = queue.keys.slot(0, 3)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"queue q: could not store 3 messages again: {CacheUnavailableError(rest_slot, 'add')}"
+    ]
     assert drain(queue) == []
     stats = queue.stats()
     assert (stats.written, stats.read, stats.lost) == (5, 2, 3)
+
+
+class AnotherReaderTombstonesEveryRest(CacheWrapper):
+    """Another reader's claim reaches each slot the rest of a frame is stored into first."""
+
+    def __init__(self, inner, clock):
+        super().__init__(inner)
+        self.other_reader = Queue("q", inner, clock=clock)
+
+    def add_multi(self, values, expire_seconds=0):
+        if TOMBSTONE not in values.values():
+            self.other_reader.read_multi(100)
+        return self.inner.add_multi(values, expire_seconds)
+
+
+def test_the_rest_of_a_frame_turned_away_until_its_reader_gives_up_is_counted_lost(make_queue, cache, clock, caplog):
+    """No caller learns of these messages, unlike a write that gives up: of the slots each
+    was turned away from, one stays its loss and the others count retried."""
+    queue = make_queue()
+    queue.write_multi(list(range(5)))
+    reader = Queue("q", AnotherReaderTombstonesEveryRest(cache, clock), clock=clock, sleep=lambda seconds: None)
+    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+        assert reader.read_multi(2) == [0, 1]
+    assert "could not store 3 messages again" in caplog.text
+    assert drain(queue) == []
+    stats = queue.stats()
+    assert (stats.written, stats.read, stats.retried, stats.lost) == (5, 2, (MAX_WRITE_ATTEMPTS - 1) * 3, 3)
 
 
 # -- slots a frame spans ---------------------------------------------------------------------

@@ -543,6 +543,32 @@ def test_a_write_counts_every_collision_it_met(cache, clock):
     assert drain(queue) == ["creates the queue", "third time lucky"]
 
 
+def test_collisions_of_separate_writes_add_up(cache, clock):
+    Queue("q", cache, clock=clock).write("creates the queue")
+    Queue("q", CollideTimes(cache, 1), clock=clock).write("first")
+    Queue("q", CollideTimes(cache, 2), clock=clock).write("second")
+    assert Queue("q", cache, clock=clock).stats().collided == 3
+
+
+class StateNeverChanges(CacheWrapper):
+    def cas_multi(self, values, expire_seconds=0):
+        if any(key.endswith(":state") for key in values):
+            return dict.fromkeys(values, False)
+        return self.inner.cas_multi(values, expire_seconds)
+
+
+def test_a_write_whose_counts_cannot_be_recorded_says_which_counts_it_lost(cache, clock, caplog):
+    Queue("q", cache, clock=clock).write("creates the queue")
+    writer = Queue("q", StateNeverChanges(CollideTimes(cache, 1)), clock=clock, sleep=lambda seconds: None)
+    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+        writer.write("stored all the same")
+    assert [record.getMessage() for record in caplog.records] == [
+        "queue q: could not record a write's counts (retried 0, collided 1): "
+        f"gave up on {writer.keys.state!r} after {MAX_CAS_ATTEMPTS} attempts: it kept changing under this call"
+    ]
+    assert drain(Queue("q", cache, clock=clock)) == ["creates the queue", "stored all the same"]
+
+
 def alone(name: str) -> str:
     """A message too large to share a frame: one per slot, so outcomes are per message."""
     return name * (FRAME_BYTES // 2 + 1)

@@ -240,8 +240,10 @@ def test_change_retries_a_lost_cas_until_it_lands():
 
 def test_change_gives_up_with_contention_error_after_its_attempts():
     cache = ScriptedCas([False] * MAX_CAS_ATTEMPTS)
-    with pytest.raises(ContentionError):
+    with pytest.raises(ContentionError) as raised:
         store_on(cache).change(bump)
+    assert cache.cas_calls == MAX_CAS_ATTEMPTS
+    assert (raised.value.key, raised.value.attempts) == (KEY, MAX_CAS_ATTEMPTS)
 
 
 def test_change_pauses_after_each_failed_compare_and_set_counting_them():
@@ -282,8 +284,10 @@ def test_change_without_a_landed_check_tries_an_unanswered_cas_again():
 
 def test_change_asks_landed_after_an_unanswered_cas_and_stops_if_it_did():
     cache = ScriptedCas([None, True])
-    assert store_on(cache).change(bump, landed=lambda s: True) is True
+    asked = []
+    assert store_on(cache).change(bump, landed=lambda s: asked.append(s) or True) is True
     assert cache.cas_calls == 1
+    assert [type(s) for s in asked] == [ReadState], "landed judges the state read after the unanswered CAS"
 
 
 @pytest.mark.parametrize("raw", [b"", b"not a state"], ids=["no state", "corrupt state"])
