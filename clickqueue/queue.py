@@ -157,7 +157,9 @@ Limits (what cannot be promised)
   in the next slot, can be turned away by a reader racing for that slot and
   written once more in fresh slots (``skipped`` and ``retried`` both count it).
   A reader that dies between taking the first part and storing the rest loses
-  the rest, counted in ``skipped`` as its slots are claimed.
+  the rest, counted in ``skipped`` as its slots are claimed; one that gives up
+  storing it (turned away ``MAX_WRITE_ATTEMPTS`` times) loses it too, counted
+  once per message.
 * A writer counts ``retried`` for a turned-away frame's slots when it learns of
   them; those not yet claimed are counted ``skipped`` by the claim that reaches
   them, so until then ``lost`` can read below 0.
