@@ -543,6 +543,20 @@ def test_a_write_counts_every_collision_it_met(cache, clock):
     assert drain(queue) == ["creates the queue", "third time lucky"]
 
 
+def test_a_frame_moved_out_of_an_overlap_leaves_a_taken_mark_that_expires(cache, clock):
+    """A counter that went back: the frame at slot 2 spans slot 4, where an older message
+    sat. The older one is taken (a TAKEN mark, gone within TAKEN_SECONDS) and written again."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write("a")
+    overlapped = queue.keys.slot(0, 4)
+    cache.add_multi({overlapped: encode_message("older")})
+    queue.write_multi(["b", "c", "d", "e", "f"])
+    assert queue.read_multi(6) == ["a", "b", "c", "d", "e", "f"]
+    assert cache.get_multi([overlapped])[overlapped].startswith(TAKEN)
+    assert 0 < expiry_seconds(overlapped) <= TAKEN_SECONDS
+    assert drain(queue) == ["older"]
+
+
 def test_collisions_of_separate_writes_add_up(cache, clock):
     Queue("q", cache, clock=clock).write("creates the queue")
     Queue("q", CollideTimes(cache, 1), clock=clock).write("first")
