@@ -68,11 +68,14 @@ RETRY_PAUSE_SECONDS = 0.01
 """How long a worker waits after the cache failed a call (a node restarting)."""
 
 
-def write_messages(queue: Queue, writer_index: int, count: int, seed: int) -> list[str]:
+def write_messages(
+    queue: Queue, writer_index: int, count: int, seed: int, used: Callable[[], None] = lambda: None
+) -> list[str]:
     """Write ``count`` messages, each alone or in batches of 2-50 at random.
 
     A write the cache failed is tried again for the messages not stored; those
     whose outcome is unknown are not (that could duplicate them) and are returned.
+    ``used`` is called once the first write succeeded: this process has used the queue.
     """
     rng = random.Random(seed)
     ids = message_ids(writer_index, count)
@@ -85,6 +88,7 @@ def write_messages(queue: Queue, writer_index: int, count: int, seed: int) -> li
             try:
                 queue.write(batch[0]) if len(batch) == 1 else queue.write_multi(batch)
                 batch = []
+                used()
             except WriteIncompleteError as error:
                 unknown += [batch[index]["id"] for index in error.unknown]
                 done = set(error.stored) | set(error.unknown)
@@ -115,11 +119,13 @@ def read_messages(
     lease_only: bool = False,
     idle_rounds: int = 3,
     retried: tuple[type[Exception], ...] = (CacheUnavailableError, ContentionError),
+    used: Callable[[], None] = lambda: None,
 ) -> list[Delivery]:
     """Read by ``read_multi`` and by ``lease`` + ack at random (leases only if
     ``lease_only``) until writers are done and the queue gives nothing
     ``idle_rounds`` times running. A call that raises one of ``retried`` (the
-    cache failed it) is made again later; any other error ends the reader."""
+    cache failed it) is made again later; any other error ends the reader.
+    ``used`` is called after each call that succeeded: this process has used the queue."""
     rng = random.Random(seed)
     deliveries: list[Delivery] = []
     empty_rounds = calls = 0
@@ -132,6 +138,7 @@ def read_messages(
             time.sleep(RETRY_PAUSE_SECONDS)
             empty_rounds = 0
             continue
+        used()
         empty_rounds = empty_rounds + 1 if (not got and done_before_read) else 0
         if not got:
             time.sleep(EMPTY_POLL_SECONDS)
@@ -152,11 +159,29 @@ def _read_once(queue: Queue, rng: random.Random, lease_only: bool, read_owner: s
     return len(lease.messages)
 
 
+def used_marker(out: str) -> Path:
+    """The file a worker writing to ``out`` creates once it has used the queue."""
+    return Path(f"{out}.used")
+
+
+def _mark_used(out: str) -> Callable[[], None]:
+    """Create ``used_marker(out)``, once."""
+    marked = False
+
+    def mark() -> None:
+        nonlocal marked
+        if not marked:
+            used_marker(out).touch()
+            marked = True
+
+    return mark
+
+
 def writer_process(addresses, shards: int, writer_index: int, count: int, store_delay_seconds: float, out: str, start) -> None:
     start.wait()
     client = memcached_client(addresses)
     queue = memcached_queue(client, shards, store_delay_seconds=store_delay_seconds)
-    unknown = write_messages(queue, writer_index, count, seed=writer_index)
+    unknown = write_messages(queue, writer_index, count, seed=writer_index, used=_mark_used(out))
     Path(out).write_text(json.dumps(unknown))
     client.close()
 
@@ -172,6 +197,7 @@ def reader_process(
         seed=1000 + reader_index,
         lease_only=lease_only,
         retried=retried,
+        used=_mark_used(out),
     )
     Path(out).write_text(json.dumps([[d.message_id, d.owner, d.attempt] for d in deliveries]))
     client.close()
@@ -202,7 +228,8 @@ def run_on_memcached(
     """Run writer and reader processes on memcached; return every delivery.
 
     Every process waits until all have started; ``during``, if given, runs in
-    this process once a third of the messages are written. A reader exits
+    this process once every worker has used the queue (so each can tell a lost
+    state from a new queue) and a third of the messages are written. A reader exits
     with an error (failing the run) on any exception not in ``readers_retry``.
     """
     context = multiprocessing.get_context("spawn")
@@ -230,8 +257,11 @@ def run_on_memcached(
         start.wait(timeout=120)
         if during is not None:
             deadline = time.monotonic() + 120
-            while _slots_handed_out(addresses, shards) < writers * per_writer // 3:
-                assert time.monotonic() < deadline, "writers made no progress"
+            markers = [used_marker(str(out)) for out in writer_outputs + reader_outputs]
+            while _slots_handed_out(addresses, shards) < writers * per_writer // 3 or not all(
+                marker.exists() for marker in markers
+            ):
+                assert time.monotonic() < deadline, "workers made no progress"
                 time.sleep(0.005)
             during()
         for process in writer_processes:
