@@ -495,6 +495,29 @@ def test_counts_a_write_could_not_record_are_logged_and_its_messages_kept(cache,
 # -- writes ---------------------------------------------------------------------------------------
 
 
+class FirstAddRefusedWithNothingThere(CacheWrapper):
+    """The first message add is refused, yet the slot reads back empty (what held it
+    vanished in between: evicted, expired)."""
+
+    refused = False
+
+    def add_multi(self, values, expire_seconds=0):
+        if not self.refused and any(":m:" in key for key in values) and TOMBSTONE not in values.values():
+            self.refused = True
+            return dict.fromkeys(values, False)
+        return self.inner.add_multi(values, expire_seconds)
+
+
+def test_a_refused_add_whose_slot_reads_back_empty_is_tombstoned_and_its_message_written_elsewhere(cache, clock):
+    Queue("q", cache, clock=clock).write("creates the queue")
+    writer = Queue("q", FirstAddRefusedWithNothingThere(cache), clock=clock)
+    writer.write("elsewhere")
+    assert cache.get_multi([writer.keys.slot(0, 2)]) == {writer.keys.slot(0, 2): TOMBSTONE}
+    queue = Queue("q", cache, clock=clock)
+    assert drain(queue) == ["creates the queue", "elsewhere"]
+    assert stats_of(queue, "written", "skipped", "retried", "lost") == (2, 1, 1, 0)
+
+
 def test_a_refused_add_whose_read_back_fails_stored_nothing(cache, clock, memcache_rpc_faults):
     queue = Queue("q", cache, clock=clock)
     queue.write("first")
