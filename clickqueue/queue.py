@@ -59,8 +59,9 @@ Counts live in the state, changed in the same CAS as what they count:
 (inside gaps), counted before the reader tombstones anything, corrected after;
 ``retried`` (slots a writer left for a tombstone, counted once its message is
 stored elsewhere, or named as not stored in the error ``write_multi`` raised
-when it gave up: not written, so no loss); ``resets``. From these and the counters, ``stats()`` derives
-``lost = skipped - retried`` and ``written == read + lost + depth + leased``.
+when it gave up: not written, so no loss); ``resets``. From these and the
+counters, ``stats()`` derives ``lost = skipped - retried`` and
+``written == read + lost + depth + leased``.
 
 Invariants, and why they hold
 -----------------------------
@@ -88,9 +89,10 @@ Invariants, and why they hold
 6. Loss is counted: a message that is never delivered left its slot empty or
    foreign when claimed (counted in ``skipped`` before the tombstone that
    could turn its writer away), and ``retried`` is counted only for messages
-   that were stored elsewhere or whose caller was told they were not stored. A slot a frame spans counts as holding a
-   message only while the claim saw that frame; a frame that never got its
-   first slot leaves every slot it would have spanned to be counted.
+   that were stored elsewhere or whose caller was told they were not stored.
+   A slot a frame spans counts as holding a message only while the claim saw
+   that frame; a frame that never got its first slot leaves every slot it
+   would have spanned to be counted.
 7. ``lease(k)`` and ``read_multi(k)`` return at most ``k`` messages: a claim
    covers at most ``k`` slots, a frame is cut at the claim's end, and where a
    counter that went back made two frames overlap, the one that does not fit
