@@ -164,24 +164,11 @@ def used_marker(out: str) -> Path:
     return Path(f"{out}.used")
 
 
-def _mark_used(out: str) -> Callable[[], None]:
-    """Create ``used_marker(out)``, once."""
-    marked = False
-
-    def mark() -> None:
-        nonlocal marked
-        if not marked:
-            used_marker(out).touch()
-            marked = True
-
-    return mark
-
-
 def writer_process(addresses, shards: int, writer_index: int, count: int, store_delay_seconds: float, out: str, start) -> None:
     start.wait()
     client = memcached_client(addresses)
     queue = memcached_queue(client, shards, store_delay_seconds=store_delay_seconds)
-    unknown = write_messages(queue, writer_index, count, seed=writer_index, used=_mark_used(out))
+    unknown = write_messages(queue, writer_index, count, seed=writer_index, used=used_marker(out).touch)
     Path(out).write_text(json.dumps(unknown))
     client.close()
 
@@ -197,7 +184,7 @@ def reader_process(
         seed=1000 + reader_index,
         lease_only=lease_only,
         retried=retried,
-        used=_mark_used(out),
+        used=used_marker(out).touch,
     )
     Path(out).write_text(json.dumps([[d.message_id, d.owner, d.attempt] for d in deliveries]))
     client.close()

@@ -271,6 +271,17 @@ def test_the_pause_after_a_failed_cas_is_random_up_to_a_bound_that_doubles_to_it
     assert cas_pause_seconds(failed_attempts, Bounds()) == (0, bound_seconds)
 
 
+class Highest:
+    """An rng whose ``uniform`` returns the top of the interval."""
+
+    def uniform(self, low, high):
+        return high
+
+
+def test_the_pauses_of_a_call_that_loses_every_cas_add_up_to_at_most_1_931_seconds():
+    assert sum(cas_pause_seconds(n, Highest()) for n in range(1, MAX_CAS_ATTEMPTS + 1)) == pytest.approx(1.931)
+
+
 def test_the_pause_after_a_failed_cas_is_drawn_from_the_rng():
     draws = {cas_pause_seconds(4, random.Random(seed)) for seed in range(50)}
     assert len(draws) == 50 and all(0 <= draw <= 0.008 for draw in draws)
