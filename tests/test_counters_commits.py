@@ -19,7 +19,11 @@ START = 1_740_787_200  # 2025-03-01T00:00:00Z
 
 
 class CommitSizes:
-    """Counts the entities each Datastore transaction writes, from its Put RPCs."""
+    """Counts the entities each Datastore transaction writes, from its Put RPCs.
+
+    The stub's transaction handle is ``id()`` of a Python object, so a later
+    transaction can get the handle of one already ended: each handle's count is
+    taken when its transaction commits or rolls back."""
 
     def __init__(self) -> None:
         self.entities_by_transaction: defaultdict[int, int] = defaultdict(int)
@@ -28,14 +32,14 @@ class CommitSizes:
     def hook(self, service, call, request, response, rpc) -> None:
         if call == "Put" and request.HasField("transaction"):
             self.entities_by_transaction[request.transaction.handle] += len(request.entity)
-        elif call == "Commit":
-            self.committed.append(request.handle)
+        elif call in ("Commit", "Rollback"):
+            written = self.entities_by_transaction.pop(request.handle, 0)
+            if call == "Commit" and written:
+                self.committed.append(written)
 
     def sizes(self) -> list[int]:
         """Entities written by each commit that wrote any, in order."""
-        return [
-            self.entities_by_transaction[handle] for handle in self.committed if handle in self.entities_by_transaction
-        ]
+        return list(self.committed)
 
 
 @pytest.fixture
