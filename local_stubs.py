@@ -15,6 +15,7 @@ Lifecycle, in the worker:
 * SIGTERM or Ctrl-C: stop accepting, finish the requests in flight (at most
   ``FINISH_REQUESTS_SECONDS``), drain the queue into Datastore with the
   processing task's own ``drain`` (at most ``DRAIN_SECONDS``, progress logged),
+  fold the recorded batches into the count store as the fold task does,
   save Datastore, exit. A second Ctrl-C stops within 2 s, like kill -9.
 * kill -9, or a crash: memcache is gone with the process, and with it every
   event accepted but not yet counted (normally the last second or two: each
@@ -45,6 +46,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
+from handlers import counting
 from handlers.errors import BatchFailedError
 from handlers.processing import drain
 from handlers.settings import Settings
@@ -225,9 +227,17 @@ class LocalServices:
         if self._saver.is_alive():
             self._saver.join()
         self.drain_queue()
+        self.fold_recorded()
         self.datastore.save()
         self.bed.deactivate()
         logger.info("stopped; datastore saved to %s", self.datastore_file)
+
+    def fold_recorded(self) -> None:
+        """Fold every recorded batch into the count store, as the fold task does."""
+        folds = 0
+        while counting.fold(self.settings.clock()).more:
+            folds += 1
+        logger.info("folded the recorded batches into the count store (%d commits)", folds + 1)
 
     def drain_queue(self) -> None:
         """Count every queued event, as the processing task does; log what could not be."""

@@ -19,8 +19,8 @@ from handlers.base import JsonApplication
 from handlers.dashboard import DashboardHandler, HomeHandler
 from handlers.go import GoHandler, SignLinkHandler
 from handlers.pixel import PixelHandler
-from handlers.process import ProcessCronHandler, ProcessTaskHandler
-from handlers.processing import PROCESS_PATH
+from handlers.process import FoldTaskHandler, ProcessCronHandler, ProcessTaskHandler
+from handlers.processing import FOLD_PATH, PROCESS_PATH
 from handlers.settings import CONFIG_KEY, Settings
 from handlers.stats import StatsHandler
 from handlers.track import TrackHandler
@@ -34,6 +34,7 @@ ROUTES = [
     webapp2.Route("/t.js", AssetHandler),
     webapp2.Route("/static/<name:.+>", AssetHandler),
     webapp2.Route(PROCESS_PATH, ProcessTaskHandler),
+    webapp2.Route(FOLD_PATH, FoldTaskHandler),
     webapp2.Route("/cron/process", ProcessCronHandler),
     webapp2.Route("/", HomeHandler),
     webapp2.Route("/dashboard", DashboardHandler),

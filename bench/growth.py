@@ -1,11 +1,10 @@
 """``python -m bench.growth``: the local server as data grows, to 50,000 distinct items.
 
-Drain rate: events for new distinct items (each one a new Datastore entity, the
-costliest case) are written to the queue and drained with the processing
-task's own ``drain``, in-process on the stubs ``python main.py`` uses, at 0,
-10,000 and 50,000 items already stored (the median of a few drains each); the
-index query /stats ran for its top items before ``TopItems`` is timed at the
-end. ``/stats`` latency: ``python main.py`` is then started on the saved
+Drain rate: events for new distinct items (the costliest case: each one grows
+the count store's shards) are written to the queue, drained with the processing
+task's own ``drain`` and folded with the fold task's ``fold``, in-process on the
+stubs ``python main.py`` uses, at 0, 10,000 and 50,000 items already stored (the
+median of a few drains each). ``/stats`` latency: ``python main.py`` is then started on the saved
 datastore and ``GET /stats`` is timed over HTTP.
 
 ``--datastore sdk`` drains on the SDK's Datastore stub as it comes (the file
@@ -73,7 +72,8 @@ def activate_stubs(data_dir: Path, datastore: str):
 
 
 def add_items(settings, first: int, count: int) -> DrainRate:
-    """Queue one view for each of ``count`` new items and drain them all; the time the drain took."""
+    """Queue one view for each of ``count`` new items, drain and fold them all; the time that took."""
+    from handlers import counting
     from handlers.processing import drain
 
     names = [f"item-{n:06}" for n in range(first, first + count)]
@@ -81,27 +81,17 @@ def add_items(settings, first: int, count: int) -> DrainRate:
         settings.queue.write_multi([{"type": "view", "item": name} for name in names[start : start + WRITE_CHUNK]])
     started, started_cpu = time.perf_counter(), time.process_time()
     report = drain(settings)
+    while counting.fold(settings.clock()).more:
+        pass
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     if report.processed != count or report.budget_spent:
         raise RuntimeError(f"drained {report.processed} of {count} events")
     return DrainRate(first, count, seconds, cpu_seconds)
 
 
-def time_ranking_query(repeats: int = 5) -> float:
-    """The median ms of the index query /stats ran for its top items before ``TopItems``."""
-    from handlers import counters
-
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        counters.ranked_by_query(counters.TOP_ITEMS)
-        timings.append((time.perf_counter() - started) * 1000)
-    return statistics.median(timings)
-
-
 def measure_drain(
     data_dir: Path, datastore: str, checkpoints: list[int], probe_events: int, repeats: int
-) -> tuple[list[DrainRate], float]:
+) -> list[DrainRate]:
     """At each checkpoint, the median of ``repeats`` drains of ``probe_events`` new items each."""
     gaps = [later - earlier for earlier, later in zip(checkpoints, checkpoints[1:])]
     if gaps and repeats * probe_events > min(gaps):
@@ -126,12 +116,10 @@ def measure_drain(
             f" ({rate.per_wall_second:.0f} per wall second; median of {repeats})",
             file=sys.stderr,
         )
-    query_ms = time_ranking_query()
-    print(f"ranking query at {stored} items: {query_ms:.0f} ms (what /stats ran before TopItems)", file=sys.stderr)
     if save is not None:
         save()
     bed.deactivate()
-    return rates, query_ms
+    return rates
 
 
 def measure_stats(data_dir: Path, requests: int) -> dict[str, float]:
@@ -167,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="clickqueue-growth-") as directory:
         data_dir = Path(directory)
-        rates, query_ms = measure_drain(data_dir, args.datastore, args.checkpoints, args.probe_events, args.repeats)
+        rates = measure_drain(data_dir, args.datastore, args.checkpoints, args.probe_events, args.repeats)
         stats = measure_stats(data_dir, args.stats_requests) if args.datastore == "local" else None
     result = {
         "datastore": args.datastore,
@@ -181,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             for checkpoint, rate in zip(args.checkpoints, rates)
         ],
         "stats": stats,
-        "ranking_query_ms": round(query_ms, 1),
     }
     if args.json:
         print(json.dumps(result, indent=2))

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from clickqueue import GroupCommit, Queue
-from handlers import counters
+from clickqueue import MAX_CLAIM_ITEMS, GroupCommit, Queue
+from handlers import counting
 from handlers.events import MAX_BATCH_EVENTS, Event
 from handlers.links import LinkSigner
 from handlers.origins import AllowedOrigins
@@ -21,9 +21,9 @@ from handlers.origins import AllowedOrigins
 CONFIG_KEY = "clickqueue.settings"
 TASK_NAME_PART = re.compile(r"[A-Za-z0-9_-]+")
 
-Aggregate = Callable[[str, Mapping[str, Event]], int]
-"""Adds a batch's ``{message id: event}`` to the counters, each message once per
-batch id; returns how many this call added."""
+Aggregate = Callable[[str, Mapping[str, Event], float], int]
+"""Records a batch's ``{message id: event}`` for counting at a time (POSIX seconds),
+each message once per batch id; returns how many this call recorded."""
 
 
 def default_queue(clock: Callable[[], float] = time.time) -> Queue:
@@ -53,9 +53,14 @@ class Settings:
     """Most events one shared write carries (500): /track's largest batch fills one alone, never split."""
     group_commit_condition: threading.Condition | None = None
     """What requests wait on in the group commit (None: its own); a test passes one that shows who waits."""
-    aggregate: Aggregate = counters.apply_batch
+    aggregate: Aggregate = counting.count_batch
     task_queue_name: str = "process"
-    batch_size: int = 100
+    fold_queue_name: str = "fold"
+    processors: int = 4
+    """queue.yaml's ``max_concurrent_requests`` for the process queue: how many processing
+    tasks run at once (each holds a lane, see ``handlers.processing.ProcessorLanes``)."""
+    batch_size: int = 500
+    """Events one lease takes: one counted batch, one Datastore entity written."""
     lease_seconds: float = 60
     time_budget_seconds: float = 5.0
     """How long one /process request keeps leasing batches before it chains a task."""
@@ -63,14 +68,15 @@ class Settings:
     """Events tracked in one slot of this length share one processing task."""
     clock: Callable[[], float] = time.time
     scheduled_slot: ScheduledSlot = field(default_factory=ScheduledSlot)
+    scheduled_fold_slot: ScheduledSlot = field(default_factory=ScheduledSlot)
     task_age_limit_seconds: float = 3600
     """queue.yaml's ``task_age_limit`` (1h): how long one processing task is retried."""
     max_backoff_seconds: float = 60
     """queue.yaml's ``max_backoff_seconds``: the longest wait between two tries of a task."""
     cron_interval_seconds: float = 60
     """cron.yaml's schedule (every 1 minutes): the longest wait for a processing task when none is queued."""
-    markers_pruned_per_run: int = 500
-    """Most ``AppliedBatch`` markers one cron run deletes: one Datastore commit (500 entities at most)."""
+    batches_pruned_per_run: int = 500
+    """Most folded ``CountedBatch`` records one cron run deletes: one Datastore commit (500 entities at most)."""
     allowed_origins: AllowedOrigins = field(default_factory=AllowedOrigins.from_environment)
     """Whose pages may send events from their visitors' browsers (env CLICKQUEUE_ALLOWED_ORIGINS)."""
     links: LinkSigner = field(default_factory=LinkSigner)
@@ -79,15 +85,15 @@ class Settings:
     the three ``group_commit_*`` settings (``dataclasses.replace`` makes another)."""
 
     @property
-    def marker_retention_seconds(self) -> float:
-        """How long an ``AppliedBatch`` marker is kept: the longest a committed batch can come back.
+    def record_retention_seconds(self) -> float:
+        """How long a ``CountedBatch`` is kept: the longest a recorded batch can come back.
 
         A batch comes back only through its lease, under the same id: ``lease()``
         hands it out again once ``lease_seconds`` have passed without an ack.
         Each /process run leases within ``time_budget_seconds`` of its start, and
         runs start at least every ``max(max_backoff_seconds, cron_interval_seconds)``
         (a retry of a failed task, or cron's task). A delivery after the commit
-        finds the marker and acks the batch, so the batch comes back again only
+        finds its record and acks the batch, so the batch comes back again only
         while acks keep failing, that is while processing keeps failing: the task
         queue retries a failing task for ``task_age_limit_seconds``. So:
 
@@ -95,7 +101,7 @@ class Settings:
                       = 3600 + 60 + 60 + 5 s = 3725 s (about 62 minutes)
 
         A batch whose processing fails for longer than that (memcache refusing
-        every ack for over an hour) may be counted twice once its marker is gone.
+        every ack for over an hour) may be counted twice once its record is gone.
         """
         return (
             self.task_age_limit_seconds
@@ -105,8 +111,10 @@ class Settings:
         )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= counters.MAX_EVENTS_PER_LEASE:
-            raise ValueError(f"batch_size must be 1 to {counters.MAX_EVENTS_PER_LEASE}")
+        if not 1 <= self.batch_size <= MAX_CLAIM_ITEMS:
+            raise ValueError(f"batch_size must be 1 to {MAX_CLAIM_ITEMS}")
+        if self.processors < 1:
+            raise ValueError("processors must be at least 1")
         if not TASK_NAME_PART.fullmatch(self.queue.name):
             raise ValueError(f"queue name {self.queue.name!r} must be usable in task names: [A-Za-z0-9_-]")
         group_commit = GroupCommit(

@@ -479,18 +479,23 @@ def app(make_app, app_settings):
     return make_app(app_settings)
 
 
+TASK_QUEUES = ("process", "fold")
+"""queue.yaml's queues: processing tasks, then the fold tasks they ask for."""
+
+
 @pytest.fixture
 def queued_tasks(testbed):
-    """The tasks waiting in the ``process`` task queue (the stub never runs them itself)."""
+    """The tasks waiting in the app's task queues (the stub never runs them itself)."""
     from google.appengine.ext import testbed as testbed_module
 
     stub = testbed.get_stub(testbed_module.TASKQUEUE_SERVICE_NAME)
-    return lambda: stub.get_filtered_tasks(queue_names=["process"])
+    return lambda: stub.get_filtered_tasks(queue_names=list(TASK_QUEUES))
 
 
 @pytest.fixture
-def run_tasks(testbed, queued_tasks):
-    """Run the queued tasks once through an app, as App Engine would; returns the responses.
+def run_tasks(testbed):
+    """Run the queued processing tasks once through an app, as App Engine would, then
+    the fold tasks they asked for; returns the processing tasks' responses.
 
     A task answered 2xx is deleted; any other answer leaves it queued.
     """
@@ -498,15 +503,22 @@ def run_tasks(testbed, queued_tasks):
 
     stub = testbed.get_stub(testbed_module.TASKQUEUE_SERVICE_NAME)
 
-    def run(app) -> list:
+    def run_queue(app, queue_name: str) -> list:
         responses = []
-        for task in queued_tasks():
-            headers = {"X-AppEngine-QueueName": "process", "X-AppEngine-TaskName": task.name}
+        for task in stub.get_filtered_tasks(queue_names=[queue_name]):
+            headers = {"X-AppEngine-QueueName": queue_name, "X-AppEngine-TaskName": task.name}
             response = app.post(task.url, task.payload or b"", headers=headers, expect_errors=True)
             if 200 <= response.status_int < 300:
-                stub.DeleteTask("process", task.name)
+                stub.DeleteTask(queue_name, task.name)
             responses.append(response)
         return responses
+
+    def run(app) -> list:
+        processed = run_queue(app, "process")
+        folds = run_queue(app, "fold")
+        while any(200 <= fold.status_int < 300 for fold in folds):  # a fold with batches left asks for the next
+            folds = run_queue(app, "fold")
+        return processed
 
     return run
 
@@ -600,16 +612,16 @@ def datastore_rpc_faults(testbed) -> Iterator[MemcacheRpcFaults]:
     yield from _rpc_faults("datastore_v3")
 
 
-# -- counting (handlers/counters.py) -------------------------------------------
+# -- counting (handlers/counting.py) -------------------------------------------
 
 
 def keyed(events) -> dict:
-    """Events as ``counters.apply_batch`` takes them: each under a message id of its own."""
+    """Events as ``counting.count_batch`` takes them: each under a message id of its own."""
     return {f"message-{n}": event for n, event in enumerate(events)}
 
 
 def leased_events(lease) -> dict:
-    """A lease's events by message id, as ``drain`` hands them to ``apply_batch``."""
+    """A lease's events by message id, as ``drain`` hands them to ``count_batch``."""
     from handlers.events import event_from_message
 
     return dict(zip(lease.message_ids, map(event_from_message, lease.messages), strict=True))

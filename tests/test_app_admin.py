@@ -11,6 +11,7 @@ import pytest
 from google.appengine.api import users
 
 from conftest import REPO_ROOT, keyed
+from tests.support.counting import count_now
 from handlers import counters
 from handlers.assets import SERVED, STATIC_DIR
 from handlers.events import Event
@@ -76,7 +77,7 @@ def test_home_leads_to_the_dashboard(app):
 
 
 def test_dashboard_renders_totals_top_items_and_queue_health(app):
-    counters.apply_batch(
+    count_now(
         "batch-1",
         keyed([Event("view", "pricing")] * 4 + [Event("click", "pricing")] + [Event("view", "pricing", bot=True)]),
     )

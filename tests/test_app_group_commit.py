@@ -28,6 +28,7 @@ from conftest import (
 from clickqueue import CacheUnavailableError, Queue, wrap_client
 from clickqueue.codec import FRAME_MESSAGES
 from handlers.settings import Settings
+from tests.support.counting import run_folds
 
 TASK_HEADERS = {"X-AppEngine-QueueName": "process"}
 NOTHING_RECORDED = {"error": "the queue is unavailable: nothing was recorded; send the events again"}
@@ -50,12 +51,13 @@ def counted(app, item: str) -> dict[str, int]:
 
 
 def process_everything(app) -> int:
-    """Run /process as the task queue would, until nothing remains; how many events it counted."""
+    """Run /process, then /fold, as the task queue would, until nothing remains; how many events it counted."""
     processed = 0
     while True:
         report = app.post("/process", headers=TASK_HEADERS, status=200).json
         processed += report["processed"]
         if not report["remaining"]:
+            run_folds(app)
             return processed
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from conftest import keyed
+from tests.support.counting import count_now
 from handlers import counters
 from handlers.events import Event
 
@@ -36,7 +37,7 @@ def counted(testbed):
         Event("view", "a", at=at(1, 0, 0)),
         Event("click", "b", at=at(1, 5, 0)),
     ]
-    counters.apply_batch("batch-1", keyed(events))
+    count_now("batch-1", keyed(events))
 
 
 def test_hourly_series_of_an_item_counts_each_utc_hour(app, counted):
@@ -100,7 +101,7 @@ def test_series_without_a_range_ends_with_the_current_bucket(make_app, app_setti
     app = make_app(app_settings)
     seconds = counters.BUCKET_SECONDS[bucket]
     current = counters.bucket_start(at(1, 5, 30), bucket)
-    counters.apply_batch("batch-1", keyed([Event("view", "a", at=at(1, 5, 1))]))
+    count_now("batch-1", keyed([Event("view", "a", at=at(1, 5, 1))]))
 
     series = app.get("/stats", {"bucket": bucket}).json["series"]
 

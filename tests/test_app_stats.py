@@ -7,9 +7,9 @@ import random
 from collections import Counter
 
 import pytest
-from google.appengine.ext import ndb
 
 from conftest import keyed
+from tests.support.counting import count_now
 from handlers import counters
 from handlers.events import Event
 
@@ -26,7 +26,7 @@ def apply(batch_id: str, counts: dict[str, tuple[int, int]], bots: dict[str, int
         for _ in range(times)
     ]
     events += [Event("view", item, bot=True) for item, times in (bots or {}).items() for _ in range(times)]
-    counters.apply_batch(batch_id, keyed(events))
+    count_now(batch_id, keyed(events))
 
 
 def counts(click: int, view: int, bots: int = 0) -> dict[str, object]:
@@ -86,7 +86,7 @@ def test_bots_do_not_rank_an_item(app):
 
 
 def test_last_commit_says_when_and_how_old_its_oldest_event_was(app, clock):
-    counters.apply_batch("batch-1", keyed([Event("view", "a", at=int(clock.now))]))
+    count_now("batch-1", keyed([Event("view", "a", at=int(clock.now))]))
 
     last_commit = app.get("/stats", status=200).json["last_commit"]
 
@@ -156,34 +156,7 @@ def test_top_items_stay_exact_over_many_batches(testbed, seed):
 
     for batch in range(40):
         events = [Event(rng.choice(("click", "view")), rng.choice(items[: rng.randint(1, 300)])) for _ in range(60)]
-        counters.apply_batch(f"batch-{batch}", keyed(events))
+        count_now(f"batch-{batch}", keyed(events))
         counted.update((event.type, event.item) for event in events)
 
     assert counters.top_items() == ranked_by_brute_force(counted)
-
-
-def test_items_counted_before_the_ranking_existed_are_ranked(testbed):
-    parent = ndb.Key(counters.EventTotals, "all")
-    ndb.put_multi(
-        [counters.ItemCounts(key=ndb.Key(counters.ItemCounts, f"old-{n}", parent=parent), view=n) for n in range(1, 4)]
-    )
-    before = counters.top_items()
-
-    apply("batch-1", {"new": (2, 0), "old-1": (5, 0)})
-
-    assert [entry["item"] for entry in before] == ["old-3", "old-2", "old-1"]
-    assert counters.top_items() == [
-        {"item": "old-1", **counts(5, 1)},
-        {"item": "old-3", **counts(0, 3)},
-        {"item": "new", **counts(2, 0)},
-        {"item": "old-2", **counts(0, 2)},
-    ]
-
-
-def test_ranking_stored_before_bots_were_counted_reads_as_no_bots(testbed):
-    parent = ndb.Key(counters.EventTotals, "all")
-    counters.TopItems(key=ndb.Key(counters.TopItems, "all", parent=parent), entries=[["old", 1, 4]]).put()
-
-    apply("batch-1", {"new": (0, 1)}, bots={"new": 2})
-
-    assert counters.top_items() == [{"item": "old", **counts(1, 4)}, {"item": "new", **counts(0, 1, bots=2)}]

@@ -29,6 +29,7 @@ from google.appengine.ext import testbed as testbed_module
 import local_stubs
 from conftest import REPO_ROOT, free_port, keyed, skip_or_fail_in_ci, wait_until
 from e2e_support import get_json, local_server
+from tests.support.counting import count_now
 from handlers import counters
 from handlers.events import Event
 from handlers.origins import ALLOWED_ORIGINS_ENV
@@ -141,7 +142,7 @@ def seed_history(data_dir: Path, now: float) -> None:
         stub = local_stubs.LocalDatastoreStub(local_stubs.APP_ID, data_dir / "datastore.db")
         apiproxy_stub_map.apiproxy.RegisterStub("datastore_v3", stub)
         ndb.get_context().clear_cache()
-        counters.apply_batch("history", keyed(events))
+        count_now("history", keyed(events))
         stub.save()
     finally:
         bed.deactivate()

@@ -1,7 +1,8 @@
-"""Time buckets stay exact under redelivery (hypothesis state machine): batches of
-events over hours and days are delivered, again and again, split into small
-commits, failing before or after any commit, with a message evicted or one added
-between deliveries; every counter always holds each counted message exactly once."""
+"""Counting stays exact under redelivery (hypothesis state machine): batches of events
+over hours and days are recorded again and again, with a message evicted or one added
+between deliveries, commits failing before or after they apply; folds fail the same way,
+fold part of a batch at a time, and split shards; the count store and the batches not yet
+folded always hold each recorded message exactly once."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
 
 from conftest import APP_ID, REPO_ROOT, MemcacheRpcFaults
-from handlers import counters
+from handlers import counters, counting
 from handlers.events import Event
 
 START = 1_740_783_600  # 2025-02-28T23:00:00Z: the hours cross a day
 HOURS = 27
-ITEMS = ("a", "b", "c")
-COMMIT_LIMIT = 14
-"""Entities per commit here: small, so that batches split into several commits."""
+ITEMS = tuple("abcdefgh")
+NOW = START + HOURS * 3600
+SMALL = counters.StoreLimits(shard_split_bytes=40, max_shards=4, max_shard_bytes=900_000, max_entities_per_fold=9)
+"""Tiny shards and commits: folds split periods and take part of a batch at a time."""
 
 events = st.builds(
     Event,
@@ -32,9 +34,11 @@ events = st.builds(
     at=st.integers(0, HOURS * 3600 - 1).map(lambda offset: START + offset),
     bot=st.booleans(),
 )
+faults = st.none() | st.tuples(st.integers(0, 2), st.booleans())
+"""None, or (which Commit fails, whether after it applied)."""
 
 
-class BucketsUnderRedelivery(RuleBasedStateMachine):
+class CountingUnderRedelivery(RuleBasedStateMachine):
     leases = Bundle("leases")
 
     def __init__(self) -> None:
@@ -45,7 +49,7 @@ class BucketsUnderRedelivery(RuleBasedStateMachine):
         self.bed.init_datastore_v3_stub(require_indexes=True, root_path=str(REPO_ROOT))
         self.bed.init_memcache_stub()
         self.faults = MemcacheRpcFaults()
-        apiproxy_stub_map.apiproxy.GetPreCallHooks().Append("buckets-faults", self.faults.hook, "datastore_v3")
+        apiproxy_stub_map.apiproxy.GetPreCallHooks().Append("counting-faults", self.faults.hook, "datastore_v3")
         self.ids = (f"slot-{n}" for n in itertools.count())
         self.pending: dict[str, Event] = {}
         """Messages written and not yet in a lease."""
@@ -56,6 +60,21 @@ class BucketsUnderRedelivery(RuleBasedStateMachine):
     def teardown(self) -> None:
         apiproxy_stub_map.apiproxy.GetPreCallHooks().Clear()
         self.bed.deactivate()
+
+    def attempt(self, fault, call) -> bool:
+        """Run ``call`` with ``fault`` planned; False if the fault ended it."""
+        if fault is not None:
+            skip, after_applying = fault
+            self.faults.fail_next("Commit", after_applying=after_applying, skip=skip)
+        ndb.get_context().clear_cache()  # each call is a request of its own
+        try:
+            call()
+        except Exception as error:
+            assert "injected" in str(error), error
+            return False
+        finally:
+            self.faults.planned.clear()  # a planned fault past this call's commits is not carried over
+        return True
 
     @rule(written=st.lists(events, min_size=1, max_size=12))
     def write(self, written):
@@ -72,82 +91,72 @@ class BucketsUnderRedelivery(RuleBasedStateMachine):
         self.lease_messages[lease_id] = {message_id: self.pending.pop(message_id) for message_id in taken}
         return lease_id
 
-    @rule(
-        lease_id=leases,
-        failing_commit=st.none() | st.integers(0, 4),
-        after_applying=st.booleans(),
-        evicted=st.none() | st.integers(0, 14),
-        added=st.booleans(),
-    )
-    def deliver(self, lease_id, failing_commit, after_applying, evicted, added):
+    @rule(lease_id=leases, fault=faults, evicted=st.none() | st.integers(0, 14), added=st.booleans())
+    def deliver(self, lease_id, fault, evicted, added):
         """One delivery of a lease: maybe one message evicted since the last, maybe
-        one added (a take of unknown outcome), maybe a commit failing."""
+        one added (a take of unknown outcome), maybe its commit failing."""
         messages = self.lease_messages[lease_id]
         if evicted is not None and messages:
             del messages[list(messages)[evicted % len(messages)]]
         if added and self.pending:
             message_id = next(iter(self.pending))
             messages[message_id] = self.pending.pop(message_id)
-        if failing_commit is not None:
-            self.faults.fail_next("Commit", after_applying=after_applying, skip=failing_commit)
-        ndb.get_context().clear_cache()  # each delivery is a request of its own
-        try:
-            counters.apply_batch(lease_id, messages, max_entities=COMMIT_LIMIT)
-        except Exception as error:
-            assert "injected" in str(error), error
-        else:
-            assert set(messages) <= self.counted(lease_id), "a delivery that succeeded left messages uncounted"
-        finally:
-            self.faults.planned.clear()  # a planned fault past this delivery's commits is not carried over
+        if self.attempt(fault, lambda: counting.count_batch(lease_id, messages, NOW)):
+            assert set(messages) <= set(self.recorded(lease_id)), "a delivery that succeeded left messages out"
+
+    @rule(fault=faults)
+    def fold(self, fault):
+        self.attempt(fault, lambda: counting.fold(NOW, SMALL))
 
     @rule(lease_id=consumes(leases))
     def lease_is_done(self, lease_id):
-        """Acked: it is not delivered again (its marker stays)."""
-
-    def counted(self, lease_id: str) -> set[str]:
-        marker = ndb.Key(counters.AppliedBatch, lease_id, parent=ndb.Key(counters.EventTotals, "all")).get()
-        if marker is None:
-            return set()
-        assert len(set(marker.message_ids)) == len(marker.message_ids), "a message marked twice"
-        return set(marker.message_ids)
-
-    @invariant()
-    def counters_hold_each_counted_message_once(self):
-        ndb.get_context().clear_cache()
-        counted = [self.events[message_id] for lease_id in self.lease_messages for message_id in self.counted(lease_id)]
-        expected = self.tally(counted)
-        assert expected == self.stored(), "counters disagree with the messages counted"
+        """Acked: it is not delivered again (its records stay)."""
 
     @staticmethod
-    def tally(counted: list[Event]) -> Counter:
-        tally: Counter = Counter()
-        for event in counted:
-            kind = "bots" if event.bot else event.type
-            tally["total", kind] += 1
-            tally["item", event.item, kind] += 1
-            for bucket in counters.BUCKET_SECONDS:
-                start = counters.bucket_start(event.at, bucket)
-                tally[bucket, event.item, start, kind] += 1
-                tally[bucket, None, start, kind] += 1
-        return tally
+    def records(lease_id: str) -> list[counting.CountedBatch]:
+        return counting.CountedBatch.query(ancestor=ndb.Key(counting.CountedBatch, lease_id)).fetch()
+
+    def recorded(self, lease_id: str) -> list[str]:
+        return [message_id for record in self.records(lease_id) for message_id in record.message_ids]
+
+    @invariant()
+    def each_recorded_message_counts_once_in_the_store_or_in_its_batch(self):
+        ndb.get_context().clear_cache()
+        recorded = [message_id for lease_id in self.lease_messages for message_id in self.recorded(lease_id)]
+        assert len(recorded) == len(set(recorded)), "a message recorded twice"
+        waiting: counters.Tally = {}
+        for lease_id in self.lease_messages:
+            for record in self.records(lease_id):
+                assert record.folded == (record.tally is None), "a batch's tally outlived its fold"
+                if record.tally is not None:
+                    counters.add_tally(waiting, counters.tally_from_json(record.tally))
+        assert self.flat(counters.tally_events(self.events[message_id] for message_id in recorded)) == (
+            self.stored() + self.flat(waiting)
+        ), "the store and the batches waiting disagree with the messages recorded"
+
+    @staticmethod
+    def flat(tally: counters.Tally) -> Counter:
+        flat: Counter = Counter()
+        for (period, start), items in tally.items():
+            for item, counts in items.items():
+                for kind, count in zip(counters.COUNTS, counts, strict=True):
+                    flat[period, start, item, kind] += count
+                    flat[period, start, None, kind] += count
+        return +flat
 
     @staticmethod
     def stored() -> Counter:
         stored: Counter = Counter()
-        for kind, count in counters.totals().items():
-            if kind in counters.COUNTS:
-                stored["total", kind] += count
-        for item in ITEMS:
+        for item in (*ITEMS, None):
+            counts = counters.item_counts(item) if item else counters.totals()
             for kind in counters.COUNTS:
-                stored["item", item, kind] += counters.item_counts(item)[kind]
-        for bucket in counters.BUCKET_SECONDS:
-            start = counters.bucket_start(START, bucket)
-            for item in (*ITEMS, None):
-                for point in counters.series(item, bucket, start, START + HOURS * 3600):
+                stored["all", 0, item, kind] += counts[kind]
+            for bucket in counters.BUCKET_SECONDS:
+                for point in counters.series(item, bucket, counters.bucket_start(START, bucket), NOW):
                     for kind in counters.COUNTS:
-                        stored[bucket, item, point["start"], kind] += point[kind]
-        return +stored  # without zeros
+                        stored[bucket, point["start"], item, kind] += point[kind]
+        return +stored
 
 
-class TestBucketsUnderRedelivery(BucketsUnderRedelivery.TestCase):
-    settings = settings(max_examples=40, stateful_step_count=20, deadline=None)
+class TestCountingUnderRedelivery(CountingUnderRedelivery.TestCase):
+    settings = settings(max_examples=40, stateful_step_count=25, deadline=None)

@@ -108,10 +108,9 @@ def test_processing_queue_exists_under_the_name_the_app_adds_tasks_to(app_settin
     assert processing_queue(app_settings).name == app_settings.task_queue_name
 
 
-def test_processing_queue_runs_one_task_at_a_time(app_settings):
-    """Every batch commits to the counters' single entity group (handlers/counters.py):
-    concurrent processors would only contend."""
-    assert processing_queue(app_settings).max_concurrent_requests == 1
+def test_processing_queue_runs_as_many_tasks_as_the_app_has_processor_lanes(app_settings):
+    """Each batch is an entity group of its own (handlers/counting.py): processors do not contend."""
+    assert processing_queue(app_settings).max_concurrent_requests == app_settings.processors
 
 
 def test_processing_queue_rate_keeps_up_with_one_task_per_slot(app_settings):
@@ -200,7 +199,7 @@ def test_index_yaml_parses():
     """Whether it holds every index the app's queries need is proven by the dev_appserver
     test, which runs them with --require_indexes=yes."""
     indexes = datastore_index.ParseIndexDefinitions(read("index.yaml")).indexes
-    assert [index.kind for index in indexes] == ["ItemCounts", "AppliedBatch", "BucketCounts"]
+    assert [index.kind for index in indexes] == ["CountedBatch", "PeriodTotals", "AppliedBatch"]
 
 
 # -- a bad edit to any file fails its parser ------------------------------------------------------
@@ -246,7 +245,13 @@ PARSERS: dict[str, Callable[[str], object]] = {
         ),
         pytest.param("cron.yaml", "url: /cron/process", "url: cron/process", "for url does not match", id="cron-url"),
         pytest.param("cron.yaml", "schedule:", "schedul:", "Unexpected attribute 'schedul'", id="cron-misspelt-key"),
-        pytest.param("index.yaml", "direction: desc", "direction: down", "for direction not in", id="index-direction"),
+        pytest.param(
+            "index.yaml",
+            "name: counted_at",
+            "name: counted_at\n    direction: down",
+            "for direction not in",
+            id="index-direction",
+        ),
         pytest.param(
             "index.yaml",
             "ancestor: yes",
@@ -255,7 +260,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
             id="index-ancestor",
         ),
         pytest.param(
-            "index.yaml", "- kind: ItemCounts", "- knd: ItemCounts", "Unexpected attribute 'knd'", id="index-kind"
+            "index.yaml", "- kind: CountedBatch", "- knd: CountedBatch", "Unexpected attribute 'knd'", id="index-kind"
         ),
     ],
 )

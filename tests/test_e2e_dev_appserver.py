@@ -46,10 +46,10 @@ QUERY_REQUESTS = [
     pytest.param(HttpRequest("GET", "/stats", headers=ADMIN), id="stats-top-items"),
     pytest.param(HttpRequest("GET", "/stats?bucket=hour", headers=ADMIN), id="stats-series-of-all-items"),
     pytest.param(HttpRequest("GET", "/stats?bucket=day&item=a", headers=ADMIN), id="stats-series-of-an-item"),
-    pytest.param(PRUNE_MARKERS, id="cron-prunes-applied-batch-markers"),
+    pytest.param(PRUNE_MARKERS, id="cron-prunes-counted-batches-and-old-markers"),
 ]
-"""Every request that makes the app run a Datastore query: one entry per query. The
-top-items ranking query also runs in the first /process (it seeds TopItems), which
+"""Every request that makes the app run a Datastore query. The fold's query of the
+batches not yet folded runs in every /fold task, which
 test_dev_appserver_counts_events_exactly exercises."""
 
 

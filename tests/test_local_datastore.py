@@ -16,6 +16,7 @@ from google.appengine.ext import testbed as testbed_module
 
 import local_stubs
 from conftest import keyed
+from tests.support.counting import count_now
 from handlers import counters
 from handlers.events import Event
 
@@ -60,7 +61,7 @@ def test_commits_are_written_by_save_not_before(open_datastore, tmp_path):
     path = tmp_path / "datastore.db"
     stub = open_datastore(path)
 
-    counters.apply_batch("batch-1", keyed([Event("click", "a")]))
+    count_now("batch-1", keyed([Event("click", "a")]))
     written_before_save = path.exists()
     saved = stub.save()
 
@@ -69,7 +70,7 @@ def test_commits_are_written_by_save_not_before(open_datastore, tmp_path):
 
 def test_save_without_changes_writes_nothing(open_datastore, tmp_path):
     stub = open_datastore(tmp_path / "datastore.db")
-    counters.apply_batch("batch-1", keyed([Event("click", "a")]))
+    count_now("batch-1", keyed([Event("click", "a")]))
     stub.save()
 
     assert stub.save() is False
@@ -78,7 +79,7 @@ def test_save_without_changes_writes_nothing(open_datastore, tmp_path):
 def test_saved_data_is_there_after_a_restart(open_datastore, tmp_path):
     path = tmp_path / "datastore.db"
     stub = open_datastore(path)
-    counters.apply_batch("batch-1", keyed([Event("click", "a"), Event("view", "b")]))
+    count_now("batch-1", keyed([Event("click", "a"), Event("view", "b")]))
     stub.save()
 
     open_datastore(path)
