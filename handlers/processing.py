@@ -76,8 +76,9 @@ def _ask_for_fold(settings: Settings) -> None:
 
 
 def schedule_continuation(settings: Settings) -> None:
-    """Add an unnamed task to carry on where a request's time budget ran out."""
-    taskqueue.add(url=PROCESS_PATH, queue_name=settings.task_queue_name)
+    """Add an unnamed task, due now by ``settings.clock``, to carry on where a request's
+    time budget ran out (or to take a free lane)."""
+    taskqueue.add(url=PROCESS_PATH, queue_name=settings.task_queue_name, eta=datetime.fromtimestamp(settings.clock(), tz=UTC))
 
 
 class ProcessorLanes:
