@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conftest import keyed
+from tests.support.counting import keyed
 from handlers import counters
 from handlers.events import Event
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from google.appengine.ext import ndb
 
-from conftest import keyed
+from tests.support.counting import keyed
 from handlers import counters
 from handlers.events import Event
 

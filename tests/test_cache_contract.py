@@ -11,8 +11,8 @@ import pickle
 from contextlib import closing
 
 import pytest
-from conftest import CacheWrapper
-from fault_proxy import FaultProxy
+from tests.support.seams import CacheWrapper
+from tests.support.fault_proxy import FaultProxy
 
 from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
 

@@ -14,18 +14,8 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import (
-    CacheWrapper,
-    GatedAddMulti,
-    InThread,
-    RecordingCondition,
-    StoresOnlyTheFirst,
-    arrive_in_order,
-    drain,
-    existing_queue,
-    run_on_threads,
-    start_held_write,
-)
+from tests.support.seams import CacheWrapper, GatedAddMulti, StoresOnlyTheFirst, drain, existing_queue, start_held_write
+from tests.support.threads import InThread, RecordingCondition, arrive_in_order, run_on_threads
 
 from clickqueue import (
     MAX_BATCH_BYTES,

@@ -4,7 +4,7 @@ import json
 import pickle
 
 import pytest
-from conftest import CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import (
     MAX_BATCH_MESSAGES,

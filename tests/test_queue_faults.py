@@ -16,9 +16,10 @@ from collections import defaultdict
 from contextlib import closing
 
 import pytest
-from conftest import REPO_ROOT, CacheWrapper, PauseAfterIncr, drain, stop_process, wait_until
-from fault_proxy import FaultProxy
-from queue_workers import memcached_client, message_ids, run_on_memcached
+from tests.support.processes import REPO_ROOT, stop_process, wait_until
+from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
+from tests.support.fault_proxy import FaultProxy
+from tests.support.queue_workers import memcached_client, message_ids, run_on_memcached
 
 from clickqueue import (
     MAX_CLAIM_ITEMS,

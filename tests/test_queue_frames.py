@@ -4,7 +4,7 @@ their slots, and span the rest (``clickqueue.queue``'s protocol). Every backend.
 import logging
 
 import pytest
-from conftest import CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import CacheUnavailableError, Queue
 from clickqueue.codec import FRAME_BYTES, FRAME_MESSAGES, LEASE_PREFIX, TOMBSTONE, encode_message, frame_payload

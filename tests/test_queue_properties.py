@@ -4,7 +4,8 @@ queue operations on the App Engine memcache stub checked against a model."""
 import json
 import random
 
-from conftest import APP_ID, FakeClock, PauseAfterIncr
+from tests.support.processes import APP_ID
+from tests.support.seams import FakeClock, PauseAfterIncr
 from google.appengine.api import memcache
 from google.appengine.ext import testbed as testbed_module
 from hypothesis import example, given, settings

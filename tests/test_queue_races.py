@@ -7,7 +7,7 @@ import logging
 import random
 
 import pytest
-from conftest import CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
 from test_queue_faults import expiry_seconds
 
 from clickqueue import (

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import CacheWrapper
+from tests.support.seams import CacheWrapper
 
 from clickqueue import CountingCache, wrap_client
 from clickqueue.keys import QueueKeys
