@@ -28,7 +28,10 @@ from clickqueue.errors import (
 )
 from clickqueue.group_commit import GroupCommit
 from clickqueue.keys import QueueKeys
-from clickqueue.queue import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_CLAIM_ITEMS, Lease, Queue, QueueStats
+from clickqueue.claiming import MAX_CLAIM_ITEMS
+from clickqueue.leases import Lease
+from clickqueue.queue import Queue, QueueStats
+from clickqueue.writing import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 
 __all__ = [
     "MAX_BATCH_BYTES",

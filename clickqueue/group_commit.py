@@ -74,7 +74,8 @@ from clickqueue.errors import (
     QueueError,
     WriteIncompleteError,
 )
-from clickqueue.queue import MAX_BATCH_MESSAGES, Queue
+from clickqueue.queue import Queue
+from clickqueue.writing import MAX_BATCH_MESSAGES
 
 REFUSED_BEFORE_WRITING = (MessageEncodingError, MessageTooLargeError, BatchTooLargeError)
 """What ``write_multi`` raises about its input, before it writes anything."""

@@ -32,7 +32,8 @@ from clickqueue import (
     wrap_client,
 )
 from clickqueue.codec import FRAME_MESSAGES, TAKEN
-from clickqueue.queue import MAX_CACHE_CALLS_PER_CALL, MAX_EMPTY_ROUNDS
+from clickqueue.context import MAX_CACHE_CALLS_PER_CALL
+from clickqueue.taking import MAX_EMPTY_ROUNDS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_LEASES, ReadState
 
@@ -649,7 +650,7 @@ def expiry_seconds(key):
 
 
 def test_marks_expire_and_messages_do_not(testbed, clock):
-    from clickqueue.queue import TAKEN_SECONDS
+    from clickqueue.taking import TAKEN_SECONDS
 
     queue = Queue("q", clock=clock, tombstone_seconds=600, max_write_seconds=60)
     for message in ["read", "held", "gone"]:

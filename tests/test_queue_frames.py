@@ -8,7 +8,7 @@ from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import CacheUnavailableError, Queue
 from clickqueue.codec import FRAME_BYTES, FRAME_MESSAGES, LEASE_PREFIX, TOMBSTONE, encode_message, frame_payload
-from clickqueue.queue import MAX_WRITE_ATTEMPTS
+from clickqueue.writing import MAX_WRITE_ATTEMPTS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import ReadState
 
@@ -133,7 +133,7 @@ class RestNeverStored(CacheWrapper):
 def test_the_rest_of_a_frame_that_cannot_be_stored_again_is_counted_lost(make_queue, cache, clock, caplog):
     queue = make_queue()
     queue.write_multi(list(range(5)))
-    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+    with caplog.at_level(logging.WARNING, logger="clickqueue"):
         assert Queue("q", RestNeverStored(cache, queue.keys.slot(0, 3)), clock=clock).read_multi(2) == [0, 1]
     rest_slot = queue.keys.slot(0, 3)
     assert [record.getMessage() for record in caplog.records] == [
@@ -163,7 +163,7 @@ def test_the_rest_of_a_frame_turned_away_until_its_reader_gives_up_is_counted_lo
     queue = make_queue()
     queue.write_multi(list(range(5)))
     reader = Queue("q", AnotherReaderTombstonesEveryRest(cache, clock), clock=clock, sleep=lambda seconds: None)
-    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+    with caplog.at_level(logging.WARNING, logger="clickqueue"):
         assert reader.read_multi(2) == [0, 1]
     assert "could not store 3 messages again" in caplog.text
     assert drain(queue) == []

@@ -21,7 +21,8 @@ from clickqueue import (
     wrap_client,
 )
 from clickqueue.codec import FRAME_BYTES, GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
-from clickqueue.queue import MAX_WRITE_ATTEMPTS, TAKEN_SECONDS
+from clickqueue.taking import TAKEN_SECONDS
+from clickqueue.writing import MAX_WRITE_ATTEMPTS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, ReadState, SlotRange
 
@@ -597,7 +598,7 @@ class StateNeverChanges(CacheWrapper):
 def test_a_write_whose_counts_cannot_be_recorded_says_which_counts_it_lost(cache, clock, caplog):
     Queue("q", cache, clock=clock).write("creates the queue")
     writer = Queue("q", StateNeverChanges(CollideTimes(cache, 1)), clock=clock, sleep=lambda seconds: None)
-    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+    with caplog.at_level(logging.WARNING, logger="clickqueue"):
         writer.write("stored all the same")
     assert [record.getMessage() for record in caplog.records] == [
         "queue q: could not record a write's counts (retried 0, collided 1): "

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clickqueue import QueueError, WriteIncompleteError
-from clickqueue.queue import MAX_CACHE_CALLS_PER_CALL
+from clickqueue.context import MAX_CACHE_CALLS_PER_CALL
 
 G1 = "G1 no duplicates"
 G2_BOUND = "G2 bounded calls"
