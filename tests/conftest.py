@@ -17,6 +17,23 @@ from tests.support.rpc_faults import MemcacheRpcFaults, rpc_faults
 from tests.support.seams import FakeClock
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the App Engine SDK patch threading now, before any test makes an API call.
+
+    The first ``wrap_wsgi_app`` (``main.create_app``) runs the SDK's
+    ``InitializeThreadingApis``, which reloads ``threading`` and
+    ``concurrent.futures.thread``. A worker of the SDK's RPC thread pool
+    (``apiproxy_rpc``) started before that reload is then known to neither, so
+    nothing tells it to stop at exit, and Python 3.13 waits for it forever
+    (tests/test_suite_exits.py). On App Engine the app is wrapped at import,
+    before any call; here the same order is kept by patching first (once: the
+    SDK caches it).
+    """
+    from google.appengine.runtime import initialize
+
+    initialize.InitializeThreadingApis()
+
+
 @pytest.fixture(scope="session")
 def memcached_server() -> Iterator[MemcachedServer]:
     """One real memcached for the session; tests flush it through ``memcached_client``."""
