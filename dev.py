@@ -6,6 +6,7 @@
     python3 dev.py bench    # the benchmark; extra arguments go to `python -m bench`
     python3 dev.py soak --minutes 30   # the queue's fault simulation, seed after seed
     python3 dev.py mutants run         # mutation testing of the library (hours)
+    python3 dev.py typecheck           # mypy --strict on clickqueue/
     python3 dev.py test --python 3.13   # the same on another Python
 
 Needs only Python 3.11+. The Python running dev.py gets the virtualenv .venv;
@@ -38,6 +39,7 @@ COMMANDS = {
         "run the queue's deterministic simulation on many seeds (e.g. --minutes 30; arguments go to `python -m tests.sim`)",
     ),
     "mutants": (["-m", "mutmut"], "mutation-test clickqueue/ (e.g. `run`, `results`; arguments go to mutmut)"),
+    "typecheck": (["-m", "mypy"], "type-check clickqueue/ with mypy in strict mode (pyproject.toml; arguments go to mypy)"),
 }
 FAST_LEAVES_OUT = ("slow", "processes", "browser", "dev_appserver", "benchmark")
 """The pytest marks (pyproject.toml) whose tests ``test --fast`` leaves out."""

@@ -9,7 +9,8 @@ its fault model, guarantees and limits are in ``clickqueue.queue``.
 process (``clickqueue.group_commit``).
 """
 
-from clickqueue.cache import Applied, Cache, CountingCache, wrap_client
+from clickqueue.cache import Applied, Cache, CountingCache
+from clickqueue.clients import wrap_client
 from clickqueue.codec import MAX_MESSAGE_BYTES
 from clickqueue.errors import (
     BatchTooLargeError,

@@ -105,7 +105,8 @@ class AppEngineMemcache:
         if not keys:
             return {}
         try:
-            return _call("get", keys[0], lambda rpc: client.get_multi_async(keys, for_cas=for_cas, rpc=rpc))
+            found: dict[str, object] = _call("get", keys[0], lambda rpc: client.get_multi_async(keys, for_cas=for_cas, rpc=rpc))
+            return found
         except CacheUnavailableError:
             if len(keys) == 1:
                 raise
@@ -124,12 +125,7 @@ class AppEngineMemcache:
             by_client[client][key] = value
         applied: dict[str, Applied] = {}
         for client, client_values in by_client.items():
-            applied.update(
-                self._store(
-                    client_values,
-                    lambda part, rpc, client=client: client.cas_multi_async(part, time=expire_seconds, rpc=rpc),
-                )
-            )
+            applied.update(self._store(client_values, _cas_with(client, expire_seconds)))
         return applied
 
     def _store(self, values: Mapping[str, bytes], start: Callable[[dict[str, bytes], Any], Any]) -> dict[str, Applied]:
@@ -163,7 +159,8 @@ class AppEngineMemcache:
             raise CacheUnavailableError(key, "incr") from error
         (item,) = rpc.response.item
         if item.increment_status == MemcacheIncrementResponse.OK:
-            return item.new_value
+            new_value: int = item.new_value
+            return new_value
         if item.increment_status == MemcacheIncrementResponse.NOT_CHANGED:
             return None  # missing, or not a number
         raise CacheUnavailableError(key, "incr")
@@ -175,6 +172,11 @@ class AppEngineMemcache:
         statuses = _call("delete", keys[0], lambda rpc: _client().delete_multi_async(keys, rpc=rpc))
         if statuses is None or memcache.DELETE_NETWORK_FAILURE in statuses:
             raise CacheUnavailableError(keys[0], "delete")
+
+
+def _cas_with(client: memcache.Client, expire_seconds: int) -> Callable[[dict[str, bytes], Any], Any]:
+    """Starts the compare-and-set of a part through ``client``, the one whose ``gets`` gave its tokens."""
+    return lambda part, rpc: client.cas_multi_async(part, time=expire_seconds, rpc=rpc)
 
 
 def _applied(status: int | None) -> Applied:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
-from clickqueue.cache import CallBudget, ObservedCache, wrap_client
+from clickqueue.cache import CallBudget, ObservedCache
+from clickqueue.clients import wrap_client
 from clickqueue.errors import CacheUnavailableError, ContentionError
 from clickqueue.keys import QueueKeys
 from clickqueue.recovery import Recovery
