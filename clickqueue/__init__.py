@@ -4,7 +4,7 @@ Writers take slots from an atomic counter and ``add`` messages into them;
 readers claim slots by compare-and-set on one state key, tombstone slots still
 empty, and take each message by compare-and-set on its slot, either for good
 (``read_multi``) or under a lease until acknowledged (``lease``). The protocol,
-its fault model, guarantees and limits are in ``clickqueue.queue``.
+its invariants, fault model, guarantees and limits: docs/protocol.md.
 ``GroupCommit`` shares one ``write_multi`` among concurrent writers of a
 process (``clickqueue.group_commit``).
 """

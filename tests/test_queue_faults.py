@@ -1,4 +1,4 @@
-"""Faults from the fault model (see ``clickqueue.queue``), each on real backends.
+"""Faults from the fault model (see docs/protocol.md), each on real backends.
 
 The rule throughout: no message delivered twice (but under its own lease id),
 no stall, and whatever is lost is counted. The tests named for a confirmed bug

@@ -1,5 +1,5 @@
 """Frames: the messages one write stores side by side share one value, in the first of
-their slots, and span the rest (``clickqueue.queue``'s protocol). Every backend."""
+their slots, and span the rest (docs/protocol.md). Every backend."""
 
 import logging
 
