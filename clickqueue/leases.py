@@ -85,13 +85,13 @@ class Lease:
         """Done with the batch: 3 cache calls. True if this call settled the lease;
         False if a holder of the same id settled it first (after a takeover), or
         the queue forgot it (a reset): then only its own marks are cleared (2 calls)."""
-        return self.lease_id is not None and self._settle(self.lease_id)
+        return self._settle()
 
     @one_call
     def release(self) -> bool:
         """Give the batch back now, to be delivered again under the same id: 2 cache
         calls. False if this holder's attempt is no longer the current one."""
-        return self.lease_id is not None and self._give_back(self.lease_id)
+        return self._give_back()
 
     def __enter__(self) -> Lease:
         return self
@@ -104,10 +104,12 @@ class Lease:
         else:
             self.release()
 
-    def _settle(self, lease_id: str) -> bool:
+    def _settle(self) -> bool:
         """Remove the lease from the state with the counts its reader found (1 CAS
-        round), then delete its slots (1 call)."""
-        context, fetched = self.context, self._fetched
+        round), then delete its slots (1 call). An empty lease has nothing to settle."""
+        context, fetched, lease_id = self.context, self._fetched, self.lease_id
+        if lease_id is None:
+            return False
 
         def settle(state: ReadState) -> bool:
             record = state.leases.pop(lease_id, None)
@@ -142,8 +144,11 @@ class Lease:
         if own:
             cache.cas_multi(own, TAKEN_SECONDS)
 
-    def _give_back(self, lease_id: str) -> bool:
-        holder, count = self.holder, len(self.messages)
+    def _give_back(self) -> bool:
+        """Set the lease's deadline to now, if this holder's attempt is the current one."""
+        holder, count, lease_id = self.holder, len(self.messages), self.lease_id
+        if lease_id is None:
+            return False
 
         def give_back(state: ReadState) -> bool:
             record = state.leases.get(lease_id)

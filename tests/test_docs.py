@@ -21,7 +21,9 @@ PROTOCOL = DOCS / "protocol.md"
 QUOTING_CONSTANTS = sorted([*DOCS.glob("*.md"), REPO_ROOT / "README.md"])
 
 TEST_FILE = re.compile(r"test_\w+\.py")
-CITATION = re.compile(r"`(?:(?:tests/)?(?P<file>test_\w+\.py))?(?:::(?P<qualified>\w+)|(?P<bare>\btest_\w+\b)(?!\.py))?[^`]*`")
+CITATION = re.compile(
+    r"`(?:(?:tests/)?(?P<file>test_\w+\.py))?(?:::(?P<qualified>\w+)|(?P<bare>\btest_\w+\b)(?!\.py))?[^`]*`"
+)
 QUOTED_CONSTANT = re.compile(r"`(?P<name>[A-Z][A-Z0-9_]{2,})` \((?P<value>[0-9][0-9,_.]*)\)")
 CONSTANT_NAME = re.compile(r"`(?P<name>[A-Z][A-Z0-9_]{2,})`")
 
@@ -112,7 +114,8 @@ def test_every_constant_quoted_with_its_value_has_that_value(document):
 def test_the_protocol_quotes_its_limits_with_their_values():
     quoted = {match["name"] for match in QUOTED_CONSTANT.finditer(PROTOCOL.read_text())}
 
-    assert {"MAX_CACHE_CALLS_PER_CALL", "REPAIR_MARGIN", "RECOVERY_SLOTS", "MAX_CLAIM_ITEMS", "FRAME_MESSAGES"} <= quoted
+    limits = {"MAX_CACHE_CALLS_PER_CALL", "REPAIR_MARGIN", "RECOVERY_SLOTS", "MAX_CLAIM_ITEMS", "FRAME_MESSAGES"}
+    assert limits <= quoted
 
 
 def test_every_constant_the_protocol_names_exists_in_the_library():
@@ -124,7 +127,12 @@ def test_every_constant_the_protocol_names_exists_in_the_library():
 def test_the_protocol_has_its_parts_in_order():
     headings = [line for line in PROTOCOL.read_text().splitlines() if line.startswith("## ")]
 
-    assert headings == ["## Glossary", "## Slot layout", "## Invariants, and why they hold", "## Limits (what cannot be promised)"]
+    assert headings == [
+        "## Glossary",
+        "## Slot layout",
+        "## Invariants, and why they hold",
+        "## Limits (what cannot be promised)",
+    ]
 
 
 PROTOCOL_MODULES = ["queue", "writing", "claiming", "taking", "leases", "slots", "context"]

@@ -18,7 +18,8 @@ EXIT_DEADLINE_SECONDS = 300
 def test_queue_tests_then_app_tests_exit_once_they_pass():
     """Backend tests start the SDK's RPC thread pool; the app's first ``wrap_wsgi_app``
     then reloads ``threading``. The run must still exit (Python 3.13 hung here)."""
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_queue.py", "tests/test_app_track.py"]
+    files = ["tests/test_queue.py", "tests/test_app_track.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_DEADLINE_SECONDS)
     except subprocess.TimeoutExpired as expired:
