@@ -108,6 +108,38 @@ def test_a_leader_waits_for_company_no_longer_than_max_wait_seconds(testbed):
     assert sorted(m["id"] for m in drain(Queue("q", wrap_client(None)))) == ["held-0", "second-0", "second-1"]
 
 
+def fill_a_batch_exactly(group, gate, condition) -> InThread:
+    """With one write held in flight: callers of 4 and 6 fill a batch of 10 exactly,
+    and return; the held write's thread is returned, still in flight."""
+    held = start_held_write(gate, writing(group, ids("held", 1)))
+    [b] = arrive_in_order(condition, [writing(group, ids("b", 4))])
+    c = InThread(writing(group, ids("c", 6)))
+    c.start()
+    assert (b.outcome(), c.outcome()) == (None, None), "a batch filled exactly waited for the write in flight"
+    return held
+
+
+def test_callers_that_fill_a_batch_exactly_share_it_and_it_goes_out_at_once(thread_safe_cache):
+    gate, condition, group = gated_group(thread_safe_cache, max_messages=10)
+    held = fill_a_batch_exactly(group, gate, condition)
+
+    gate.release.set()
+
+    assert held.outcome() is None
+    assert gate.calls == [1, 10]
+
+
+def test_a_caller_after_a_full_batch_still_waits_for_the_write_in_flight(thread_safe_cache):
+    gate, condition, group = gated_group(thread_safe_cache, max_messages=10)
+    held = fill_a_batch_exactly(group, gate, condition)
+
+    [d] = arrive_in_order(condition, [writing(group, ids("d", 1))])
+    gate.release.set()
+
+    assert (held.outcome(), d.outcome()) == (None, None)
+    assert gate.calls == [1, 10, 1]
+
+
 def test_batches_hold_at_most_max_messages_and_never_split_a_caller(thread_safe_cache):
     """With a write held in flight: callers of 4 and 4 share a batch; the next 4 would
     take it past 10, so it is written and the 4 open another; 7 likewise; 25, over
