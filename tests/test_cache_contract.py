@@ -247,16 +247,18 @@ def test_a_cas_whose_reply_was_lost_is_unknown_and_stored(cache, cache_faults):
 def test_a_failed_incr_raises_even_when_it_was_applied(cache, cache_faults):
     cache.add_multi({"contract:counter": b"1"})
     cache_faults.fail_next(["contract:counter"], after_applying=True)
-    with pytest.raises(CacheUnavailableError):
+    with pytest.raises(CacheUnavailableError) as raised:
         cache.incr("contract:counter", 1)
+    assert (raised.value.key, raised.value.operation) == ("contract:counter", "incr")
     assert cache.get_multi(["contract:counter"]) == {"contract:counter": b"2"}
 
 
 def test_a_failed_delete_raises(cache, cache_faults):
     cache.add_multi({"contract:a": b"1"})
     cache_faults.fail_next(["contract:a"])
-    with pytest.raises(CacheUnavailableError):
+    with pytest.raises(CacheUnavailableError) as raised:
         cache.delete_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation) == ("contract:a", "delete")
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}
 
 
