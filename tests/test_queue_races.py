@@ -841,3 +841,42 @@ def test_another_leases_marks_survive_a_forgotten_ack_and_go_out_again_on_expiry
     clock.advance(301)
     again = second_process.lease(10, seconds=300)
     assert (again.lease_id, again.attempt, again.messages) == (current.lease_id, 2, ["after the flush"])
+
+
+# -- releases of a lease --------------------------------------------------------------------------
+
+
+def leased_pair(cache, clock):
+    """A queue holding one lease of two messages."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b"])
+    return queue, queue.lease(10, seconds=60)
+
+
+def test_a_lease_released_twice_is_given_back_and_counted_once(cache, clock):
+    queue, lease = leased_pair(cache, clock)
+    assert (lease.release(), lease.release()) == (True, False)
+    assert queue.stats().requeued == 2
+
+
+def test_each_release_adds_to_the_requeued_count(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b", "c"])
+    first, second = queue.lease(2), queue.lease(1)
+    assert (first.release(), second.release()) == (True, True)
+    assert queue.stats().requeued == 3
+
+
+@pytest.mark.parametrize("after_applying", [True, False], ids=["reply-lost", "failed-before-applying"])
+def test_a_release_whose_compare_and_set_went_unanswered_gives_the_lease_back_once(
+    cache, clock, memcache_rpc_faults, after_applying
+):
+    queue, lease = leased_pair(cache, clock)
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=after_applying)
+
+    assert lease.release() is True
+
+    assert memcache_rpc_faults.failed == ["Set"]
+    assert queue.stats().requeued == 2
+    again = queue.lease(10)
+    assert (again.lease_id, again.attempt, again.messages) == (lease.lease_id, 2, ["a", "b"])
