@@ -93,25 +93,30 @@ class AppEngineMemcache:
     """One RPC per call (more only past 32 MB); namespaces are left to the key prefix."""
 
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
-        found = self._read(list(keys), _client(), for_cas=False)
+        found = self._read(list(keys), _client(), "get")
         return {key: _as_bytes(value) for key, value in found.items()}
 
     def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, memcache.Client]]:
         client = _client()
-        found = self._read(list(keys), client, for_cas=True)
+        found = self._read(list(keys), client, "gets")
         return {key: (_as_bytes(value), client) for key, value in found.items()}
 
-    def _read(self, keys: list[str], client: memcache.Client, for_cas: bool) -> dict[str, object]:
+    def _read(self, keys: list[str], client: memcache.Client, operation: str) -> dict[str, object]:
+        """``get_multi`` (``operation`` "get"), or with CAS tokens for ``client`` ("gets");
+        a read refused for its answer's size is made again in halves."""
         if not keys:
             return {}
+        for_cas = operation == "gets"
         try:
-            found: dict[str, object] = _call("get", keys[0], lambda rpc: client.get_multi_async(keys, for_cas=for_cas, rpc=rpc))
+            found: dict[str, object] = _call(
+                operation, keys[0], lambda rpc: client.get_multi_async(keys, for_cas=for_cas, rpc=rpc)
+            )
             return found
         except CacheUnavailableError:
             if len(keys) == 1:
                 raise
         middle = len(keys) // 2
-        return {**self._read(keys[:middle], client, for_cas), **self._read(keys[middle:], client, for_cas)}
+        return {**self._read(keys[:middle], client, operation), **self._read(keys[middle:], client, operation)}
 
     def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
         client = _client()

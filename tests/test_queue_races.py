@@ -468,7 +468,7 @@ def test_a_read_whose_count_correction_fails_keeps_its_messages_and_says_so(cach
 
     Queue("q", PauseAfterIncr(cache, read_as_the_writer_stores), clock=clock).write("never stored")
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert warnings == ["queue q: could not correct counts after a read: cache get of 'cq:q:state' failed"]
+    assert warnings == ["queue q: could not correct counts after a read: cache gets of 'cq:q:state' failed"]
 
 
 # -- counts a write records ------------------------------------------------------------------------
@@ -488,7 +488,7 @@ def test_counts_a_write_could_not_record_are_logged_and_its_messages_kept(cache,
     memcache_rpc_faults.fail_next("Get", key=queue.keys.state)
     queue.requeue(["again"])
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "queue q: could not record counts {'requeued': 1}: cache get of 'cq:q:state' failed"
+        "queue q: could not record counts {'requeued': 1}: cache gets of 'cq:q:state' failed"
     ]
     assert drain(queue) == ["creates the queue", "again"]
 
