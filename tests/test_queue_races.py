@@ -843,7 +843,7 @@ def test_another_leases_marks_survive_a_forgotten_ack_and_go_out_again_on_expiry
     assert (again.lease_id, again.attempt, again.messages) == (current.lease_id, 2, ["after the flush"])
 
 
-# -- releases of a lease --------------------------------------------------------------------------
+# -- acks and releases of a lease -----------------------------------------------------------------
 
 
 def leased_pair(cache, clock):
@@ -880,3 +880,43 @@ def test_a_release_whose_compare_and_set_went_unanswered_gives_the_lease_back_on
     assert queue.stats().requeued == 2
     again = queue.lease(10)
     assert (again.lease_id, again.attempt, again.messages) == (lease.lease_id, 2, ["a", "b"])
+
+
+@pytest.mark.parametrize("after_applying", [True, False], ids=["reply-lost", "failed-before-applying"])
+def test_an_ack_whose_compare_and_set_went_unanswered_settles_the_lease_once(
+    cache, clock, memcache_rpc_faults, after_applying
+):
+    queue, lease = leased_pair(cache, clock)
+    memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=after_applying)
+
+    assert lease.ack() is True
+
+    assert memcache_rpc_faults.failed == ["Set"]
+    assert stats_of(queue, "read", "leased", "depth") == (2, 0, 0)
+    assert cache.get_multi(lease.message_keys) == {}
+
+
+def test_an_ack_whose_slots_cannot_be_deleted_is_settled_and_says_so(cache, clock, memcache_rpc_faults, caplog):
+    queue, lease = leased_pair(cache, clock)
+    memcache_rpc_faults.fail_next("Delete")
+
+    assert lease.ack() is True
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"queue q: lease {lease.lease_id} acked, its slots not deleted: cache delete of '{lease.message_keys[0]}' failed"
+    ]
+    assert stats_of(queue, "read", "leased") == (2, 0)
+
+
+def test_a_leased_gap_slot_filled_just_before_its_tombstone_is_uncounted_from_gapped_at_ack(cache, clock):
+    queue = queue_with_a_gap(cache, clock)
+    racing = Queue("q", StoreBeforeTheTombstone(cache, queue.keys.slot(0, 2), "late"), clock=clock)
+    lease = racing.lease(2)
+    assert lease.messages == ["a", "late"]
+
+    assert lease.ack() is True
+
+    assert drain(queue) == ["b"]
+    assert stats_of(queue, "gapped", "skipped", "lost") == (999, 0, 0)
+    assert_identity(queue)
