@@ -867,31 +867,36 @@ def test_each_release_adds_to_the_requeued_count(cache, clock):
     assert queue.stats().requeued == 3
 
 
-@pytest.mark.parametrize("after_applying", [True, False], ids=["reply-lost", "failed-before-applying"])
+UNANSWERED = pytest.mark.parametrize("after_applying", [True, False], ids=["reply-lost", "failed-before-applying"])
+
+
+def ended_with_an_unanswered_cas(cache, clock, faults, after_applying, end: str):
+    """A lease of two messages, ended by ``end`` ("ack", "release") whose state CAS
+    goes unanswered: the end still reports that it took effect."""
+    queue, lease = leased_pair(cache, clock)
+    faults.fail_next("Set", key=queue.keys.state, after_applying=after_applying)
+    assert getattr(lease, end)() is True
+    assert faults.failed == ["Set"]
+    return queue, lease
+
+
+@UNANSWERED
 def test_a_release_whose_compare_and_set_went_unanswered_gives_the_lease_back_once(
     cache, clock, memcache_rpc_faults, after_applying
 ):
-    queue, lease = leased_pair(cache, clock)
-    memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=after_applying)
+    queue, lease = ended_with_an_unanswered_cas(cache, clock, memcache_rpc_faults, after_applying, "release")
 
-    assert lease.release() is True
-
-    assert memcache_rpc_faults.failed == ["Set"]
     assert queue.stats().requeued == 2
     again = queue.lease(10)
     assert (again.lease_id, again.attempt, again.messages) == (lease.lease_id, 2, ["a", "b"])
 
 
-@pytest.mark.parametrize("after_applying", [True, False], ids=["reply-lost", "failed-before-applying"])
+@UNANSWERED
 def test_an_ack_whose_compare_and_set_went_unanswered_settles_the_lease_once(
     cache, clock, memcache_rpc_faults, after_applying
 ):
-    queue, lease = leased_pair(cache, clock)
-    memcache_rpc_faults.fail_next("Set", key=queue.keys.state, after_applying=after_applying)
+    queue, lease = ended_with_an_unanswered_cas(cache, clock, memcache_rpc_faults, after_applying, "ack")
 
-    assert lease.ack() is True
-
-    assert memcache_rpc_faults.failed == ["Set"]
     assert stats_of(queue, "read", "leased", "depth") == (2, 0, 0)
     assert cache.get_multi(lease.message_keys) == {}
 
