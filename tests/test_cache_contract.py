@@ -221,6 +221,7 @@ def test_a_failed_read_raises(cache, cache_faults, method):
     with pytest.raises(CacheUnavailableError) as raised:
         getattr(cache, method)(["contract:a"])
     assert (raised.value.key, raised.value.operation) == ("contract:a", {"get_multi": "get", "gets_multi": "gets"}[method])
+    assert raised.value.__cause__ is not None, "the backend's own error, chained"
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}, "the next call works again"
 
 
@@ -275,6 +276,9 @@ def test_memcached_server_error_mid_batch_fails_only_that_key(memcached_server, 
     assert cache.get_multi(list(values)) == {"contract:a": b"1", "contract:b": b"2", "contract:d": b"4"}
 
 
+KEY_RULE = "use 1 to 250 printable ASCII characters without spaces"
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -292,9 +296,23 @@ def test_memcached_key_its_text_protocol_cannot_carry_is_refused_before_anything
     cache = wrap_client(memcached_client)
     cache.add_multi({"contract:kept": b"1"})
     argument = {"contract:a": b"1", key: b"2"} if call == "add_multi" else ["contract:a", key]
-    with pytest.raises(InvalidArgumentError, match="invalid cache key"):
+    with pytest.raises(InvalidArgumentError) as refused:
         getattr(cache, call)(argument)
+    assert (refused.value.value, str(refused.value).split(": ", 1)[1]) == (key, KEY_RULE)
     assert cache.get_multi(["contract:a", "contract:kept"]) == {"contract:kept": b"1"}
+
+
+def test_memcached_key_refused_is_the_bad_one_after_a_key_of_250_characters(memcached_client):
+    longest = "contract:" + "k" * 241
+    with pytest.raises(InvalidArgumentError) as refused:
+        wrap_client(memcached_client).get_multi([longest, "contract:with space"])
+    assert refused.value.value == "contract:with space"
+
+
+def test_memcached_key_of_one_character_is_taken(memcached_client):
+    cache = wrap_client(memcached_client)
+    assert cache.add_multi({"k": b"1"}) == {"k": True}
+    assert cache.get_multi(["k"]) == {"k": b"1"}
 
 
 def test_memcached_key_of_250_characters_is_taken(memcached_client):
@@ -357,9 +375,16 @@ def test_pooled_pymemcache_client_is_wrapped(memcached_server, memcached_client)
     client.close()
 
 
+SERDE = "pass a pymemcache client without serde/serializer: clickqueue stores JSON bytes"
+
+
 @pytest.mark.parametrize(
     ("option", "error"),
-    [("pickle_serde", "without serde"), ("serializer", "without serde"), ("key_prefix", "without key_prefix")],
+    [
+        ("pickle_serde", SERDE),
+        ("serializer", SERDE),
+        ("key_prefix", "pass a pymemcache client without key_prefix: the queue prefixes its own keys"),
+    ],
 )
 def test_pymemcache_client_that_would_change_values_or_keys_is_refused(memcached_server, option, error):
     from pymemcache import serde
@@ -370,8 +395,9 @@ def test_pymemcache_client_that_would_change_values_or_keys_is_refused(memcached
         "serializer": {"serializer": serde.python_memcache_serializer, "deserializer": serde.python_memcache_deserializer},
         "key_prefix": {"key_prefix": b"app:"},
     }[option]
-    with pytest.raises(TypeError, match=error):
+    with pytest.raises(TypeError) as refused:
         wrap_client(Client(memcached_server.address, **options))
+    assert str(refused.value) == error
 
 
 def test_an_object_with_the_cache_methods_is_used_as_it_is(testbed):
