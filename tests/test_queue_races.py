@@ -612,25 +612,50 @@ def alone(name: str) -> str:
     return name * (FRAME_BYTES // 2 + 1)
 
 
+class RepliesLostAndOldestTaken(CacheWrapper):
+    """Every reply of the write's ``add_multi`` is lost after it was applied, and
+    meanwhile ``reader`` takes the ``taken`` oldest messages."""
+
+    def __init__(self, inner, reader: Queue, taken: int) -> None:
+        super().__init__(inner)
+        self.reader, self.taken, self.took = reader, taken, []
+
+    def add_multi(self, values, expire_seconds=0):
+        applied = self.inner.add_multi(values, expire_seconds)
+        if any(":m:" in key for key in values):
+            self.took = self.reader.read_multi(self.taken)
+            return dict.fromkeys(applied)
+        return applied
+
+
 def test_a_lost_reply_reports_stored_what_it_finds_stored_and_unknown_what_was_taken(cache, clock):
     queue = Queue("q", cache, clock=clock)
     queue.write("warm up")
     assert queue.read() == "warm up"
     x, y = alone("x"), alone("y")
-
-    class RepliesLostAndFirstTaken(CacheWrapper):
-        def add_multi(self, values, expire_seconds=0):
-            applied = self.inner.add_multi(values, expire_seconds)
-            if any(":m:" in key for key in values):
-                assert queue.read_multi(1) == [x]
-                return dict.fromkeys(applied)
-            return applied
+    lossy = RepliesLostAndOldestTaken(cache, queue, 1)
 
     with pytest.raises(WriteIncompleteError) as raised:
-        Queue("q", RepliesLostAndFirstTaken(cache), clock=clock).write_multi([x, y])
+        Queue("q", lossy, clock=clock).write_multi([x, y])
+
+    assert lossy.took == [x]
     assert (raised.value.stored, raised.value.unknown) == ([1], [0])
     assert (raised.value.key, raised.value.total) == (queue.keys.slot(0, 2), 2)
     assert drain(queue) == [y]
+
+
+def test_a_lost_reply_over_many_messages_reports_each_stored_and_each_taken(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("warm up")
+    assert queue.read() == "warm up"
+    messages = [alone(name) for name in "wxyz"]
+    lossy = RepliesLostAndOldestTaken(cache, queue, 2)
+
+    with pytest.raises(WriteIncompleteError) as raised:
+        Queue("q", lossy, clock=clock).write_multi(messages)
+
+    assert lossy.took == messages[:2]
+    assert (raised.value.stored, raised.value.unknown) == ([2, 3], [0, 1])
 
 
 def test_a_frame_whose_reply_was_lost_and_whose_first_part_was_taken_is_unknown_whole(cache, clock):
