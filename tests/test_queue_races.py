@@ -444,6 +444,13 @@ def test_a_writer_turned_away_by_a_gap_tombstone_is_not_counted_retried(cache, c
 # -- counts a read corrects -----------------------------------------------------------------------
 
 
+def test_slots_of_a_gap_no_reader_has_passed_count_neither_as_written_nor_as_waiting(cache, clock):
+    queue = queue_with_a_gap(cache, clock)
+    assert stats_of(queue, "written", "depth", "read", "gapped", "lost") == (2, 2, 0, 0, 0)
+    assert drain(queue) == ["a", "b"]
+    assert stats_of(queue, "written", "depth", "read", "gapped", "lost") == (2, 0, 2, 1000, 0)
+
+
 def test_a_gap_slot_filled_just_before_its_tombstone_is_delivered_and_not_counted_gapped(cache, clock):
     queue = queue_with_a_gap(cache, clock)
     cache.add_multi({queue.keys.slot(0, 2): encode_message("late 1")})  # writers holding old slots

@@ -175,6 +175,9 @@ CORRUPT = {
     "no shards": json.dumps({**valid(), "claimed": [], "seen": [], "base": []}).encode(),
     "lengths that differ": json.dumps({**valid(), "seen": [0, 0]}).encode(),
     "a bad lease id": json.dumps({**valid(), "leases": {"x": [1, 1, [[0, 1, 1, 0]], [0, 0], "h"]}}).encode(),
+    "a lease id of 32 characters not hex": json.dumps(
+        {**valid(), "leases": {"X" * 32: [1, 1, [[0, 1, 1, 0]], [0, 0], "h"]}}
+    ).encode(),
     "a short range": json.dumps({**valid(), "gaps": [[0, 1]]}).encode(),
     "a missing count": json.dumps({**valid(), "counts": {"skipped": 0}}).encode(),
 }
