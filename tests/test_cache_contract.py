@@ -15,6 +15,7 @@ from tests.support.seams import CacheWrapper
 from tests.support.fault_proxy import FaultProxy
 
 from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
+from clickqueue.appengine_cache import FOREIGN_VALUE
 
 KEYS = [f"contract:{n}" for n in range(20)]
 
@@ -435,3 +436,17 @@ def test_app_engine_read_refused_for_its_answer_size_is_made_again_in_halves(mem
     memcache_rpc_faults.max_response_bytes = 2000  # two values per answer at most
     assert cache.get_multi(list(values)) == values
     assert set(cache.gets_multi(list(values))) == set(values)
+
+
+@pytest.mark.parametrize(
+    ("stored", "read"),
+    [(7, b"7"), ("text", b"text"), (True, FOREIGN_VALUE), (1.5, FOREIGN_VALUE)],
+    ids=["an-int", "a-str", "a-bool", "a-float"],
+)
+def test_app_engine_values_another_client_stored_come_back_as_bytes(testbed, stored, read):
+    """Another App Engine client's ``memcache.set`` stores ints and strs as such: they
+    read as their bytes; anything else as one foreign value, never unpickled."""
+    from google.appengine.api import memcache
+
+    memcache.set("contract:other", stored)
+    assert wrap_client(None).get_multi(["contract:other"]) == {"contract:other": read}
