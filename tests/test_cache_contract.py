@@ -450,3 +450,8 @@ def test_app_engine_values_another_client_stored_come_back_as_bytes(testbed, sto
 
     memcache.set("contract:other", stored)
     assert wrap_client(None).get_multi(["contract:other"]) == {"contract:other": read}
+
+
+def test_app_engine_write_of_nothing_makes_no_rpc(memcache_rpc_faults):
+    assert wrap_client(None).add_multi({}) == {}
+    assert memcache_rpc_faults.request_bytes == []
