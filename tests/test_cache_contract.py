@@ -13,6 +13,7 @@ from contextlib import closing
 import pytest
 from tests.support.seams import CacheWrapper
 from tests.support.fault_proxy import FaultProxy
+from tests.support.processes import wait_until
 
 from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
 from clickqueue.appengine_cache import FOREIGN_VALUE
@@ -334,7 +335,13 @@ def test_memcached_part_of_a_batch_applied_before_the_connection_broke_is_unknow
         first_two = sum(len(b"ms %s 100 T0 ME\r\n" % key.encode()) + 102 for key in list(values)[:2])
         proxy.forward_request_bytes = len(b"mg contract:0\r\n") + first_two
         assert cache.add_multi(values) == dict.fromkeys(values)
-        assert sorted(wrap_client(direct).get_multi(list(values))) == ["contract:0", "contract:1"]
+        # memcached serves each connection on its own thread: the cut connection's first two
+        # commands may land after this other connection's first read.
+        def applied():
+            found = sorted(wrap_client(direct).get_multi(list(values)))
+            return found if len(found) >= 2 else None
+
+        assert wait_until(applied, timeout_seconds=10) == ["contract:0", "contract:1"]
     proxy.close()
 
 
