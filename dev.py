@@ -2,9 +2,11 @@
 
     python3 dev.py run      # the app on http://127.0.0.1:8080 (PORT overrides), on the SDK's stubs
     python3 dev.py test     # the whole test suite; extra arguments go to pytest
+    python3 dev.py test --fast   # without the slow parts (FAST_LEAVES_OUT), for the edit-test loop
     python3 dev.py bench    # the benchmark; extra arguments go to `python -m bench`
     python3 dev.py soak --minutes 30   # the queue's fault simulation, seed after seed
     python3 dev.py mutants run         # mutation testing of the library (hours)
+    python3 dev.py typecheck           # mypy --strict on clickqueue/
     python3 dev.py test --python 3.13   # the same on another Python
 
 Needs only Python 3.11+. The Python running dev.py gets the virtualenv .venv;
@@ -37,7 +39,10 @@ COMMANDS = {
         "run the queue's deterministic simulation on many seeds (e.g. --minutes 30; arguments go to `python -m tests.sim`)",
     ),
     "mutants": (["-m", "mutmut"], "mutation-test clickqueue/ (e.g. `run`, `results`; arguments go to mutmut)"),
+    "typecheck": (["-m", "mypy"], "type-check clickqueue/ with mypy in strict mode (pyproject.toml; arguments go to mypy)"),
 }
+FAST_LEAVES_OUT = ("slow", "processes", "browser", "dev_appserver", "benchmark")
+"""The pytest marks (pyproject.toml) whose tests ``test --fast`` leaves out."""
 VERSION = re.compile(r"(\d+)\.(\d+)")
 PROBE = "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.executable)"
 
@@ -155,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
             name,
             help=summary,
             description=summary,
-            usage=f"dev.py {name} [-h] [--python VERSION|PATH] [ARGS ...]",
+            usage=f"dev.py {name} [-h] [--python VERSION|PATH]{' [--fast]' if name == 'test' else ''} [ARGS ...]",
             allow_abbrev=False,
         )
         command.add_argument(
@@ -164,6 +169,13 @@ def parser() -> argparse.ArgumentParser:
             help="the Python to use: a version such as 3.13 (python3.13 on PATH, or pyenv's), or an interpreter's "
             "path; its virtualenv is .venv-VERSION. Default: the Python running dev.py, in .venv",
         )
+        if name == "test":
+            command.add_argument(
+                "--fast",
+                action="store_true",
+                help=f"leave out the slow parts (tests marked {', '.join(FAST_LEAVES_OUT)}); "
+                "without it, the whole suite runs",
+            )
     return top
 
 
@@ -177,6 +189,8 @@ def main(argv: list[str]) -> int:
         print(f"dev.py: error: {error}", file=sys.stderr)
         return 2
     python = ensure_venv(interpreter)
+    if getattr(options, "fast", False):
+        rest = ["-m", f"not ({' or '.join(FAST_LEAVES_OUT)})", *rest]
     command = [str(python), *COMMANDS[options.command][0], *rest]
     os.chdir(ROOT)
     if os.name == "nt":

@@ -136,7 +136,7 @@ def gunicorn(app: str, workers: int, threads: int, directory: Path, env: dict[st
 @contextmanager
 def local_app_server(data_dir: Path) -> Iterator[Server]:
     """``python main.py``: the app under gunicorn on the SDK's stubs, running its own
-    tasks, serving the datastore in ``data_dir`` (tests/e2e_support.py's ``local_server``)."""
+    tasks, serving the datastore in ``data_dir`` (tests/support/e2e.py's ``local_server``)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"}
     with running("python main.py", [sys.executable, str(REPO_ROOT / "main.py")], port, env=env) as server:

@@ -4,12 +4,13 @@ Writers take slots from an atomic counter and ``add`` messages into them;
 readers claim slots by compare-and-set on one state key, tombstone slots still
 empty, and take each message by compare-and-set on its slot, either for good
 (``read_multi``) or under a lease until acknowledged (``lease``). The protocol,
-its fault model, guarantees and limits are in ``clickqueue.queue``.
+its invariants, fault model, guarantees and limits: docs/protocol.md.
 ``GroupCommit`` shares one ``write_multi`` among concurrent writers of a
 process (``clickqueue.group_commit``).
 """
 
-from clickqueue.cache import Applied, Cache, CountingCache, wrap_client
+from clickqueue.cache import Applied, Cache, CountingCache
+from clickqueue.clients import wrap_client
 from clickqueue.codec import MAX_MESSAGE_BYTES
 from clickqueue.errors import (
     BatchTooLargeError,
@@ -28,7 +29,10 @@ from clickqueue.errors import (
 )
 from clickqueue.group_commit import GroupCommit
 from clickqueue.keys import QueueKeys
-from clickqueue.queue import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_CLAIM_ITEMS, Lease, Queue, QueueStats
+from clickqueue.claiming import MAX_CLAIM_ITEMS
+from clickqueue.leases import Lease
+from clickqueue.queue import Queue, QueueStats
+from clickqueue.writing import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 
 __all__ = [
     "MAX_BATCH_BYTES",

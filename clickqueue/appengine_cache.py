@@ -93,24 +93,30 @@ class AppEngineMemcache:
     """One RPC per call (more only past 32 MB); namespaces are left to the key prefix."""
 
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
-        found = self._read(list(keys), _client(), for_cas=False)
+        found = self._read(list(keys), _client(), "get")
         return {key: _as_bytes(value) for key, value in found.items()}
 
     def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, memcache.Client]]:
         client = _client()
-        found = self._read(list(keys), client, for_cas=True)
+        found = self._read(list(keys), client, "gets")
         return {key: (_as_bytes(value), client) for key, value in found.items()}
 
-    def _read(self, keys: list[str], client: memcache.Client, for_cas: bool) -> dict[str, object]:
+    def _read(self, keys: list[str], client: memcache.Client, operation: str) -> dict[str, object]:
+        """``get_multi`` (``operation`` "get"), or with CAS tokens for ``client`` ("gets");
+        a read refused for its answer's size is made again in halves."""
         if not keys:
             return {}
+        for_cas = operation == "gets"
         try:
-            return _call("get", keys[0], lambda rpc: client.get_multi_async(keys, for_cas=for_cas, rpc=rpc))
+            found: dict[str, object] = _call(
+                operation, keys[0], lambda rpc: client.get_multi_async(keys, for_cas=for_cas, rpc=rpc)
+            )
+            return found
         except CacheUnavailableError:
             if len(keys) == 1:
                 raise
         middle = len(keys) // 2
-        return {**self._read(keys[:middle], client, for_cas), **self._read(keys[middle:], client, for_cas)}
+        return {**self._read(keys[:middle], client, operation), **self._read(keys[middle:], client, operation)}
 
     def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
         client = _client()
@@ -124,12 +130,7 @@ class AppEngineMemcache:
             by_client[client][key] = value
         applied: dict[str, Applied] = {}
         for client, client_values in by_client.items():
-            applied.update(
-                self._store(
-                    client_values,
-                    lambda part, rpc, client=client: client.cas_multi_async(part, time=expire_seconds, rpc=rpc),
-                )
-            )
+            applied.update(self._store(client_values, _cas_with(client, expire_seconds)))
         return applied
 
     def _store(self, values: Mapping[str, bytes], start: Callable[[dict[str, bytes], Any], Any]) -> dict[str, Applied]:
@@ -163,7 +164,8 @@ class AppEngineMemcache:
             raise CacheUnavailableError(key, "incr") from error
         (item,) = rpc.response.item
         if item.increment_status == MemcacheIncrementResponse.OK:
-            return item.new_value
+            new_value: int = item.new_value
+            return new_value
         if item.increment_status == MemcacheIncrementResponse.NOT_CHANGED:
             return None  # missing, or not a number
         raise CacheUnavailableError(key, "incr")
@@ -175,6 +177,11 @@ class AppEngineMemcache:
         statuses = _call("delete", keys[0], lambda rpc: _client().delete_multi_async(keys, rpc=rpc))
         if statuses is None or memcache.DELETE_NETWORK_FAILURE in statuses:
             raise CacheUnavailableError(keys[0], "delete")
+
+
+def _cas_with(client: memcache.Client, expire_seconds: int) -> Callable[[dict[str, bytes], Any], Any]:
+    """Starts the compare-and-set of a part through ``client``, the one whose ``gets`` gave its tokens."""
+    return lambda part, rpc: client.cas_multi_async(part, time=expire_seconds, rpc=rpc)
 
 
 def _applied(status: int | None) -> Applied:

@@ -1,8 +1,9 @@
-"""The small interface between the queue and a cache, and how a client is wrapped.
+"""The small interface between the queue and a cache, and the wrappers that observe it.
 
 The queue speaks only these six calls; one adapter per backend maps them onto
 its client (``appengine_cache`` for App Engine memcache, ``pymemcache_cache``
-for memcached) and makes both fail the same way:
+for memcached; ``clickqueue.clients.wrap_client`` picks one) and makes both fail
+the same way:
 
 * reads (``get_multi``, ``gets_multi``) and ``incr``/``delete_multi`` raise
   ``CacheUnavailableError`` when the cache fails (App Engine's API answers
@@ -33,27 +34,44 @@ Applied = bool | None
 
 
 class Cache(Protocol):
+    """The six calls the queue makes. Each is one round trip per server it touches.
+    Every call also raises ``InvalidArgumentError`` for a key its backend cannot
+    store (the queue's own keys always can be)."""
+
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Values of the keys present; counters come back as their decimal bytes."""
+        """Returns the values of the keys present (a missing key is absent from the
+        dict); counters come back as their decimal bytes.
+        Raises ``CacheUnavailableError`` when the cache fails."""
+        ...
 
     def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, CasToken]]:
-        """Like ``get_multi``, each value with the token ``cas_multi`` needs."""
+        """Returns, like ``get_multi``, each present value with the token
+        ``cas_multi`` needs. Raises ``CacheUnavailableError`` when the cache fails."""
+        ...
 
     def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
-        """Store each value whose key is absent."""
+        """Stores each value whose key is absent. Returns, per key, True (stored),
+        False (the key was present) or None (unknown: an error, or a lost reply).
+        Raises ``CacheUnavailableError`` only when it cannot be sent at all (no
+        server for a key); a failure once sent is None for the keys it touched."""
+        ...
 
     def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
-        """Store each value if its key is unchanged since the ``gets_multi`` that gave its token."""
+        """Stores each value if its key is unchanged since the ``gets_multi`` that gave
+        its token. Returns, per key, True (stored), False (changed or gone) or None
+        (unknown). Raises as ``add_multi`` does."""
+        ...
 
     def incr(self, key: str, delta: int) -> int | None:
-        """Add ``delta`` atomically and return the new value; None if the key is
-        missing or does not hold a decimal number."""
+        """Adds ``delta`` atomically. Returns the new value; None if the key is missing
+        or does not hold a decimal number. Raises ``CacheUnavailableError`` when the
+        cache fails, even if the increment may have been applied."""
+        ...
 
     def delete_multi(self, keys: Sequence[str]) -> None:
-        """Delete the keys (those missing are fine)."""
-
-
-CACHE_METHODS = ("get_multi", "gets_multi", "add_multi", "cas_multi", "incr", "delete_multi")
+        """Deletes the keys (those missing are fine). Returns nothing.
+        Raises ``CacheUnavailableError`` when the cache fails."""
+        ...
 
 
 class ObservedCache:
@@ -64,29 +82,29 @@ class ObservedCache:
         self.inner = inner
         self.observe = observe
 
-    def get_multi(self, keys):
+    def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
         self.observe("get_multi", _first(keys))
         return self.inner.get_multi(keys)
 
-    def gets_multi(self, keys):
+    def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, CasToken]]:
         self.observe("gets_multi", _first(keys))
         return self.inner.gets_multi(keys)
 
-    def add_multi(self, values, expire_seconds=0):
+    def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
         self.observe("add_multi", _first(values))
         return self.inner.add_multi(values, expire_seconds)
 
-    def cas_multi(self, values, expire_seconds=0):
+    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
         self.observe("cas_multi", _first(values))
         return self.inner.cas_multi(values, expire_seconds)
 
-    def incr(self, key, delta):
+    def incr(self, key: str, delta: int) -> int | None:
         self.observe("incr", key)
         return self.inner.incr(key, delta)
 
-    def delete_multi(self, keys):
+    def delete_multi(self, keys: Sequence[str]) -> None:
         self.observe("delete_multi", _first(keys))
-        return self.inner.delete_multi(keys)
+        self.inner.delete_multi(keys)
 
 
 def _first(keys: Iterable[str]) -> str:
@@ -143,25 +161,3 @@ class CallBudget:
     def check(self) -> None:
         if getattr(self._thread, "spent", 0) > self.limit and getattr(self._thread, "open", False):
             raise ContentionError(self._thread.last_key, self._thread.spent)
-
-
-def wrap_client(client: object | None) -> Cache:
-    """The Cache for ``client``: None is App Engine memcache, pymemcache clients
-    are wrapped, and any object with the six Cache methods is used as it is
-    (checked by name, so delegating wrappers and proxies count too)."""
-    if client is None:
-        from clickqueue.appengine_cache import AppEngineMemcache
-
-        return AppEngineMemcache()
-    if type(client).__module__.startswith("pymemcache."):
-        from clickqueue.pymemcache_cache import PymemcacheCache
-
-        return PymemcacheCache(client)
-    missing = [name for name in CACHE_METHODS if not callable(getattr(client, name, None))]
-    if not missing:
-        return client  # type: ignore[return-value]
-    raise TypeError(
-        f"unsupported cache client {type(client).__name__} (no {', '.join(missing)}): pass None "
-        "(App Engine memcache), a pymemcache Client/HashClient/PooledClient, or an object with the "
-        f"clickqueue.cache.Cache methods {', '.join(CACHE_METHODS)}"
-    )

@@ -16,7 +16,7 @@ A payload is one message, or a *frame*: ``FRAME_PREFIX + "<n>\\n"`` and a
 JSON array of ``n`` (2 to ``FRAME_MESSAGES``) messages, encoded in one call for
 the whole frame. A frame of ``n`` messages sits in the first of the ``n``
 consecutive slot numbers its write was handed out, and *spans* them: the
-others stay unwritten (``clickqueue.queue``). Every value's span is known
+others stay unwritten (docs/protocol.md). Every value's span is known
 from its first bytes.
 
 Anything else that is not a JSON message (a pickle, garbage, another NUL

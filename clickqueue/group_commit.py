@@ -74,7 +74,8 @@ from clickqueue.errors import (
     QueueError,
     WriteIncompleteError,
 )
-from clickqueue.queue import MAX_BATCH_MESSAGES, Queue
+from clickqueue.queue import Queue
+from clickqueue.writing import MAX_BATCH_MESSAGES
 
 REFUSED_BEFORE_WRITING = (MessageEncodingError, MessageTooLargeError, BatchTooLargeError)
 """What ``write_multi`` raises about its input, before it writes anything."""
@@ -166,7 +167,9 @@ class GroupCommit:
                 self._changed.wait_for(lambda: batch.outcome is not None)
         if caller == 0:
             self._write_batch(batch)
-        self._settle(batch.outcome, batch.span(caller), len(batch.starts), messages)
+        outcome = batch.outcome
+        assert outcome is not None  # set by _write_batch: this caller's, or the leader's it waited for
+        self._settle(outcome, batch.span(caller), len(batch.starts), messages)
 
     def _join(self, messages: list[Any]) -> tuple[_Batch, int]:
         """The open batch with ``messages`` added, or a new one if they do not fit; the caller's number in it."""

@@ -10,13 +10,24 @@ there). Every write gets its own answer per key. pymemcache has no public call
 for that: its multi-key stores raise at the first error line after storing the
 keys before it, it has no ``add_many``, and ``raw_command`` (4.0) loses bytes
 when a reply spans two socket reads. So batches are written to and read from
-the client's own socket here (``sock``, ``_connect``; a pooled client lends one
-of its clients), and a failure closes that connection.
+the client's own socket here (a pooled client lends one of its clients), and a
+failure closes that connection.
 
-With a ``HashClient``, keys are routed by its ring (``_get_client``, which also
-brings dead servers back) and every call runs through its ``_safely_run_func``,
-so its retry and dead-server settings apply as they do to its own calls; these
-two private methods are the only way to get that. A server that is failing,
+With a ``HashClient``, keys are routed by its ring and every call runs through
+its own failure handling, so its retry and dead-server settings apply as they
+do to its own calls. pymemcache has no public API for any of this; the names
+this adapter needs, all tested with pymemcache 4.0.0 (the ``memcached`` extra
+allows 4.0.x only), are:
+
+* ``Client._connect()`` and ``Client.sock``: open and use the connection;
+* ``PooledClient.client_pool.get_and_release()``: borrow a pooled connection;
+* ``HashClient.clients`` (server name to ``Client``), ``HashClient._get_client(key)``
+  (the ring; also brings dead servers back) and ``HashClient._safely_run_func``
+  (retries, dead-server marking);
+* ``LegacyWrappingSerde._default_deserialize``: to tell a client that returns raw
+  bytes (no serde of its own) from one that would unpickle.
+
+A server that is failing,
 or being waited on before a retry, fails the call (``CacheUnavailableError``,
 or an unknown outcome per key) instead of passing for a miss.
 
@@ -159,7 +170,7 @@ class PymemcacheCache:
             batches[server].append(key)
         return batches
 
-    def _run(self, server: Any, operation: str, key: str, function: Callable, *args: Any) -> Any:
+    def _run(self, server: Any, operation: str, key: str, function: Callable[..., Any], *args: Any) -> Any:
         """Run one server's part of a call; any failure becomes ``CacheUnavailableError``."""
         try:
             result = function(*args) if self._ring is None else self._ring._safely_run_func(server, function, _NOT_RUN, *args)
@@ -175,7 +186,10 @@ class PymemcacheCache:
     def _meta(self, server: Any, operation: str, keys: list[str], commands: list[bytes]) -> list[bytes]:
         """Send ``commands`` (one per key) as one pipeline; return the reply line of each."""
         payload = b"".join(commands)
-        return self._run(server, operation, keys[0], _pipeline, server, payload, lambda replies: replies.lines(len(commands)))
+        lines: list[bytes] = self._run(
+            server, operation, keys[0], _pipeline, server, payload, lambda replies: replies.lines(len(commands))
+        )
+        return lines
 
     def _read(self, keys: Sequence[str], flags: bytes, operation: str) -> dict[str, list[bytes]]:
         """``mg`` each key with ``flags`` in quiet mode (misses answer nothing) and a
@@ -254,7 +268,8 @@ class PymemcacheCache:
                 return None  # missing, or not a number
             raise CacheUnavailableError(key, "incr")
 
-        return self._run(server, "incr", key, _pipeline, server, b"ma %s D%d v\r\n" % (key.encode(), delta), read)
+        value: int | None = self._run(server, "incr", key, _pipeline, server, b"ma %s D%d v\r\n" % (key.encode(), delta), read)
+        return value
 
     def delete_multi(self, keys: Sequence[str]) -> None:
         if not keys:

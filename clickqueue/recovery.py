@@ -10,7 +10,7 @@ Each path is one method, called by the claim or the write when it finds:
   recorded as a gap; all the shards at once).
 
 Safety never rests on these: a message is delivered only by whoever wins its
-slot (see ``clickqueue.queue``). They keep the queue moving and the counts
+slot (see docs/protocol.md). They keep the queue moving and the counts
 honest, and say so in ``resets``.
 """
 

@@ -109,7 +109,7 @@ class ReadState:
     counts: Counts = field(default_factory=Counts)
 
     @classmethod
-    def starting_at(cls, generation: int, start: Sequence[int], gaps: Sequence[SlotRange] = (), resets: int = 0):
+    def starting_at(cls, generation: int, start: Sequence[int], gaps: Sequence[SlotRange] = (), resets: int = 0) -> ReadState:
         return cls(generation, list(start), list(start), list(start), gaps=list(gaps), counts=Counts(resets=resets))
 
     # -- encoding ------------------------------------------------------------------

@@ -10,8 +10,8 @@ import re
 import pytest
 from google.appengine.api import users
 
-from conftest import REPO_ROOT, keyed
-from tests.support.counting import count_now
+from tests.support.counting import count_now, keyed
+from tests.support.processes import REPO_ROOT
 from handlers import counters
 from handlers.assets import SERVED, STATIC_DIR
 from handlers.events import Event

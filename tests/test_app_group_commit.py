@@ -14,16 +14,8 @@ from collections import Counter
 
 import pytest
 import webtest
-from conftest import (
-    CacheWrapper,
-    GatedAddMulti,
-    RecordingCondition,
-    StoresOnlyTheFirst,
-    arrive_in_order,
-    existing_queue,
-    run_on_threads,
-    start_held_write,
-)
+from tests.support.seams import CacheWrapper, GatedAddMulti, StoresOnlyTheFirst, existing_queue, start_held_write
+from tests.support.threads import RecordingCondition, arrive_in_order, run_on_threads
 
 from clickqueue import CacheUnavailableError, Queue, wrap_client
 from clickqueue.codec import FRAME_MESSAGES

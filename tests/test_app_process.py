@@ -15,7 +15,9 @@ from google.appengine.ext import ndb
 from clickqueue import Queue
 from clickqueue.codec import FRAME_MESSAGES
 from clickqueue import MAX_CLAIM_ITEMS
-from conftest import REPO_ROOT, FakeClock, clicks_and_views, keyed, leased_events
+from tests.support.counting import clicks_and_views, keyed, leased_events
+from tests.support.processes import REPO_ROOT
+from tests.support.seams import FakeClock
 from handlers import counters, counting
 from handlers.events import Event
 from handlers.processing import ProcessorLanes

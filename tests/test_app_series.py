@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conftest import keyed
-from tests.support.counting import count_now
+from tests.support.counting import count_now, keyed
 from handlers import counters
 from handlers.events import Event
 

@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import keyed
-from tests.support.counting import count_now
+from tests.support.counting import count_now, keyed
 from handlers import counters
 from handlers.events import Event
 

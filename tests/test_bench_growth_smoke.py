@@ -9,7 +9,11 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+import pytest
+
+from tests.support.processes import REPO_ROOT
+
+pytestmark = pytest.mark.benchmark
 
 
 def test_tiny_growth_run_reports_drain_rates_and_stats_latency():

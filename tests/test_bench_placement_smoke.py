@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, skip_or_fail_in_ci
+from tests.support.processes import REPO_ROOT, skip_or_fail_in_ci
+
+pytestmark = pytest.mark.benchmark
 
 
 def test_a_tiny_placement_run_reports_the_cycle_and_raw_memcached_in_each_placement():

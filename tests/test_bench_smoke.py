@@ -11,7 +11,11 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, skip_or_fail_in_ci
+import pytest
+
+from tests.support.processes import REPO_ROOT, skip_or_fail_in_ci
+
+pytestmark = pytest.mark.benchmark
 
 THROUGHPUT_CASES = {
     "write",

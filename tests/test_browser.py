@@ -27,12 +27,14 @@ from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
 import local_stubs
-from conftest import REPO_ROOT, free_port, keyed, skip_or_fail_in_ci, wait_until
-from e2e_support import get_json, local_server
-from tests.support.counting import count_now
+from tests.support.counting import count_now, keyed
+from tests.support.processes import REPO_ROOT, free_port, skip_or_fail_in_ci, wait_until
+from tests.support.e2e import get_json, local_server
 from handlers import counters
 from handlers.events import Event
 from handlers.origins import ALLOWED_ORIGINS_ENV
+
+pytestmark = pytest.mark.browser
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM = Path("/usr/bin/chromium")

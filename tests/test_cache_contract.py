@@ -11,10 +11,12 @@ import pickle
 from contextlib import closing
 
 import pytest
-from conftest import CacheWrapper
-from fault_proxy import FaultProxy
+from tests.support.seams import CacheWrapper
+from tests.support.fault_proxy import FaultProxy
+from tests.support.processes import wait_until
 
 from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
+from clickqueue.appengine_cache import FOREIGN_VALUE
 
 KEYS = [f"contract:{n}" for n in range(20)]
 
@@ -220,7 +222,8 @@ def test_a_failed_read_raises(cache, cache_faults, method):
     cache_faults.fail_next(["contract:a"])
     with pytest.raises(CacheUnavailableError) as raised:
         getattr(cache, method)(["contract:a"])
-    assert raised.value.key == "contract:a"
+    assert (raised.value.key, raised.value.operation) == ("contract:a", {"get_multi": "get", "gets_multi": "gets"}[method])
+    assert raised.value.__cause__ is not None, "the backend's own error, chained"
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}, "the next call works again"
 
 
@@ -247,16 +250,18 @@ def test_a_cas_whose_reply_was_lost_is_unknown_and_stored(cache, cache_faults):
 def test_a_failed_incr_raises_even_when_it_was_applied(cache, cache_faults):
     cache.add_multi({"contract:counter": b"1"})
     cache_faults.fail_next(["contract:counter"], after_applying=True)
-    with pytest.raises(CacheUnavailableError):
+    with pytest.raises(CacheUnavailableError) as raised:
         cache.incr("contract:counter", 1)
+    assert (raised.value.key, raised.value.operation) == ("contract:counter", "incr")
     assert cache.get_multi(["contract:counter"]) == {"contract:counter": b"2"}
 
 
 def test_a_failed_delete_raises(cache, cache_faults):
     cache.add_multi({"contract:a": b"1"})
     cache_faults.fail_next(["contract:a"])
-    with pytest.raises(CacheUnavailableError):
+    with pytest.raises(CacheUnavailableError) as raised:
         cache.delete_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation) == ("contract:a", "delete")
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}
 
 
@@ -271,6 +276,9 @@ def test_memcached_server_error_mid_batch_fails_only_that_key(memcached_server, 
     values = {"contract:a": b"1", "contract:b": b"2", "contract:big": b"x" * 2_000_000, "contract:d": b"4"}
     assert cache.add_multi(values) == {"contract:a": True, "contract:b": True, "contract:big": None, "contract:d": True}
     assert cache.get_multi(list(values)) == {"contract:a": b"1", "contract:b": b"2", "contract:d": b"4"}
+
+
+KEY_RULE = "use 1 to 250 printable ASCII characters without spaces"
 
 
 @pytest.mark.parametrize(
@@ -290,9 +298,23 @@ def test_memcached_key_its_text_protocol_cannot_carry_is_refused_before_anything
     cache = wrap_client(memcached_client)
     cache.add_multi({"contract:kept": b"1"})
     argument = {"contract:a": b"1", key: b"2"} if call == "add_multi" else ["contract:a", key]
-    with pytest.raises(InvalidArgumentError, match="invalid cache key"):
+    with pytest.raises(InvalidArgumentError) as refused:
         getattr(cache, call)(argument)
+    assert (refused.value.value, str(refused.value).split(": ", 1)[1]) == (key, KEY_RULE)
     assert cache.get_multi(["contract:a", "contract:kept"]) == {"contract:kept": b"1"}
+
+
+def test_memcached_key_refused_is_the_bad_one_after_a_key_of_250_characters(memcached_client):
+    longest = "contract:" + "k" * 241
+    with pytest.raises(InvalidArgumentError) as refused:
+        wrap_client(memcached_client).get_multi([longest, "contract:with space"])
+    assert refused.value.value == "contract:with space"
+
+
+def test_memcached_key_of_one_character_is_taken(memcached_client):
+    cache = wrap_client(memcached_client)
+    assert cache.add_multi({"k": b"1"}) == {"k": True}
+    assert cache.get_multi(["k"]) == {"k": b"1"}
 
 
 def test_memcached_key_of_250_characters_is_taken(memcached_client):
@@ -313,7 +335,13 @@ def test_memcached_part_of_a_batch_applied_before_the_connection_broke_is_unknow
         first_two = sum(len(b"ms %s 100 T0 ME\r\n" % key.encode()) + 102 for key in list(values)[:2])
         proxy.forward_request_bytes = len(b"mg contract:0\r\n") + first_two
         assert cache.add_multi(values) == dict.fromkeys(values)
-        assert sorted(wrap_client(direct).get_multi(list(values))) == ["contract:0", "contract:1"]
+        # memcached serves each connection on its own thread: the cut connection's first two
+        # commands may land after this other connection's first read.
+        def applied():
+            found = sorted(wrap_client(direct).get_multi(list(values)))
+            return found if len(found) >= 2 else None
+
+        assert wait_until(applied, timeout_seconds=10) == ["contract:0", "contract:1"]
     proxy.close()
 
 
@@ -355,9 +383,16 @@ def test_pooled_pymemcache_client_is_wrapped(memcached_server, memcached_client)
     client.close()
 
 
+SERDE = "pass a pymemcache client without serde/serializer: clickqueue stores JSON bytes"
+
+
 @pytest.mark.parametrize(
     ("option", "error"),
-    [("pickle_serde", "without serde"), ("serializer", "without serde"), ("key_prefix", "without key_prefix")],
+    [
+        ("pickle_serde", SERDE),
+        ("serializer", SERDE),
+        ("key_prefix", "pass a pymemcache client without key_prefix: the queue prefixes its own keys"),
+    ],
 )
 def test_pymemcache_client_that_would_change_values_or_keys_is_refused(memcached_server, option, error):
     from pymemcache import serde
@@ -368,8 +403,9 @@ def test_pymemcache_client_that_would_change_values_or_keys_is_refused(memcached
         "serializer": {"serializer": serde.python_memcache_serializer, "deserializer": serde.python_memcache_deserializer},
         "key_prefix": {"key_prefix": b"app:"},
     }[option]
-    with pytest.raises(TypeError, match=error):
+    with pytest.raises(TypeError) as refused:
         wrap_client(Client(memcached_server.address, **options))
+    assert str(refused.value) == error
 
 
 def test_an_object_with_the_cache_methods_is_used_as_it_is(testbed):
@@ -407,3 +443,22 @@ def test_app_engine_read_refused_for_its_answer_size_is_made_again_in_halves(mem
     memcache_rpc_faults.max_response_bytes = 2000  # two values per answer at most
     assert cache.get_multi(list(values)) == values
     assert set(cache.gets_multi(list(values))) == set(values)
+
+
+@pytest.mark.parametrize(
+    ("stored", "read"),
+    [(7, b"7"), ("text", b"text"), (True, FOREIGN_VALUE), (1.5, FOREIGN_VALUE)],
+    ids=["an-int", "a-str", "a-bool", "a-float"],
+)
+def test_app_engine_values_another_client_stored_come_back_as_bytes(testbed, stored, read):
+    """Another App Engine client's ``memcache.set`` stores ints and strs as such: they
+    read as their bytes; anything else as one foreign value, never unpickled."""
+    from google.appengine.api import memcache
+
+    memcache.set("contract:other", stored)
+    assert wrap_client(None).get_multi(["contract:other"]) == {"contract:other": read}
+
+
+def test_app_engine_write_of_nothing_makes_no_rpc(memcache_rpc_faults):
+    assert wrap_client(None).add_multi({}) == {}
+    assert memcache_rpc_faults.request_bytes == []

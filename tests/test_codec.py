@@ -113,3 +113,8 @@ def test_a_frames_array_may_hold_white_space_as_json_does():
 )
 def test_a_frame_whose_count_is_not_2_to_frame_messages_is_foreign(value):
     assert read_slot(value).kind is SlotKind.FOREIGN
+
+
+def test_a_batch_whose_first_message_alone_is_over_frame_bytes_gets_no_empty_frame():
+    big = "x" * FRAME_BYTES
+    assert [indices for indices, _payload in encode_frames([big, "a", "b"])] == [range(0, 1), range(1, 3)]

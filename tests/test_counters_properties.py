@@ -16,7 +16,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
 
-from conftest import APP_ID, REPO_ROOT, MemcacheRpcFaults
+from tests.support.processes import APP_ID, REPO_ROOT
+from tests.support.rpc_faults import MemcacheRpcFaults
 from handlers import counters, counting
 from handlers.events import Event
 

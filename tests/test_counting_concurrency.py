@@ -8,7 +8,7 @@ import dataclasses
 import threading
 from collections import Counter
 
-from conftest import run_on_threads
+from tests.support.threads import run_on_threads
 from handlers import counters, counting
 from handlers.processing import drain
 from handlers.settings import default_queue

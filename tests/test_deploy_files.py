@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from cloud_sdk import cloud_sdk
-from conftest import REPO_ROOT
+from tests.support.cloud_sdk import cloud_sdk
+from tests.support.processes import REPO_ROOT
 from google.appengine.api import appinfo, croninfo, queueinfo, yaml_errors
 from google.appengine.datastore import datastore_index
 

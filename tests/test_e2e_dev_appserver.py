@@ -24,9 +24,11 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from cloud_sdk import cloud_sdk
-from conftest import REPO_ROOT, free_port, wait_until
-from e2e_support import EventPlan, HttpRequest, send, send_concurrently, send_raw, wait_for_counts, wait_until_serving
+from tests.support.cloud_sdk import cloud_sdk
+from tests.support.processes import REPO_ROOT, free_port, wait_until
+from tests.support.e2e import EventPlan, HttpRequest, send, send_concurrently, send_raw, wait_for_counts, wait_until_serving
+
+pytestmark = pytest.mark.dev_appserver
 
 # The app runs from a copy of what `gcloud app deploy` uploads, so dev_appserver
 # neither watches nor writes anything in the checkout.

@@ -15,8 +15,8 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO_ROOT, free_port, wait_until
-from e2e_support import (
+from tests.support.processes import REPO_ROOT, free_port, wait_until
+from tests.support.e2e import (
     EventPlan,
     HttpRequest,
     get_json,
@@ -28,6 +28,8 @@ from e2e_support import (
     wait_for_counts,
 )
 from handlers.base import MAX_BODY_BYTES
+
+pytestmark = pytest.mark.processes
 
 CLIENTS = 16
 STOP_TIMEOUT_SECONDS = 60

@@ -14,18 +14,8 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import (
-    CacheWrapper,
-    GatedAddMulti,
-    InThread,
-    RecordingCondition,
-    StoresOnlyTheFirst,
-    arrive_in_order,
-    drain,
-    existing_queue,
-    run_on_threads,
-    start_held_write,
-)
+from tests.support.seams import CacheWrapper, GatedAddMulti, StoresOnlyTheFirst, drain, existing_queue, start_held_write
+from tests.support.threads import InThread, RecordingCondition, arrive_in_order, run_on_threads
 
 from clickqueue import (
     MAX_BATCH_BYTES,
@@ -116,6 +106,38 @@ def test_a_leader_waits_for_company_no_longer_than_max_wait_seconds(testbed):
     gate.release.set()
     assert first.outcome() is None
     assert sorted(m["id"] for m in drain(Queue("q", wrap_client(None)))) == ["held-0", "second-0", "second-1"]
+
+
+def fill_a_batch_exactly(group, gate, condition) -> InThread:
+    """With one write held in flight: callers of 4 and 6 fill a batch of 10 exactly,
+    and return; the held write's thread is returned, still in flight."""
+    held = start_held_write(gate, writing(group, ids("held", 1)))
+    [b] = arrive_in_order(condition, [writing(group, ids("b", 4))])
+    c = InThread(writing(group, ids("c", 6)))
+    c.start()
+    assert (b.outcome(), c.outcome()) == (None, None), "a batch filled exactly waited for the write in flight"
+    return held
+
+
+def test_callers_that_fill_a_batch_exactly_share_it_and_it_goes_out_at_once(thread_safe_cache):
+    gate, condition, group = gated_group(thread_safe_cache, max_messages=10)
+    held = fill_a_batch_exactly(group, gate, condition)
+
+    gate.release.set()
+
+    assert held.outcome() is None
+    assert gate.calls == [1, 10]
+
+
+def test_a_caller_after_a_full_batch_still_waits_for_the_write_in_flight(thread_safe_cache):
+    gate, condition, group = gated_group(thread_safe_cache, max_messages=10)
+    held = fill_a_batch_exactly(group, gate, condition)
+
+    [d] = arrive_in_order(condition, [writing(group, ids("d", 1))])
+    gate.release.set()
+
+    assert (held.outcome(), d.outcome()) == (None, None)
+    assert gate.calls == [1, 10, 1]
 
 
 def test_batches_hold_at_most_max_messages_and_never_split_a_caller(thread_safe_cache):
@@ -244,13 +266,67 @@ def test_writing_nothing_makes_no_cache_call(testbed):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"max_messages": 0}, {"max_messages": MAX_BATCH_MESSAGES + 1}, {"max_wait_seconds": -0.001}],
-    ids=["no-messages", "over-the-queue's-batch", "negative-wait"],
+    ("options", "message"),
+    [
+        ({"max_messages": 0}, "invalid max_messages 0: must be 1 to 10000"),
+        ({"max_messages": MAX_BATCH_MESSAGES + 1}, "invalid max_messages 10001: must be 1 to 10000"),
+        ({"max_wait_seconds": -0.001}, "invalid max_wait_seconds -0.001: must be 0 to 60"),
+        ({"max_wait_seconds": 60.001}, "invalid max_wait_seconds 60.001: must be 0 to 60"),
+    ],
+    ids=["no-messages", "over-the-queue's-batch", "negative-wait", "wait-over-a-minute"],
 )
-def test_limits_outside_what_one_write_takes_are_refused(testbed, options):
-    with pytest.raises(InvalidArgumentError):
+def test_limits_outside_what_one_write_takes_are_refused(testbed, options, message):
+    with pytest.raises(InvalidArgumentError) as refused:
         GroupCommit(Queue("q"), **options)
+
+    [(argument, value)] = options.items()
+    assert (refused.value.argument, refused.value.value, str(refused.value)) == (argument, value, message)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_messages": 1}, {"max_messages": MAX_BATCH_MESSAGES}, {"max_wait_seconds": 0}, {"max_wait_seconds": 60}],
+    ids=["one-message", "the-queue's-batch", "no-wait", "a-minute"],
+)
+def test_limits_at_their_edges_are_accepted(testbed, options):
+    group = GroupCommit(Queue("q"), **options)
+
+    assert {name: getattr(group, name) for name in options} == options
+
+
+def test_by_default_a_leader_waits_2_ms_for_up_to_500_messages(testbed):
+    group = GroupCommit(Queue("q"))
+
+    assert (group.max_wait_seconds, group.max_messages) == (0.002, 500)
+
+
+class RefusesKeys(CacheWrapper):
+    """A cache that refuses every key its writes name, as an adapter refuses a key its backend cannot store."""
+
+    def add_multi(self, values, expire_seconds=0):
+        raise InvalidArgumentError("cache key", next(iter(values)), "not storable here")
+
+
+def test_a_write_that_raises_a_queue_error_of_no_known_outcome_leaves_every_message_unknown(testbed):
+    group = GroupCommit(Queue("q", RefusesKeys(existing_queue(wrap_client(None)))))
+
+    with pytest.raises(GroupWriteError) as failed:
+        group.write_multi(ids("a", 3))
+
+    assert isinstance(failed.value.cause, InvalidArgumentError)
+    assert (failed.value.stored, failed.value.unknown, failed.value.callers) == ([], [0, 1, 2], 1)
+
+
+def test_of_two_callers_sharing_a_batch_only_the_one_whose_message_is_refused_fails(testbed):
+    gate, condition, group = gated_group(wrap_client(None))
+    first = start_held_write(gate, writing(group, ids("first", 1)))
+    good, bad = arrive_in_order(condition, [writing(group, ids("good", 2)), writing(group, [{"id": float("nan")}])])
+
+    gate.release.set()
+
+    assert (first.outcome(), good.outcome()) == (None, None)
+    assert isinstance(bad.outcome(), MessageEncodingError)
+    assert sorted(m["id"] for m in drain(Queue("q", wrap_client(None)))) == ["first-0", "good-0", "good-1"]
 
 
 THREADS = 16

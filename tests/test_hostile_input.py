@@ -1,4 +1,4 @@
-"""Every hostile request of tests/hostile_requests.py answers a short JSON 4xx with
+"""Every hostile request of tests/support/hostile_requests.py answers a short JSON 4xx with
 ``nosniff`` and records nothing: in-process (WebTest) and over real HTTP against
 ``python main.py`` (gunicorn on the SDK's stubs), whose log shows no traceback."""
 
@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_support import HttpResponse, get_json, local_server, send_raw
-from hostile_requests import HOSTILE_REQUESTS, HostileRequest
+from tests.support.e2e import HttpResponse, get_json, local_server, send_raw
+from tests.support.hostile_requests import HOSTILE_REQUESTS, HostileRequest
+
+pytestmark = pytest.mark.processes
 
 LONGEST_ERROR_BYTES = 300
 

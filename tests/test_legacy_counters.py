@@ -17,7 +17,7 @@ from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
 import local_stubs
-from conftest import APP_ID, REPO_ROOT
+from tests.support.processes import APP_ID, REPO_ROOT
 from handlers import counters, counting, legacy_counters
 from handlers.events import Event
 

@@ -15,8 +15,7 @@ from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
 import local_stubs
-from conftest import keyed
-from tests.support.counting import count_now
+from tests.support.counting import count_now, keyed
 from handlers import counters
 from handlers.events import Event
 

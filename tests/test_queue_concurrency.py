@@ -5,13 +5,13 @@ import threading
 from collections import Counter
 
 import pytest
-from queue_workers import message_ids, read_messages, run_on_memcached, write_messages
+from tests.support.queue_workers import message_ids, read_messages, run_on_memcached, write_messages
 
 from clickqueue import CacheUnavailableError, Queue, QueueStats
 
 WRITERS, READERS, PER_WRITER = 4, 3, 3000  # 12,000 messages
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 
 
 def expected_ids() -> Counter:

@@ -1,4 +1,4 @@
-"""Faults from the fault model (see ``clickqueue.queue``), each on real backends.
+"""Faults from the fault model (see docs/protocol.md), each on real backends.
 
 The rule throughout: no message delivered twice (but under its own lease id),
 no stall, and whatever is lost is counted. The tests named for a confirmed bug
@@ -16,9 +16,10 @@ from collections import defaultdict
 from contextlib import closing
 
 import pytest
-from conftest import REPO_ROOT, CacheWrapper, PauseAfterIncr, drain, stop_process, wait_until
-from fault_proxy import FaultProxy
-from queue_workers import memcached_client, message_ids, run_on_memcached
+from tests.support.processes import REPO_ROOT, stop_process, wait_until
+from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
+from tests.support.fault_proxy import FaultProxy
+from tests.support.queue_workers import memcached_client, message_ids, run_on_memcached
 
 from clickqueue import (
     MAX_CLAIM_ITEMS,
@@ -31,7 +32,8 @@ from clickqueue import (
     wrap_client,
 )
 from clickqueue.codec import FRAME_MESSAGES, TAKEN
-from clickqueue.queue import MAX_CACHE_CALLS_PER_CALL, MAX_EMPTY_ROUNDS
+from clickqueue.context import MAX_CACHE_CALLS_PER_CALL
+from clickqueue.taking import MAX_EMPTY_ROUNDS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_LEASES, ReadState
 
@@ -648,7 +650,7 @@ def expiry_seconds(key):
 
 
 def test_marks_expire_and_messages_do_not(testbed, clock):
-    from clickqueue.queue import TAKEN_SECONDS
+    from clickqueue.taking import TAKEN_SECONDS
 
     queue = Queue("q", clock=clock, tombstone_seconds=600, max_write_seconds=60)
     for message in ["read", "held", "gone"]:

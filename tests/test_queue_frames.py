@@ -1,14 +1,23 @@
 """Frames: the messages one write stores side by side share one value, in the first of
-their slots, and span the rest (``clickqueue.queue``'s protocol). Every backend."""
+their slots, and span the rest (docs/protocol.md). Every backend."""
 
 import logging
 
 import pytest
-from conftest import CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import CacheUnavailableError, Queue
-from clickqueue.codec import FRAME_BYTES, FRAME_MESSAGES, LEASE_PREFIX, TOMBSTONE, encode_message, frame_payload
-from clickqueue.queue import MAX_WRITE_ATTEMPTS
+from clickqueue.codec import (
+    FRAME_BYTES,
+    FRAME_MESSAGES,
+    LEASE_PREFIX,
+    TAKEN,
+    TOMBSTONE,
+    encode_message,
+    frame_payload,
+    leased_value,
+)
+from clickqueue.writing import MAX_WRITE_ATTEMPTS, holds
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import ReadState
 
@@ -133,7 +142,7 @@ class RestNeverStored(CacheWrapper):
 def test_the_rest_of_a_frame_that_cannot_be_stored_again_is_counted_lost(make_queue, cache, clock, caplog):
     queue = make_queue()
     queue.write_multi(list(range(5)))
-    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+    with caplog.at_level(logging.WARNING, logger="clickqueue"):
         assert Queue("q", RestNeverStored(cache, queue.keys.slot(0, 3)), clock=clock).read_multi(2) == [0, 1]
     rest_slot = queue.keys.slot(0, 3)
     assert [record.getMessage() for record in caplog.records] == [
@@ -163,7 +172,7 @@ def test_the_rest_of_a_frame_turned_away_until_its_reader_gives_up_is_counted_lo
     queue = make_queue()
     queue.write_multi(list(range(5)))
     reader = Queue("q", AnotherReaderTombstonesEveryRest(cache, clock), clock=clock, sleep=lambda seconds: None)
-    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+    with caplog.at_level(logging.WARNING, logger="clickqueue"):
         assert reader.read_multi(2) == [0, 1]
     assert "could not store 3 messages again" in caplog.text
     assert drain(queue) == []
@@ -260,3 +269,25 @@ def test_a_leases_message_ids_name_each_messages_own_slot_and_stay_when_it_is_de
     assert first.message_keys == queue.keys.slots(0, [1, 2]), "the slots holding them"
     clock.advance(31)
     assert queue.lease(10, seconds=30).message_ids == first.message_ids
+
+
+LEASE_ID = "0" * 32
+OURS = frame_of("a", "b", "c")
+READ_BACK = {
+    "nothing": (None, False),
+    "our-frame": (OURS, True),
+    "our-frame-leased": (leased_value(LEASE_ID, OURS), True),
+    "its-first-message-leased": (leased_value(LEASE_ID, frame_of("a")), True),
+    "its-first-two-messages-leased": (leased_value(LEASE_ID, frame_of("a", "b")), True),
+    "another-frame-as-short-leased": (leased_value(LEASE_ID, frame_of("x", "y")), False),
+    "a-longer-frame-that-starts-as-ours-leased": (leased_value(LEASE_ID, frame_of("a", "b", "c", "d")), False),
+    "an-empty-frame-leased": (leased_value(LEASE_ID, frame_of()), False),
+    "a-taken-mark": (TAKEN, False),
+}
+
+
+@pytest.mark.parametrize(("value", "ours"), READ_BACK.values(), ids=READ_BACK.keys())
+def test_a_slot_read_back_after_a_lost_reply_holds_our_frame_only_as_written_or_leased_from_its_start(value, ours):
+    """What a writer whose ``add`` went unanswered counts as stored: its frame, or a
+    lease's mark of it or of its first part (a reader took that part)."""
+    assert holds(value, OURS) is ours

@@ -7,7 +7,7 @@ import logging
 import random
 
 import pytest
-from conftest import CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
 from test_queue_faults import expiry_seconds
 
 from clickqueue import (
@@ -21,7 +21,8 @@ from clickqueue import (
     wrap_client,
 )
 from clickqueue.codec import FRAME_BYTES, GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
-from clickqueue.queue import MAX_WRITE_ATTEMPTS, TAKEN_SECONDS
+from clickqueue.taking import TAKEN_SECONDS
+from clickqueue.writing import MAX_WRITE_ATTEMPTS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, ReadState, SlotRange
 
@@ -443,6 +444,13 @@ def test_a_writer_turned_away_by_a_gap_tombstone_is_not_counted_retried(cache, c
 # -- counts a read corrects -----------------------------------------------------------------------
 
 
+def test_slots_of_a_gap_no_reader_has_passed_count_neither_as_written_nor_as_waiting(cache, clock):
+    queue = queue_with_a_gap(cache, clock)
+    assert stats_of(queue, "written", "depth", "read", "gapped", "lost") == (2, 2, 0, 0, 0)
+    assert drain(queue) == ["a", "b"]
+    assert stats_of(queue, "written", "depth", "read", "gapped", "lost") == (2, 0, 2, 1000, 0)
+
+
 def test_a_gap_slot_filled_just_before_its_tombstone_is_delivered_and_not_counted_gapped(cache, clock):
     queue = queue_with_a_gap(cache, clock)
     cache.add_multi({queue.keys.slot(0, 2): encode_message("late 1")})  # writers holding old slots
@@ -467,7 +475,7 @@ def test_a_read_whose_count_correction_fails_keeps_its_messages_and_says_so(cach
 
     Queue("q", PauseAfterIncr(cache, read_as_the_writer_stores), clock=clock).write("never stored")
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert warnings == ["queue q: could not correct counts after a read: cache get of 'cq:q:state' failed"]
+    assert warnings == ["queue q: could not correct counts after a read: cache gets of 'cq:q:state' failed"]
 
 
 # -- counts a write records ------------------------------------------------------------------------
@@ -487,7 +495,7 @@ def test_counts_a_write_could_not_record_are_logged_and_its_messages_kept(cache,
     memcache_rpc_faults.fail_next("Get", key=queue.keys.state)
     queue.requeue(["again"])
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "queue q: could not record counts {'requeued': 1}: cache get of 'cq:q:state' failed"
+        "queue q: could not record counts {'requeued': 1}: cache gets of 'cq:q:state' failed"
     ]
     assert drain(queue) == ["creates the queue", "again"]
 
@@ -597,7 +605,7 @@ class StateNeverChanges(CacheWrapper):
 def test_a_write_whose_counts_cannot_be_recorded_says_which_counts_it_lost(cache, clock, caplog):
     Queue("q", cache, clock=clock).write("creates the queue")
     writer = Queue("q", StateNeverChanges(CollideTimes(cache, 1)), clock=clock, sleep=lambda seconds: None)
-    with caplog.at_level(logging.WARNING, logger="clickqueue.queue"):
+    with caplog.at_level(logging.WARNING, logger="clickqueue"):
         writer.write("stored all the same")
     assert [record.getMessage() for record in caplog.records] == [
         "queue q: could not record a write's counts (retried 0, collided 1): "
@@ -611,25 +619,50 @@ def alone(name: str) -> str:
     return name * (FRAME_BYTES // 2 + 1)
 
 
+class RepliesLostAndOldestTaken(CacheWrapper):
+    """Every reply of the write's ``add_multi`` is lost after it was applied, and
+    meanwhile ``reader`` takes the ``taken`` oldest messages."""
+
+    def __init__(self, inner, reader: Queue, taken: int) -> None:
+        super().__init__(inner)
+        self.reader, self.taken, self.took = reader, taken, []
+
+    def add_multi(self, values, expire_seconds=0):
+        applied = self.inner.add_multi(values, expire_seconds)
+        if any(":m:" in key for key in values):
+            self.took = self.reader.read_multi(self.taken)
+            return dict.fromkeys(applied)
+        return applied
+
+
 def test_a_lost_reply_reports_stored_what_it_finds_stored_and_unknown_what_was_taken(cache, clock):
     queue = Queue("q", cache, clock=clock)
     queue.write("warm up")
     assert queue.read() == "warm up"
     x, y = alone("x"), alone("y")
-
-    class RepliesLostAndFirstTaken(CacheWrapper):
-        def add_multi(self, values, expire_seconds=0):
-            applied = self.inner.add_multi(values, expire_seconds)
-            if any(":m:" in key for key in values):
-                assert queue.read_multi(1) == [x]
-                return dict.fromkeys(applied)
-            return applied
+    lossy = RepliesLostAndOldestTaken(cache, queue, 1)
 
     with pytest.raises(WriteIncompleteError) as raised:
-        Queue("q", RepliesLostAndFirstTaken(cache), clock=clock).write_multi([x, y])
+        Queue("q", lossy, clock=clock).write_multi([x, y])
+
+    assert lossy.took == [x]
     assert (raised.value.stored, raised.value.unknown) == ([1], [0])
     assert (raised.value.key, raised.value.total) == (queue.keys.slot(0, 2), 2)
     assert drain(queue) == [y]
+
+
+def test_a_lost_reply_over_many_messages_reports_each_stored_and_each_taken(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write("warm up")
+    assert queue.read() == "warm up"
+    messages = [alone(name) for name in "wxyz"]
+    lossy = RepliesLostAndOldestTaken(cache, queue, 2)
+
+    with pytest.raises(WriteIncompleteError) as raised:
+        Queue("q", lossy, clock=clock).write_multi(messages)
+
+    assert lossy.took == messages[:2]
+    assert (raised.value.stored, raised.value.unknown) == ([2, 3], [0, 1])
 
 
 def test_a_frame_whose_reply_was_lost_and_whose_first_part_was_taken_is_unknown_whole(cache, clock):
@@ -840,3 +873,87 @@ def test_another_leases_marks_survive_a_forgotten_ack_and_go_out_again_on_expiry
     clock.advance(301)
     again = second_process.lease(10, seconds=300)
     assert (again.lease_id, again.attempt, again.messages) == (current.lease_id, 2, ["after the flush"])
+
+
+# -- acks and releases of a lease -----------------------------------------------------------------
+
+
+def leased_pair(cache, clock):
+    """A queue holding one lease of two messages."""
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b"])
+    return queue, queue.lease(10, seconds=60)
+
+
+def test_a_lease_released_twice_is_given_back_and_counted_once(cache, clock):
+    queue, lease = leased_pair(cache, clock)
+    assert (lease.release(), lease.release()) == (True, False)
+    assert queue.stats().requeued == 2
+
+
+def test_each_release_adds_to_the_requeued_count(cache, clock):
+    queue = Queue("q", cache, clock=clock)
+    queue.write_multi(["a", "b", "c"])
+    first, second = queue.lease(2), queue.lease(1)
+    assert (first.release(), second.release()) == (True, True)
+    assert queue.stats().requeued == 3
+
+
+UNANSWERED = pytest.mark.parametrize("after_applying", [True, False], ids=["reply-lost", "failed-before-applying"])
+
+
+def ended_with_an_unanswered_cas(cache, clock, faults, after_applying, end: str):
+    """A lease of two messages, ended by ``end`` ("ack", "release") whose state CAS
+    goes unanswered: the end still reports that it took effect."""
+    queue, lease = leased_pair(cache, clock)
+    faults.fail_next("Set", key=queue.keys.state, after_applying=after_applying)
+    assert getattr(lease, end)() is True
+    assert faults.failed == ["Set"]
+    return queue, lease
+
+
+@UNANSWERED
+def test_a_release_whose_compare_and_set_went_unanswered_gives_the_lease_back_once(
+    cache, clock, memcache_rpc_faults, after_applying
+):
+    queue, lease = ended_with_an_unanswered_cas(cache, clock, memcache_rpc_faults, after_applying, "release")
+
+    assert queue.stats().requeued == 2
+    again = queue.lease(10)
+    assert (again.lease_id, again.attempt, again.messages) == (lease.lease_id, 2, ["a", "b"])
+
+
+@UNANSWERED
+def test_an_ack_whose_compare_and_set_went_unanswered_settles_the_lease_once(
+    cache, clock, memcache_rpc_faults, after_applying
+):
+    queue, lease = ended_with_an_unanswered_cas(cache, clock, memcache_rpc_faults, after_applying, "ack")
+
+    assert stats_of(queue, "read", "leased", "depth") == (2, 0, 0)
+    assert cache.get_multi(lease.message_keys) == {}
+
+
+def test_an_ack_whose_slots_cannot_be_deleted_is_settled_and_says_so(cache, clock, memcache_rpc_faults, caplog):
+    queue, lease = leased_pair(cache, clock)
+    memcache_rpc_faults.fail_next("Delete")
+
+    assert lease.ack() is True
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"queue q: lease {lease.lease_id} acked, its slots not deleted: cache delete of '{lease.message_keys[0]}' failed"
+    ]
+    assert stats_of(queue, "read", "leased") == (2, 0)
+
+
+def test_a_leased_gap_slot_filled_just_before_its_tombstone_is_uncounted_from_gapped_at_ack(cache, clock):
+    queue = queue_with_a_gap(cache, clock)
+    racing = Queue("q", StoreBeforeTheTombstone(cache, queue.keys.slot(0, 2), "late"), clock=clock)
+    lease = racing.lease(2)
+    assert lease.messages == ["a", "late"]
+
+    assert lease.ack() is True
+
+    assert drain(queue) == ["b"]
+    assert stats_of(queue, "gapped", "skipped", "lost") == (999, 0, 0)
+    assert_identity(queue)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import CacheWrapper
+from tests.support.seams import CacheWrapper
 
 from clickqueue import CountingCache, wrap_client
 from clickqueue.keys import QueueKeys
@@ -99,6 +99,22 @@ def test_a_corrupt_state_is_replaced_by_compare_and_set_and_is_a_reset(cache):
     recovery(cache).replace_corrupt_state(found[KEYS.state][1], found)
     state = stored_state(cache)
     assert (state.claimed, state.counts.resets) == ([0], 1)
+
+
+def test_a_corrupt_state_alone_is_a_reset_even_in_a_process_that_never_saw_the_queue(cache):
+    """Its counter and markers gone too, the foreign state still shows a queue was there."""
+    cache.add_multi({KEYS.state: b"garbage"})
+    found = claim_read(cache)
+    recovery(cache, seen_before=False).replace_corrupt_state(found[KEYS.state][1], found)
+    assert stored_state(cache).counts.resets == 1
+
+
+def test_a_replaced_corrupt_state_marks_its_generation_in_every_marker(cache):
+    cache.add_multi({KEYS.state: b"garbage", KEYS.generation_markers[0]: b"4"})
+    found = claim_read(cache)
+    recovery(cache).replace_corrupt_state(found[KEYS.state][1], found)
+    assert stored_state(cache).generation == 5
+    assert cache.get_multi(KEYS.generation_markers) == dict.fromkeys(KEYS.generation_markers, b"5")
 
 
 def test_a_corrupt_state_changed_meanwhile_is_not_replaced(cache):

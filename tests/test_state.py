@@ -175,6 +175,9 @@ CORRUPT = {
     "no shards": json.dumps({**valid(), "claimed": [], "seen": [], "base": []}).encode(),
     "lengths that differ": json.dumps({**valid(), "seen": [0, 0]}).encode(),
     "a bad lease id": json.dumps({**valid(), "leases": {"x": [1, 1, [[0, 1, 1, 0]], [0, 0], "h"]}}).encode(),
+    "a lease id of 32 characters not hex": json.dumps(
+        {**valid(), "leases": {"X" * 32: [1, 1, [[0, 1, 1, 0]], [0, 0], "h"]}}
+    ).encode(),
     "a short range": json.dumps({**valid(), "gaps": [[0, 1]]}).encode(),
     "a missing count": json.dumps({**valid(), "counts": {"skipped": 0}}).encode(),
 }
@@ -312,3 +315,16 @@ def test_change_that_declines_writes_nothing():
     cache = ScriptedCas([])
     assert store_on(cache).change(lambda s: False) is False
     assert cache.cas_calls == 0
+
+
+def test_a_gap_of_one_slot_is_recorded():
+    state = ReadState.starting_at(1, [0])
+    assert state.add_gap(SlotRange(0, 5, 5)) is True
+    assert state.gaps == [SlotRange(0, 5, 5, in_gap=True)]
+
+
+def test_a_gap_that_starts_on_the_last_slot_of_a_recorded_gap_is_refused():
+    state = ReadState.starting_at(1, [0])
+    state.add_gap(SlotRange(0, 3, 5))
+    assert state.add_gap(SlotRange(0, 5, 8)) is False
+    assert state.gaps == [SlotRange(0, 3, 5, in_gap=True)]

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clickqueue import QueueError, WriteIncompleteError
-from clickqueue.queue import MAX_CACHE_CALLS_PER_CALL
+from clickqueue.context import MAX_CACHE_CALLS_PER_CALL
 
 G1 = "G1 no duplicates"
 G2_BOUND = "G2 bounded calls"
@@ -174,7 +174,7 @@ def check_stats(
     ``written == read + lost + depth + leased`` (checked when ``exact``: no
     count correction failed), and every written message never delivered is
     counted: in ``lost``, or still queued (``depth``) or held (``leased``), or,
-    as ``clickqueue.queue`` documents, in ``gapped`` when it was lost together
+    as docs/protocol.md documents, in ``gapped`` when it was lost together
     with its write counter (the true loss lies between ``lost`` and
     ``lost + gapped``). ``taken_unreturned`` allows for the documented limit that
     a ``read_multi`` ending mid-call (killed, or raising) may have claimed up to

@@ -444,7 +444,7 @@ class World:
 
     def in_passed_slots(self, message_ids: Sequence[str]) -> list[str]:
         """Of ``message_ids``, those stored only in slots a write counter handed out after
-        readers had passed them: a counter gone back, not yet repaired (clickqueue.queue's
+        readers had passed them: a counter gone back, not yet repaired (docs/protocol.md's
         documented limit)."""
         slots = self._slots_of(message_ids)
         return [
@@ -509,7 +509,7 @@ class World:
                 return
             self.cache.plant(key, str(int(item.value) + COUNTER_AHEAD_BY).encode(), item.flags)
             detail = f"{summarize_keys([key])} pushed {COUNTER_AHEAD_BY} ahead"
-            # clickqueue.queue's documented limit: readers walk the pushed range, a
+            # docs/protocol.md's documented limit: readers walk the pushed range, a
             # bounded step per call, so delivery can wait past any step budget.
             self.oracle.liveness_exempt = "a write counter was pushed far ahead (a documented limit)"
             self._counter_pushed_ahead = True

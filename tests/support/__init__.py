@@ -1,1 +1,2 @@
-"""Helpers the tests share (processes, seams, threads, faults): imported by tests, never by conftest."""
+"""Helpers the tests import: processes and servers, seams, threads, RPC faults,
+HTTP end to end. Fixtures stay in ``tests/conftest.py``, built from these."""

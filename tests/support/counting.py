@@ -1,4 +1,5 @@
-"""Counting as the processing and fold tasks do it, for tests that write events straight to Datastore."""
+"""Counting as the processing and fold tasks do it, and events as the counting side
+(``handlers/counting.py``, ``handlers/counters.py``) takes and answers them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,22 @@ import time
 from collections.abc import Mapping
 
 from handlers import counting
-from handlers.events import Event
+from handlers.events import Event, event_from_message
+
+
+def keyed(events) -> dict:
+    """Events as ``counting.count_batch`` takes them: each under a message id of its own."""
+    return {f"message-{n}": event for n, event in enumerate(events)}
+
+
+def leased_events(lease) -> dict:
+    """A lease's events by message id, as ``drain`` hands them to the counting side."""
+    return dict(zip(lease.message_ids, map(event_from_message, lease.messages), strict=True))
+
+
+def clicks_and_views(counts: dict) -> dict[str, int]:
+    """The clicks and views of counts as ``counters`` answers them (without bots and CTR)."""
+    return {"click": counts["click"], "view": counts["view"]}
 
 
 def fold_all(now: float | None = None) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
-from conftest import REPO_ROOT, free_port, stop_process, wait_until
+from tests.support.processes import REPO_ROOT, free_port, stop_process, wait_until
 
 from local_stubs import STOP_SECONDS
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from conftest import skip_or_fail_in_ci
+from tests.support.processes import skip_or_fail_in_ci
 
 
 @dataclass(frozen=True)
