@@ -59,6 +59,12 @@ class MethodNotAllowedError(RequestError):
         )
 
 
+class RequestTimeoutError(RequestError):
+    """The request's body did not arrive within the server's read deadline."""
+
+    status = 408
+
+
 class LengthRequiredError(RequestError):
     """A body of unknown length that the server in front of the app did not decode."""
 
