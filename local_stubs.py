@@ -324,6 +324,8 @@ class LocalServer(BaseApplication):
         """In the worker: the stubs first (``wrap_wsgi_app`` copies the environment), then the app."""
         settings = Settings()
         self.services = LocalServices(self.port, self.data_dir, settings)
+        settings.links.key()  # a key made now is saved next, before any link is signed with it
+        self.services.datastore.save()
         app = self.create_app(settings)
         self.services.start_background_work()
         logger.info(
@@ -378,12 +380,22 @@ def _exit_unless_port_free(port: int) -> None:
             sys.exit(f"cannot listen on {HOST}:{port}: {error.strerror}")
 
 
+def _exit_unless_settings_valid() -> None:
+    """A setting from the environment that is wrong (CLICKQUEUE_ALLOWED_ORIGINS,
+    CLICKQUEUE_LINK_KEY): say which in one line, before gunicorn starts."""
+    try:
+        Settings()
+    except ValueError as error:
+        sys.exit(str(error))
+
+
 def serve(create_app: CreateApp, port: int, data_dir: Path) -> None:
     """Serve ``create_app(settings)`` on 127.0.0.1:``port`` until SIGTERM or Ctrl-C."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _exit_unless_settings_valid()
     _exit_unless_port_free(port)
     data_dir.mkdir(parents=True, exist_ok=True)
     server = LocalServer(create_app, port, data_dir)

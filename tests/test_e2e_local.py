@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.parse
 from collections import Counter
 
 import pytest
@@ -28,6 +29,8 @@ from e2e_support import (
     wait_for_counts,
 )
 from handlers.base import MAX_BODY_BYTES
+from handlers.links import LINK_KEY_ENV
+from handlers.origins import ALLOWED_ORIGINS_ENV
 
 CLIENTS = 16
 STOP_TIMEOUT_SECONDS = 60
@@ -186,6 +189,20 @@ def test_admin_pages_are_open_locally_on_loopback_and_the_log_says_so(tmp_path, 
     assert f"Listening at: {base_url} " in log
 
 
+def test_link_signed_just_before_a_kill_redirects_after_restart(tmp_path, server_log):
+    """The link key made on first use is saved before the first link is signed."""
+    data_dir = tmp_path / "data"
+    with local_server(data_dir, server_log) as (base_url, process):
+        link = urllib.parse.urlsplit(get_json(base_url, "/links?item=a&to=https%3A%2F%2Fexample.com%2F")["link"])
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    with local_server(data_dir, server_log) as (base_url, _):
+        followed = send_raw(base_url, "GET", f"{link.path}?{link.query}", {}, None)
+
+    assert (followed.status, followed.headers["Location"]) == (302, "https://example.com/")
+
+
 def test_head_over_http_answers_without_a_body(tmp_path, server_log):
     with local_server(tmp_path / "data", server_log) as (base_url, _):
         response = send_raw(base_url, "HEAD", "/stats", {}, None)
@@ -193,8 +210,14 @@ def test_head_over_http_answers_without_a_body(tmp_path, server_log):
     assert (response.status, response.body, response.headers["Content-Type"]) == (200, b"", "application/json")
 
 
-def run_main(port: str, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PORT": port, "CLICKQUEUE_DATA_DIR": str(tmp_path / "data"), "PYTHONDONTWRITEBYTECODE": "1"}
+def run_main(port: str, tmp_path, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        **(environment or {}),
+        "PORT": port,
+        "CLICKQUEUE_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     return subprocess.run(
         [sys.executable, "main.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
@@ -221,6 +244,30 @@ def test_bad_port_is_named_in_one_line_and_exits_non_zero(tmp_path, port):
 
     assert done.returncode != 0
     assert done.stderr.splitlines() == [f"PORT must be a port number from 1 to 65535; got {port!r}"]
+
+
+@pytest.mark.parametrize(
+    ("environment", "line"),
+    [
+        pytest.param(
+            {LINK_KEY_ENV: ""},
+            f"{LINK_KEY_ENV} holds 0 characters; a link key needs at least 32 (or leave it unset: the app then "
+            "makes one and keeps it in Datastore)",
+            id="empty-link-key",
+        ),
+        pytest.param(
+            {ALLOWED_ORIGINS_ENV: "blog.example"},
+            f"{ALLOWED_ORIGINS_ENV}: 'blog.example' is not an origin: write scheme://host[:port], such as "
+            "https://www.example.com, or * for any",
+            id="origin-without-scheme",
+        ),
+    ],
+)
+def test_bad_setting_is_named_in_one_line_and_exits_non_zero(tmp_path, environment, line):
+    done = run_main(str(free_port()), tmp_path, environment)
+
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [line]
 
 
 def test_first_run_logs_no_warning(tmp_path, server_log):
