@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import statistics
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 from pymemcache.client.base import Client
 
-from bench import memcached_stats, servers
+from bench import memcached_stats, servers, user_agents
 from bench.workload import median_runs
 from clickqueue import Queue
 from handlers.settings import default_queue
@@ -152,11 +153,20 @@ def describe(app: str, run: dict[str, Any]) -> str:
     return line
 
 
+def describe_user_agents(runs: dict[str, dict[str, Any]]) -> str:
+    """One progress line of a round of /track with ordinary and hostile User-Agents."""
+    return (
+        f"HTTP track: {runs['ordinary']['per_second']:,.0f} req/s with a browser's User-Agent, "
+        f"{runs['hostile']['per_second']:,.0f} with a new {user_agents.HOSTILE_USER_AGENT_CHARACTERS}-character one each"
+    )
+
+
 def track_vs_noop(
     memcached: tuple[str, int], gunicorn: Gunicorn, load: HttpLoad, repeats: int, on_run: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Requests/s and latency of the no-op handlers and of /track, the ratios, and the cache
-    commands per /track event.
+    """Requests/s and latency of the no-op handlers and of /track, the ratios, the cache
+    commands per /track event, and /track's req/s with ordinary and hostile User-Agents
+    (``bench.user_agents``, each round after the three apps).
 
     The three apps are served at once and loaded in turn, ``repeats`` rounds,
     so other load on the machine falls on every app alike; each app's median
@@ -170,6 +180,7 @@ def track_vs_noop(
     queue = Queue(reference.name, client, shards=reference.shards)
     try:
         with ExitStack() as stack:
+            scripts = user_agents.write_scripts(Path(stack.enter_context(tempfile.TemporaryDirectory())))
             urls = {}
             for name, app in APPS.items():
                 server = stack.enter_context(
@@ -178,13 +189,15 @@ def track_vs_noop(
                 urls[name] = f"http://{servers.HOST}:{server.port}{TRACK_PATH}"
                 expect_no_content(urls[name])
                 run_wrk(urls[name], HttpLoad(WARM_UP_SECONDS, load.connections, load.threads))
-            rounds = []
+            rounds, user_agent_rounds = [], []
             for _ in range(repeats):
                 rounds.append({})
                 for name, url in urls.items():
                     run = with_cache_commands(url, load, client, queue) if name == "track" else run_wrk(url, load)
                     rounds[-1][name] = {"app": name, **run}
                     on_run(describe(name, run))
+                user_agent_rounds.append({kind: run_wrk(urls["track"], load, script) for kind, script in scripts.items()})
+                on_run(describe_user_agents(user_agent_rounds[-1]))
         written = queue.stats().written
     finally:
         client.close()
@@ -208,6 +221,7 @@ def track_vs_noop(
             lambda r: r["track"]["latency_p50_ms"] - r["noop_wrapped"]["latency_p50_ms"]
         ),
         "track_cache_calls": cache_calls_per_event([r["track"] for r in rounds]),
+        "track_user_agents": user_agents.compare(user_agent_rounds),
         "track_messages_written": written,
         "gunicorn": {"workers": gunicorn.workers, "threads": gunicorn.threads},
         "wrk": {"threads": load.threads, "connections": load.connections, "seconds": load.seconds},

@@ -109,6 +109,9 @@ def test_quick_run_reports_every_part(tmp_path):
     assert track_calls["commands_per_event"] > 0 and track_calls["commands_per_event_overall"] > 0
     assert len(track_calls["per_round"]) == document["parameters"]["repeats"]
     assert track_calls["events_per_shared_write"] >= 1
+    user_agents = http["track_user_agents"]
+    assert user_agents["ordinary"] > 0 and user_agents["hostile"] > 0 and user_agents["hostile_to_ordinary"] > 0
+    assert user_agents["non_2xx"] == {"ordinary": 0, "hostile": 0}
 
     storage = document["storage"]
     assert storage["messages"] > 0 and storage["target_measure"] in storage["queue_to_raw"]
@@ -130,6 +133,7 @@ def test_quick_run_reports_every_part(tmp_path):
     assert {
         "queue cycle / raw memcached, batch 10, 100 B",
         "/track p50 - no-op (wrapped) p50, ms",
+        "/track req/s, new 8000-character User-Agents / a browser's",
         "cache calls per write",
         "cache calls per read_multi(100)",
     } <= set(targets)
