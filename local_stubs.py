@@ -27,15 +27,18 @@ from __future__ import annotations
 import dataclasses
 import errno
 import http.client
+import json
 import logging
 import os
 import pickle
+import re
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from wsgiref.types import WSGIApplication
 
@@ -45,7 +48,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
-from handlers.errors import BatchFailedError
+from handlers.base import NOSNIFF_HEADER
+from handlers.errors import AdminRequiredError, BatchFailedError, quote_prefix
 from handlers.processing import drain
 from handlers.settings import Settings
 
@@ -55,7 +59,13 @@ LOCAL_ADMIN = {
     "HTTP_X_APPENGINE_USER_ID": "1",
     "HTTP_X_APPENGINE_USER_IS_ADMIN": "1",
 }
-"""What App Engine's front end says of a request from a signed-in admin: here, of every request."""
+"""What App Engine's front end says of a request from a signed-in admin: here, of every
+request for a local host name."""
+LOCAL_HOSTS_ENV = "CLICKQUEUE_LOCAL_HOSTS"
+LOOPBACK_HOST_NAMES = ("127.0.0.1", "localhost", "::1")
+"""Host names whose requests are the local admin's; ``CLICKQUEUE_LOCAL_HOSTS`` adds others
+(separated by spaces or commas). A page of any other name resolved to 127.0.0.1 (DNS
+rebinding) would otherwise read the admin pages."""
 APP_ROOT = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 THREADS = 8  # as each of app.yaml's workers
@@ -300,10 +310,11 @@ class _LocalArbiter(Arbiter):
 class LocalServer(BaseApplication):
     """gunicorn serving ``create_app(settings)`` on the stubs, in one worker on 127.0.0.1."""
 
-    def __init__(self, create_app: CreateApp, port: int, data_dir: Path) -> None:
+    def __init__(self, create_app: CreateApp, port: int, data_dir: Path, admin_paths: Collection[str]) -> None:
         self.create_app = create_app
         self.port = port
         self.data_dir = data_dir
+        self.admin_paths = admin_paths
         self.services: LocalServices | None = None
         super().__init__()
 
@@ -335,11 +346,13 @@ class LocalServer(BaseApplication):
             THREADS,
         )
         logger.info("datastore: %s, saved every %g s and on stop", self.services.datastore_file, SAVE_INTERVAL_SECONDS)
+        local_hosts = local_host_names()
         logger.info(
             "admin pages are open locally: http://%s:%d/dashboard, /stats and /links ask no sign-in here (every "
-            "request counts as admin %s); only this machine can reach them (%s)",
+            "request for host %s counts as admin %s); only this machine can reach them (%s)",
             HOST,
             self.port,
+            ", ".join(sorted(local_hosts)),
             LOCAL_ADMIN["HTTP_X_APPENGINE_USER_EMAIL"],
             HOST,
         )
@@ -348,15 +361,40 @@ class LocalServer(BaseApplication):
             "them (normally the last second or two) and the counts of the last %g s",
             SAVE_INTERVAL_SECONDS,
         )
-        return _as_local_admin(app)
+        return _as_local_admin(app, self.admin_paths, local_hosts)
 
 
-def _as_local_admin(app: WSGIApplication) -> WSGIApplication:
-    """``app`` with every request from the local admin: ``python main.py`` has no sign-in."""
+def local_host_names() -> frozenset[str]:
+    """The host names whose requests are the local admin's: loopback, and those of ``CLICKQUEUE_LOCAL_HOSTS``."""
+    named = re.split(r"[\s,]+", os.environ.get(LOCAL_HOSTS_ENV, ""))
+    return frozenset(LOOPBACK_HOST_NAMES) | {name.lower().strip("[]") for name in named if name}
+
+
+def _as_local_admin(app: WSGIApplication, admin_paths: Collection[str], local_hosts: frozenset[str]) -> WSGIApplication:
+    """``app`` with every request for a local host name from the local admin (``python main.py``
+    has no sign-in). A request for another name, as App Engine's front end treats one from
+    outside, loses its ``X-AppEngine-*`` headers; for an admin page it is refused (403)."""
 
     def app_as_admin(environ: dict, start_response):
-        environ.update(LOCAL_ADMIN)
-        return app(environ, start_response)
+        host = environ.get("HTTP_HOST") or environ["SERVER_NAME"]
+        host_name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+        if host_name in local_hosts:
+            environ.update(LOCAL_ADMIN)
+            return app(environ, start_response)
+        for name in [name for name in environ if name.startswith("HTTP_X_APPENGINE_")]:
+            del environ[name]
+        if environ.get("PATH_INFO") not in admin_paths:
+            return app(environ, start_response)
+        refusal = AdminRequiredError(
+            "python main.py answers its admin pages only for host 127.0.0.1, localhost, [::1] or one named in "
+            f"{LOCAL_HOSTS_ENV}; this request is for {quote_prefix(host_name)}"
+        )
+        body = json.dumps(refusal.body()).encode()
+        start_response(
+            f"{refusal.status} {http.client.responses[refusal.status]}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), NOSNIFF_HEADER],
+        )
+        return [body]
 
     return app_as_admin
 
@@ -389,8 +427,9 @@ def _exit_unless_settings_valid() -> None:
         sys.exit(str(error))
 
 
-def serve(create_app: CreateApp, port: int, data_dir: Path) -> None:
-    """Serve ``create_app(settings)`` on 127.0.0.1:``port`` until SIGTERM or Ctrl-C."""
+def serve(create_app: CreateApp, port: int, data_dir: Path, admin_paths: Collection[str]) -> None:
+    """Serve ``create_app(settings)`` on 127.0.0.1:``port`` until SIGTERM or Ctrl-C; ``admin_paths``
+    answer only requests for a local host name."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -398,7 +437,7 @@ def serve(create_app: CreateApp, port: int, data_dir: Path) -> None:
     _exit_unless_settings_valid()
     _exit_unless_port_free(port)
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = LocalServer(create_app, port, data_dir)
+    server = LocalServer(create_app, port, data_dir, admin_paths)
     try:
         _LocalArbiter(server).run()
     except RuntimeError as error:

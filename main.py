@@ -60,6 +60,7 @@ if __name__ == "__main__":
         create_app,
         port=local_stubs.parse_port(os.environ.get("PORT", "8080")),
         data_dir=Path(os.environ.get("CLICKQUEUE_DATA_DIR", Path(__file__).resolve().parent / ".local-data")),
+        admin_paths=ADMIN_PATHS,
     )
 else:
     app = create_app()

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -31,8 +33,26 @@ from e2e_support import (
 from handlers.base import MAX_BODY_BYTES
 from handlers.links import LINK_KEY_ENV
 from handlers.origins import ALLOWED_ORIGINS_ENV
+from local_stubs import LOCAL_HOSTS_ENV
 
 CLIENTS = 16
+
+
+@dataclass
+class MainServer:
+    base_url: str
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def main_server_for_hosts(tmp_path_factory) -> Iterator[MainServer]:
+    """One ``python main.py`` for the host name tests, naming my-app.test as a local host."""
+    directory = tmp_path_factory.mktemp("hosts")
+    with local_server(directory / "data", directory / "server.log", environment={LOCAL_HOSTS_ENV: "my-app.test"}) as (
+        base_url,
+        process,
+    ):
+        yield MainServer(base_url, process)
 STOP_TIMEOUT_SECONDS = 60
 
 
@@ -187,6 +207,42 @@ def test_admin_pages_are_open_locally_on_loopback_and_the_log_says_so(tmp_path, 
     assert b"Signed in as admin@localhost" in dashboard.body
     assert f"admin pages are open locally: {base_url}/dashboard" in log
     assert f"Listening at: {base_url} " in log
+
+
+@pytest.mark.parametrize("path", ["/stats", "/dashboard", "/links?item=a&to=https%3A%2F%2Fexample.com%2F"])
+@pytest.mark.parametrize("spoofed", [{}, {"X-Appengine-User-Is-Admin": "1", "X-Appengine-User-Email": "a@b.c"}])
+def test_admin_pages_answer_only_loopback_host_names(main_server_for_hosts, path, spoofed):
+    """A page of rebind.test, its name resolved to 127.0.0.1 (DNS rebinding), reads no admin page."""
+    base_url = main_server_for_hosts.base_url
+    port = base_url.rsplit(":", 1)[1]
+    answers = {
+        host: send_raw(base_url, "GET", path, {"Host": host, **spoofed}, None).status
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"my-app.test:{port}", f"rebind.test:{port}")
+    }
+
+    assert answers == {
+        f"127.0.0.1:{port}": 200,
+        f"localhost:{port}": 200,
+        f"[::1]:{port}": 200,
+        f"my-app.test:{port}": 200,  # named in CLICKQUEUE_LOCAL_HOSTS
+        f"rebind.test:{port}": 403,
+    }
+
+
+def test_refused_admin_page_says_which_host_names_it_answers(main_server_for_hosts):
+    answer = send_raw(main_server_for_hosts.base_url, "GET", "/stats", {"Host": "rebind.test"}, None)
+
+    assert (answer.status, answer.headers["Content-Type"]) == (403, "application/json")
+    assert json.loads(answer.body) == {
+        "error": "python main.py answers its admin pages only for host 127.0.0.1, localhost, [::1] or one named "
+        "in CLICKQUEUE_LOCAL_HOSTS; this request is for 'rebind.test'"
+    }
+
+
+def test_events_are_recorded_whatever_the_host_name(main_server_for_hosts):
+    answer = send_raw(main_server_for_hosts.base_url, "GET", "/track?type=view&item=a", {"Host": "rebind.test"}, None)
+
+    assert answer.status == 204
 
 
 def test_link_signed_just_before_a_kill_redirects_after_restart(tmp_path, server_log):
