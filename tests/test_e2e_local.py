@@ -33,7 +33,7 @@ from e2e_support import (
 from handlers.base import MAX_BODY_BYTES
 from handlers.links import LINK_KEY_ENV
 from handlers.origins import ALLOWED_ORIGINS_ENV
-from local_stubs import LOCAL_HOSTS_ENV
+from local_stubs import LOCAL_HOSTS_ENV, STOP_DRAIN_ENV
 
 CLIENTS = 16
 
@@ -317,6 +317,11 @@ def test_bad_port_is_named_in_one_line_and_exits_non_zero(tmp_path, port):
             "https://www.example.com, or * for any",
             id="origin-without-scheme",
         ),
+        pytest.param(
+            {STOP_DRAIN_ENV: "31"},
+            f"{STOP_DRAIN_ENV} must be a number of seconds from 0 to 30; got '31'",
+            id="stop-drain-too-long",
+        ),
     ],
 )
 def test_bad_setting_is_named_in_one_line_and_exits_non_zero(tmp_path, environment, line):
@@ -339,4 +344,6 @@ def test_startup_log_says_what_an_unclean_stop_loses(tmp_path, server_log):
     with local_server(tmp_path / "data", server_log):
         pass
 
-    assert "kill -9 or a crash loses them" in server_log.read_text()
+    assert "kill -9 or a crash loses the events accepted since the last save, at most the last 5 s" in (
+        server_log.read_text()
+    )
