@@ -35,6 +35,7 @@ import errno
 import http.client
 import json
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -53,6 +54,7 @@ from google.appengine.api import apiproxy_stub_map, datastore_file_stub, datasto
 from google.appengine.ext import testbed
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
 
 from clickqueue import Queue
@@ -87,6 +89,10 @@ THREADS = 8  # as each of app.yaml's workers
 TASK_TIMEOUT_SECONDS = 600  # App Engine's deadline for a push task
 SAVE_INTERVAL_SECONDS = 5.0
 FINISH_REQUESTS_SECONDS = 10
+REQUEST_READ_SECONDS = 10
+"""The longest a request may take to arrive, from its first byte to its body's last:
+a client slower than that is cut (``_ReadDeadline``), so a few slow clients cannot hold
+every thread. App Engine's front end reads requests whole before the app sees them."""
 CUT_REQUESTS_WAIT_SECONDS = 10
 """After the requests in flight had their time: how long those still in the app (cut
 from their clients' bytes) may take to leave it before the drain starts without them
@@ -463,6 +469,51 @@ def _json_answer(start_response, error: RequestError) -> list[bytes]:
     return [body]
 
 
+class RequestReadTimeout(NoMoreData, TimeoutError):
+    """A request did not arrive in ``REQUEST_READ_SECONDS``: gunicorn drops the connection
+    quietly (NoMoreData), and the app answers a body read 408 (TimeoutError)."""
+
+
+class _ReadDeadline:
+    """A client socket whose reads end at a deadline, set for each request; the rest passes through."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self._client = client
+        self.deadline = math.inf
+        self.timed_out = False
+        self.answered = False
+
+    def start_request(self) -> None:
+        self.deadline = time.monotonic() + REQUEST_READ_SECONDS
+        self.timed_out = self.answered = False
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        before = self._client.gettimeout()
+        if remaining <= 0 or (before is not None and before <= 0):  # past the deadline, or a non-blocking read
+            if remaining <= 0:
+                self.timed_out = True
+                raise RequestReadTimeout()
+            return self._client.recv(size, *flags)
+        self._client.settimeout(remaining if before is None else min(before, remaining))
+        try:
+            return self._client.recv(size, *flags)
+        except TimeoutError:
+            if time.monotonic() < self.deadline:
+                raise  # a shorter timeout of gunicorn's own
+            self.timed_out = True
+            raise RequestReadTimeout() from None
+        finally:
+            self._client.settimeout(before)
+
+    def sendall(self, data: bytes, *flags: int) -> None:
+        self.answered = True
+        self._client.sendall(data, *flags)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
 class _LocalWorker(ThreadWorker):
     """gunicorn's threaded worker, holding the stubs.
 
@@ -486,6 +537,20 @@ class _LocalWorker(ThreadWorker):
         if self.app.services is not None:
             self.app.services.stop_running_tasks()
         super().handle_exit(sig, frame)
+
+    def handle(self, conn):
+        """gunicorn's, with the request's reads bounded by ``REQUEST_READ_SECONDS``."""
+        if not isinstance(conn.sock, _ReadDeadline):
+            conn.sock = _ReadDeadline(conn.sock)
+        conn.sock.start_request()
+        outcome = super().handle(conn)
+        if conn.sock.timed_out and not conn.sock.answered:  # an answered body read was logged by the app
+            logger.warning(
+                "cut a connection from %s:%s: its request took over %g s to arrive",
+                *conn.client[:2],
+                REQUEST_READ_SECONDS,
+            )
+        return outcome
 
     def run(self) -> None:
         status = 1

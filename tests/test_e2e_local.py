@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +35,8 @@ from e2e_support import (
 from handlers.base import MAX_BODY_BYTES
 from handlers.links import LINK_KEY_ENV
 from handlers.origins import ALLOWED_ORIGINS_ENV
-from local_stubs import LOCAL_HOSTS_ENV, STOP_DRAIN_ENV
+from local_stubs import LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV
+from tests.support.raw_http import post_head
 
 CLIENTS = 16
 
@@ -42,17 +45,19 @@ CLIENTS = 16
 class MainServer:
     base_url: str
     process: subprocess.Popen
+    log_path: Path
 
 
 @pytest.fixture(scope="module")
 def main_server_for_hosts(tmp_path_factory) -> Iterator[MainServer]:
     """One ``python main.py`` for the host name tests, naming my-app.test as a local host."""
     directory = tmp_path_factory.mktemp("hosts")
-    with local_server(directory / "data", directory / "server.log", environment={LOCAL_HOSTS_ENV: "my-app.test"}) as (
+    log_path = directory / "server.log"
+    with local_server(directory / "data", log_path, environment={LOCAL_HOSTS_ENV: "my-app.test"}) as (
         base_url,
         process,
     ):
-        yield MainServer(base_url, process)
+        yield MainServer(base_url, process, log_path)
 STOP_TIMEOUT_SECONDS = 60
 
 
@@ -347,3 +352,73 @@ def test_startup_log_says_what_an_unclean_stop_loses(tmp_path, server_log):
     assert "kill -9 or a crash loses the events accepted since the last save, at most the last 5 s" in (
         server_log.read_text()
     )
+
+
+SLOW_CLIENTS = 8  # one per gunicorn thread
+
+
+def drip(connection: socket.socket, data: bytes, stop: threading.Event) -> None:
+    """Send ``data`` a byte every 0.5 s until ``stop``, as a slow (or hostile) client does; quietly end when cut."""
+    for byte in data:
+        if stop.wait(0.5):
+            return
+        try:
+            connection.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize(
+    ("sent_at_once", "dripped", "logged"),
+    [
+        pytest.param(
+            b"",
+            b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"x" * 200,
+            f"request took over {REQUEST_READ_SECONDS} s to arrive",
+            id="headers",
+        ),
+        pytest.param(
+            post_head("/track", "application/json", length=200),
+            b"x" * 200,
+            "/track: 408 the request body stopped arriving before its end",
+            id="body",
+        ),
+    ],
+)
+def test_clients_sending_a_byte_at_a_time_do_not_stall_the_server(main_server_for_hosts, sent_at_once, dripped, logged):
+    """Eight connections, one per thread, each sending its request a byte every half
+    second (100 s in all): each is cut once its request has taken REQUEST_READ_SECONDS,
+    and another client's request is answered meanwhile."""
+    port = int(main_server_for_hosts.base_url.rsplit(":", 1)[1])
+    lines_before = len(main_server_for_hosts.log_path.read_text().splitlines())
+
+    def each_cut_logged() -> list[str] | None:
+        lines = main_server_for_hosts.log_path.read_text().splitlines()[lines_before:]
+        return lines if len(lines) >= SLOW_CLIENTS else None
+
+    stop = threading.Event()
+    connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(SLOW_CLIENTS)]
+    drips = [threading.Thread(target=drip, args=(connection, dripped, stop)) for connection in connections]
+    try:
+        for connection, thread in zip(connections, drips, strict=True):
+            connection.sendall(sent_at_once)
+            thread.start()
+        answered = send_raw(
+            main_server_for_hosts.base_url,
+            "GET",
+            "/track?type=view&item=patient",
+            {},
+            None,
+            timeout_seconds=REQUEST_READ_SECONDS * 3,
+        )
+        new_lines = wait_until(each_cut_logged, REQUEST_READ_SECONDS * 2, message="each cut to be logged")
+    finally:
+        stop.set()
+        for thread in drips:
+            thread.join()
+        for connection in connections:
+            connection.close()
+
+    assert answered.status == 204
+    assert [line for line in new_lines if logged in line] == new_lines
+    assert len(new_lines) == SLOW_CLIENTS, new_lines
