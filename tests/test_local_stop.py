@@ -11,19 +11,18 @@ import os
 import signal
 import socket
 import subprocess
-import time
+import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
+import webtest
 from google.appengine.api import memcache
 
-from conftest import free_port, wait_until
+from conftest import REPO_ROOT, free_port, wait_until
 from e2e_support import EventPlan, HttpRequest, get_json, local_server, send_concurrently, wait_for_counts
 from handlers.settings import Settings
 from local_queue_file import FILE_NAME, SavedQueue, copy_queue_entries
-from local_stubs import FINISH_REQUESTS_SECONDS, STOP_DRAIN_ENV, STOP_SECONDS, LocalServices
+from local_stubs import FINISH_REQUESTS_SECONDS, STOP_DRAIN_ENV, STOP_SECONDS, LocalServices, RequestGate
 from tests.support.raw_http import post_head
 
 BATCH_EVENTS = 500
@@ -164,3 +163,41 @@ def test_events_the_queue_lost_while_serving_fail_the_stop_and_stay_in_stats(tmp
     restarted.bed.deactivate()
 
     assert (status, lost_after_restart) == (1, 3)
+
+
+def test_a_queue_saved_with_another_datastore_stops_the_start(tmp_path, server_log):
+    data_dir = tmp_path / "data"
+    with local_server(data_dir, server_log) as (base_url, _):
+        send_concurrently(base_url, [HttpRequest("GET", "/track?type=view&item=a")], clients=1)
+    (data_dir / "datastore.db").unlink()  # the counts gone, their queue still there
+
+    started = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PORT": str(free_port()), "CLICKQUEUE_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=STOPPED_SECONDS,
+    )
+
+    assert started.returncode != 0
+    assert f"ERROR local_stubs: {data_dir / FILE_NAME} was saved with another datastore.db than the one beside it" in (
+        started.stderr
+    )
+
+
+def test_a_request_reaching_the_app_after_the_stop_closed_it_is_answered_503():
+    def recorded(environ, start_response):
+        start_response("204 No Content", [])
+        return []
+
+    gate = RequestGate()
+    app = webtest.TestApp(gate.wrap(recorded))
+    app.get("/track", status=204)
+
+    still_inside = gate.close(wait_seconds=1)
+    refused = app.get("/track", status=503)
+
+    assert still_inside == 0
+    assert refused.json == {"error": "the server is stopping: nothing was recorded; send it again later"}
+    assert refused.headers["X-Content-Type-Options"] == "nosniff"
