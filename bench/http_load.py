@@ -181,12 +181,12 @@ def track_vs_noop(
     try:
         with ExitStack() as stack:
             scripts = user_agents.write_scripts(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-            urls = {}
+            urls, pids = {}, {}
             for name, app in APPS.items():
                 server = stack.enter_context(
                     servers.gunicorn(app, gunicorn.workers, gunicorn.threads, servers.REPO_ROOT, env)
                 )
-                urls[name] = f"http://{servers.HOST}:{server.port}{TRACK_PATH}"
+                urls[name], pids[name] = f"http://{servers.HOST}:{server.port}{TRACK_PATH}", server.process.pid
                 expect_no_content(urls[name])
                 run_wrk(urls[name], HttpLoad(WARM_UP_SECONDS, load.connections, load.threads))
             rounds, user_agent_rounds = [], []
@@ -196,7 +196,7 @@ def track_vs_noop(
                     run = with_cache_commands(url, load, client, queue) if name == "track" else run_wrk(url, load)
                     rounds[-1][name] = {"app": name, **run}
                     on_run(describe(name, run))
-                user_agent_rounds.append({kind: run_wrk(urls["track"], load, script) for kind, script in scripts.items()})
+                user_agent_rounds.append(user_agents.load_round(urls["track"], load, scripts, pids["track"]))
                 on_run(describe_user_agents(user_agent_rounds[-1]))
         written = queue.stats().written
     finally:

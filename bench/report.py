@@ -237,8 +237,9 @@ def http_section(http: dict[str, Any]) -> str:
     agents = http["track_user_agents"]
     user_agent_line = (
         f"/track User-Agents: {agents['ordinary']:,.0f} req/s with a browser's, {agents['hostile']:,.0f} with a new "
-        f"{agents['hostile_user_agent_characters']}-character one each: {agents['hostile_to_ordinary']:.2f}x "
-        "(median of the rounds)"
+        f"{agents['hostile_user_agent_characters']}-character one each: {agents['hostile_to_ordinary']:.2f}x; "
+        f"gunicorn CPU per request {agents['cpu_ms_per_request']['ordinary']:.3f} ms and "
+        f"{agents['cpu_ms_per_request']['hostile']:.3f} ms: {agents['cpu_ordinary_to_hostile']:.2f}x (medians of the rounds)"
     )
     return f"{table}\n{ratios}\n{cache}\n{user_agent_line}"
 

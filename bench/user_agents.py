@@ -1,11 +1,20 @@
 """``/track`` loaded with one ordinary browser User-Agent, then with hostile ones: 8,000
 characters, each request's new, so no verdict is remembered and every request pays the
 bot check (handlers/traffic.py). Their req/s ratio is what a client sending such
-requests can take from everyone else."""
+requests can take from everyone else.
+
+``python -m bench`` measures it in each of its rounds; ``python -m bench.user_agents``
+measures only this, in more rounds, with the CPU time gunicorn spent per request (from
+/proc: less disturbed than req/s by other work on the machine).
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +58,86 @@ def write_scripts(directory: Path) -> dict[str, Path]:
 
 
 def compare(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Each kind's median req/s over the rounds, and the median of the rounds' hostile / ordinary."""
+    """Each kind's median req/s and gunicorn CPU per request over the rounds, and the medians
+    of the rounds' ratios: hostile / ordinary req/s, ordinary / hostile CPU (both 1 when equal)."""
     return {
         **{kind: round(statistics.median(r[kind]["per_second"] for r in rounds), 1) for kind in KINDS},
+        "cpu_ms_per_request": {
+            kind: round(statistics.median(r[kind]["cpu_ms_per_request"] for r in rounds), 4) for kind in KINDS
+        },
         "non_2xx": {kind: sum(r[kind]["non_2xx"] for r in rounds) for kind in KINDS},
         "hostile_to_ordinary": round(
             statistics.median(r["hostile"]["per_second"] / r["ordinary"]["per_second"] for r in rounds), 3
         ),
+        "cpu_ordinary_to_hostile": round(
+            statistics.median(r["ordinary"]["cpu_ms_per_request"] / r["hostile"]["cpu_ms_per_request"] for r in rounds),
+            3,
+        ),
         "hostile_user_agent_characters": HOSTILE_USER_AGENT_CHARACTERS,
     }
+
+
+def load_round(url: str, load: Any, scripts: dict[str, Path], server_pid: int) -> dict[str, dict[str, Any]]:
+    """One run of each kind (in the order given), with the CPU gunicorn spent per request."""
+    from bench.http_load import run_wrk  # here: bench.http_load imports this module
+
+    runs = {}
+    for kind, script in scripts.items():
+        before = cpu_seconds(server_pid)
+        run = run_wrk(url, load, script)
+        run["cpu_ms_per_request"] = (cpu_seconds(server_pid) - before) * 1000 / max(run["requests"], 1)
+        runs[kind] = run
+    return runs
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of process ``pid`` and its children now alive (gunicorn's workers)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()
+    ticks = 0
+    for process in [str(pid), *children]:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import servers
+    from bench.http_load import MEMCACHED_ENV, TRACK_PATH, HttpLoad, run_wrk  # here: it imports this module
+
+    parser = argparse.ArgumentParser(prog="python -m bench.user_agents", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=int, default=3, help="wrk duration of each run")
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args(argv)
+    load = HttpLoad(args.seconds, args.connections)
+    rounds = []
+    with servers.memcached() as memcached, tempfile.TemporaryDirectory() as directory:
+        scripts = write_scripts(Path(directory))
+        env = {MEMCACHED_ENV: f"{servers.HOST}:{memcached.port}"}
+        with servers.gunicorn("bench.track_app:app", 2, 8, servers.REPO_ROOT, env) as server:
+            url = f"http://{servers.HOST}:{server.port}{TRACK_PATH}"
+            run_wrk(url, HttpLoad(1, args.connections), scripts["ordinary"])  # warm up
+            for number in range(args.rounds):
+                order = list(scripts.items()) if number % 2 == 0 else list(reversed(scripts.items()))
+                runs = load_round(url, load, dict(order), server.process.pid)
+                rounds.append(runs)
+                print(
+                    f"round {number + 1}: "
+                    + ", ".join(
+                        f"{kind} {runs[kind]['per_second']:,.0f} req/s, {runs[kind]['cpu_ms_per_request']:.3f} ms CPU"
+                        for kind in KINDS
+                    ),
+                    flush=True,
+                )
+    compared = compare(rounds)
+    cpu = compared["cpu_ms_per_request"]
+    print(
+        f"median: {compared['ordinary']:,.0f} req/s with a browser's User-Agent, {compared['hostile']:,.0f} with a new "
+        f"{HOSTILE_USER_AGENT_CHARACTERS}-character one each: {compared['hostile_to_ordinary']:.2f}x; gunicorn CPU per "
+        f"request {cpu['ordinary']:.3f} ms and {cpu['hostile']:.3f} ms: {compared['cpu_ordinary_to_hostile']:.2f}x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

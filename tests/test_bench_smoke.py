@@ -111,6 +111,7 @@ def test_quick_run_reports_every_part(tmp_path):
     assert track_calls["events_per_shared_write"] >= 1
     user_agents = http["track_user_agents"]
     assert user_agents["ordinary"] > 0 and user_agents["hostile"] > 0 and user_agents["hostile_to_ordinary"] > 0
+    assert user_agents["cpu_ordinary_to_hostile"] > 0 and set(user_agents["cpu_ms_per_request"]) == {"ordinary", "hostile"}
     assert user_agents["non_2xx"] == {"ordinary": 0, "hostile": 0}
 
     storage = document["storage"]

@@ -114,11 +114,11 @@ BOT_ENTRIES = [
 
 
 def test_every_example_user_agent_of_the_list_is_a_bot():
-    """The list's own examples (the longest is 285 characters) are all found within the characters examined."""
+    """The list's own examples (up to 285 characters) all name their bot within the characters examined."""
     examples = [example for entry in BOT_ENTRIES for example in entry.get("instances", [])]
 
     assert [example for example in examples if not is_bot(example)] == []
-    assert max(map(len, examples)) < USER_AGENT_CHARACTERS_EXAMINED
+    assert max(map(len, examples)) > USER_AGENT_CHARACTERS_EXAMINED  # so the cut is tried on some
 
 
 @pytest.mark.parametrize(
