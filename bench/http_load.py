@@ -154,10 +154,9 @@ def describe(app: str, run: dict[str, Any]) -> str:
 
 
 def describe_user_agents(runs: dict[str, dict[str, Any]]) -> str:
-    """One progress line of a round of /track with ordinary and hostile User-Agents."""
-    return (
-        f"HTTP track: {runs['ordinary']['per_second']:,.0f} req/s with a browser's User-Agent, "
-        f"{runs['hostile']['per_second']:,.0f} with a new {user_agents.HOSTILE_USER_AGENT_CHARACTERS}-character one each"
+    """One progress line of a round of /track with each kind of User-Agent."""
+    return "HTTP track: " + ", ".join(
+        f"{runs[kind]['per_second']:,.0f} req/s with a {kind} User-Agent" for kind in user_agents.KINDS
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import user_agents
 from bench.single import CASES
 from bench.workload import Throughput
 
@@ -234,13 +235,7 @@ def http_section(http: dict[str, Any]) -> str:
         f"{_number(calls['commands_per_event_overall'])} ({by_counter}); "
         f"{_number(calls['events_per_shared_write'])} events per shared write"
     )
-    agents = http["track_user_agents"]
-    user_agent_line = (
-        f"/track User-Agents: {agents['ordinary']:,.0f} req/s with a browser's, {agents['hostile']:,.0f} with a new "
-        f"{agents['hostile_user_agent_characters']}-character one each: {agents['hostile_to_ordinary']:.2f}x; "
-        f"gunicorn CPU per request {agents['cpu_ms_per_request']['ordinary']:.3f} ms and "
-        f"{agents['cpu_ms_per_request']['hostile']:.3f} ms: {agents['cpu_ordinary_to_hostile']:.2f}x (medians of the rounds)"
-    )
+    user_agent_line = user_agents.describe(http["track_user_agents"])
     return f"{table}\n{ratios}\n{cache}\n{user_agent_line}"
 
 

@@ -110,9 +110,11 @@ def test_quick_run_reports_every_part(tmp_path):
     assert len(track_calls["per_round"]) == document["parameters"]["repeats"]
     assert track_calls["events_per_shared_write"] >= 1
     user_agents = http["track_user_agents"]
-    assert user_agents["ordinary"] > 0 and user_agents["hostile"] > 0 and user_agents["hostile_to_ordinary"] > 0
-    assert user_agents["cpu_ordinary_to_hostile"] > 0 and set(user_agents["cpu_ms_per_request"]) == {"ordinary", "hostile"}
-    assert user_agents["non_2xx"] == {"ordinary": 0, "hostile": 0}
+    kinds = {"ordinary", "hostile", "repeated"}
+    assert all(user_agents[kind] > 0 and user_agents["cpu_ms_per_request"][kind] > 0 for kind in kinds)
+    assert user_agents["non_2xx"] == dict.fromkeys(kinds, 0)
+    for ratio in ("hostile_to_ordinary", "cpu_hostile_to_ordinary", "hostile_to_repeated", "cpu_hostile_to_repeated"):
+        assert user_agents[ratio] > 0, ratio
 
     storage = document["storage"]
     assert storage["messages"] > 0 and storage["target_measure"] in storage["queue_to_raw"]
