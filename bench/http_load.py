@@ -155,8 +155,8 @@ def describe(app: str, run: dict[str, Any]) -> str:
 
 def describe_user_agents(runs: dict[str, dict[str, Any]]) -> str:
     """One progress line of a round of /track with each kind of User-Agent."""
-    return "HTTP track: " + ", ".join(
-        f"{runs[kind]['per_second']:,.0f} req/s with a {kind} User-Agent" for kind in user_agents.KINDS
+    return "HTTP track, User-Agents: " + ", ".join(
+        f"{kind} {runs[kind]['per_second']:,.0f} req/s" for kind in user_agents.KINDS
     )
 
 
