@@ -111,7 +111,9 @@ def restore(entries: list[SavedEntry], now: float) -> int:
     for expiry, values in by_expiry.items():
         not_stored = memcache.Client().set_multi(values, time=expiry)
         if not_stored:
-            raise LocalDataError(f"memcache refused {len(not_stored)} of the queue's saved keys, such as {not_stored[0]}")
+            raise LocalDataError(
+                f"memcache refused {len(not_stored)} of the queue's saved keys, such as {not_stored[0]}"
+            )
         restored += len(values)
     return restored
 

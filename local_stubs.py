@@ -22,9 +22,9 @@ Lifecycle, in the worker:
   own ``drain`` (at most ``DRAIN_SECONDS``, progress logged), save Datastore and
   the rest of the queue, exit: 0, or 1 if the save failed or the queue lost
   events while serving. A second Ctrl-C stops within 2 s, like kill -9.
-* kill -9, or a crash: the next start restores the last save; what was
-  accepted or counted after it is lost (at most ``SAVE_INTERVAL_SECONDS`` and
-  the length of a save).
+* kill -9, or a crash: the next start restores the last save; the events
+  accepted after it are lost (at most ``SAVE_INTERVAL_SECONDS`` and the length
+  of a save), the counts made after it are made again.
 """
 
 from __future__ import annotations
@@ -296,7 +296,10 @@ class LocalServices:
         try:
             drain(dataclasses.replace(self.settings, queue=ahead, time_budget_seconds=DRAIN_STEP_SECONDS))
         except BatchFailedError as error:
-            logger.error("counting the batches held when the last run ended failed (%s): they wait for their leases to expire", error)
+            logger.error(
+                "counting the batches held when the last run ended failed (%s): they wait for their leases to expire",
+                error,
+            )
 
     def start_background_work(self) -> None:
         """Run due tasks and save on a timer (once the app exists: see ``LocalServer.load``);
@@ -620,7 +623,9 @@ class LocalServer(BaseApplication):
             THREADS,
         )
         logger.info(
-            "datastore: %s, saved with the queue every %g s and on stop", self.services.datastore_file, SAVE_INTERVAL_SECONDS
+            "datastore: %s, saved with the queue every %g s and on stop",
+            self.services.datastore_file,
+            SAVE_INTERVAL_SECONDS,
         )
         local_hosts = local_host_names()
         logger.info(

@@ -78,7 +78,9 @@ FROM_A_PAGE = [
     pytest.param({"Sec-Fetch-Site": "same-origin", **IMAGE}, True, id="the-apps-own-page"),
     pytest.param({"Sec-Fetch-Site": "none", **LINK}, True, id="typed-by-the-person"),
     pytest.param({"Sec-Fetch-Site": "cross-site", "Referer": f"{ALLOWED_PAGE}/post", **IMAGE}, True, id="allowed-page"),
-    pytest.param({"Sec-Fetch-Site": "same-site", "Referer": f"{ALLOWED_PAGE}:443/", **IMAGE}, True, id="allowed-same-site"),
+    pytest.param(
+        {"Sec-Fetch-Site": "same-site", "Referer": f"{ALLOWED_PAGE}:443/", **IMAGE}, True, id="allowed-same-site"
+    ),
     pytest.param({"Referer": f"{ALLOWED_PAGE}/post"}, True, id="allowed-page-older-browser"),
     pytest.param({"Referer": "http://localhost/page"}, True, id="own-page-older-browser"),
     pytest.param({"Origin": ALLOWED_PAGE, "Sec-Fetch-Site": "cross-site"}, True, id="allowed-cors-fetch"),
@@ -87,7 +89,9 @@ FROM_A_PAGE = [
     pytest.param({"Sec-Fetch-Site": "cross-site", "Referer": "https://evil.example/", **IMAGE}, False, id="other-page"),
     pytest.param({"Sec-Fetch-Site": "cross-site", "Referer": "android-app://x/", **IMAGE}, False, id="not-a-web-page"),
     pytest.param({"Referer": "https://evil.example/"}, False, id="other-page-older-browser"),
-    pytest.param({"Sec-Fetch-Site": "cross-site", "Referer": "https://evil.example/", **LINK}, False, id="link-to-track"),
+    pytest.param(
+        {"Sec-Fetch-Site": "cross-site", "Referer": "https://evil.example/", **LINK}, False, id="link-to-track"
+    ),
     pytest.param({"Origin": "https://evil.example", "Sec-Fetch-Site": "same-origin"}, False, id="origin-comes-first"),
 ]
 
@@ -125,7 +129,8 @@ def test_tracked_link_counts_when_followed_from_any_site_not_when_loaded_by_one(
     app_allowing, app_settings, headers, recorded
 ):
     app = app_allowing(ALLOWED_PAGE)
-    link = app.get("/links", {"item": "cta", "to": "https://example.com/"}).json["link"].removeprefix("http://localhost")
+    signed = app.get("/links", {"item": "cta", "to": "https://example.com/"}).json["link"]
+    link = signed.removeprefix("http://localhost")
 
     response = app.get(link, headers=headers, expect_errors=True)
 

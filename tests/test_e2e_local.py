@@ -222,7 +222,13 @@ def test_admin_pages_answer_only_loopback_host_names(main_server_for_hosts, path
     port = base_url.rsplit(":", 1)[1]
     answers = {
         host: send_raw(base_url, "GET", path, {"Host": host, **spoofed}, None).status
-        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"my-app.test:{port}", f"rebind.test:{port}")
+        for host in (
+            f"127.0.0.1:{port}",
+            f"localhost:{port}",
+            f"[::1]:{port}",
+            f"my-app.test:{port}",
+            f"rebind.test:{port}",
+        )
     }
 
     assert answers == {

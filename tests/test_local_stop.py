@@ -30,17 +30,14 @@ BACKLOG_EVENTS = 20_000
 """Events sent at once: the server takes seconds to count them (a few thousand a second
 here), so a stop or a save finds most of them still queued."""
 STOPPED_SECONDS = STOP_SECONDS + 10
+JSON = "application/json"
 
 
 def json_batches(plan: EventPlan) -> list[HttpRequest]:
+    batches = [plan.events[start : start + BATCH_EVENTS] for start in range(0, len(plan.events), BATCH_EVENTS)]
     return [
-        HttpRequest(
-            "POST",
-            "/track",
-            json.dumps({"events": [{"type": t, "item": i} for t, i in plan.events[start : start + BATCH_EVENTS]]}).encode(),
-            "application/json",
-        )
-        for start in range(0, len(plan.events), BATCH_EVENTS)
+        HttpRequest("POST", "/track", json.dumps({"events": [{"type": t, "item": i} for t, i in batch]}).encode(), JSON)
+        for batch in batches
     ]
 
 

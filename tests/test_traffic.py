@@ -109,7 +109,9 @@ def test_user_agents_alike_in_the_characters_examined_share_one_verdict():
 
 
 BOT_ENTRIES = [
-    entry for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA if entry["pattern"] not in GENERIC_HTTP_CLIENT_PATTERNS
+    entry
+    for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA
+    if entry["pattern"] not in GENERIC_HTTP_CLIENT_PATTERNS
 ]
 
 
@@ -124,7 +126,9 @@ def test_every_example_user_agent_of_the_list_is_a_bot():
 @pytest.mark.parametrize(
     ("padding", "expected"),
     [
-        pytest.param(USER_AGENT_CHARACTERS_EXAMINED - len("Mozilla/5.0  bingbot"), True, id="ends-at-the-last-examined"),
+        pytest.param(
+            USER_AGENT_CHARACTERS_EXAMINED - len("Mozilla/5.0  bingbot"), True, id="ends-at-the-last-examined"
+        ),
         pytest.param(USER_AGENT_CHARACTERS_EXAMINED - len("Mozilla/5.0  bingbo"), False, id="ends-one-past"),
         pytest.param(8000, False, id="after-8000-characters"),
     ],
