@@ -10,46 +10,67 @@ gunicorn master only forks it and passes signals on.
 Lifecycle, in the worker:
 
 * start: Datastore is loaded from ``<data_dir>/datastore.db`` (if there is
-  one); memcache and the task queue start empty. Due tasks are sent back to
-  this server over HTTP, as App Engine would send them.
+  one), and the queue's memcache keys saved with it from ``queue.json``
+  (local_queue_file.py); batches a processor of the last run held are counted
+  at once, the rest by a task. The task queue starts empty. Due tasks are sent
+  back to this server over HTTP, as App Engine would send them.
+* serving: Datastore and the queue are saved together every
+  ``SAVE_INTERVAL_SECONDS``.
 * SIGTERM or Ctrl-C: stop accepting, finish the requests in flight (at most
-  ``FINISH_REQUESTS_SECONDS``), drain the queue into Datastore with the
-  processing task's own ``drain`` (at most ``DRAIN_SECONDS``, progress logged),
-  fold the recorded batches into the count store as the fold task does,
-  save Datastore, exit. A second Ctrl-C stops within 2 s, like kill -9.
-* kill -9, or a crash: memcache is gone with the process, and with it every
-  event accepted but not yet counted (normally the last second or two: each
-  slot's task runs when its slot ends). Datastore is saved every
-  ``SAVE_INTERVAL_SECONDS``, so counts committed since the last save are lost too.
+  ``FINISH_REQUESTS_SECONDS``), cut those still reading and let no other in
+  (``RequestGate``), drain the queue into Datastore with the processing task's
+  own ``drain`` (at most ``DRAIN_SECONDS``, progress logged), fold the recorded
+  batches into the count store as the fold task does, save Datastore and the
+  rest of the queue, exit: 0, or 1 if the save failed or the queue lost events
+  while serving. A second Ctrl-C stops within 2 s, like kill -9.
+* kill -9, or a crash: the next start restores the last save; the events
+  accepted after it are lost (at most ``SAVE_INTERVAL_SECONDS`` and the length
+  of a save), the counts made after it are made again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import http.client
+import json
 import logging
+import math
+import multiprocessing
 import os
 import pickle
+import re
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from wsgiref.types import WSGIApplication
 
-from google.appengine.api import apiproxy_stub_map, datastore_file_stub, datastore_types, request_info
+from google.appengine.api import apiproxy_stub_map, datastore_file_stub, datastore_types, request_info, taskqueue
 from google.appengine.ext import testbed
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
 
+from clickqueue import Queue
 from handlers import counting
-from handlers.errors import BatchFailedError
-from handlers.processing import drain
+from handlers.base import NOSNIFF_HEADER
+from handlers.errors import (
+    AdminRequiredError,
+    BatchFailedError,
+    RequestError,
+    ServiceUnavailableError,
+    quote_prefix,
+)
+from handlers.processing import FOLD_PATH, PROCESS_PATH, drain
 from handlers.settings import Settings
+from local_queue_file import LocalDataError, QueueFile, SavedEntry, SavedQueue, copy_queue_entries, restore
 
 APP_ID = "dev~clickqueue-sample"
 LOCAL_ADMIN = {
@@ -57,19 +78,36 @@ LOCAL_ADMIN = {
     "HTTP_X_APPENGINE_USER_ID": "1",
     "HTTP_X_APPENGINE_USER_IS_ADMIN": "1",
 }
-"""What App Engine's front end says of a request from a signed-in admin: here, of every request."""
+"""What App Engine's front end says of a request from a signed-in admin: here, of every
+request for a local host name."""
+LOCAL_HOSTS_ENV = "CLICKQUEUE_LOCAL_HOSTS"
+LOOPBACK_HOST_NAMES = ("127.0.0.1", "localhost", "::1")
+"""Host names whose requests are the local admin's; ``CLICKQUEUE_LOCAL_HOSTS`` adds others
+(separated by spaces or commas). A page of any other name resolved to 127.0.0.1 (DNS
+rebinding) would otherwise read the admin pages."""
 APP_ROOT = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 THREADS = 8  # as each of app.yaml's workers
 TASK_TIMEOUT_SECONDS = 600  # App Engine's deadline for a push task
 SAVE_INTERVAL_SECONDS = 5.0
 FINISH_REQUESTS_SECONDS = 10
+REQUEST_READ_SECONDS = 10
+"""The longest a request may take to arrive, from its first byte to its body's last:
+a client slower than that is cut (``_ReadDeadline``), so a few slow clients cannot hold
+every thread. App Engine's front end reads requests whole before the app sees them."""
+CUT_REQUESTS_WAIT_SECONDS = 10
+"""After the requests in flight had their time: how long those still in the app (cut
+from their clients' bytes) may take to leave it before the drain starts without them
+(a /process request runs for its 5-second budget)."""
 DRAIN_SECONDS = 30
+"""The longest a stop spends counting the queue before it saves the rest (``CLICKQUEUE_STOP_DRAIN_SECONDS``
+sets less; 0 saves it all at once)."""
+STOP_DRAIN_ENV = "CLICKQUEUE_STOP_DRAIN_SECONDS"
 DRAIN_STEP_SECONDS = 1.0
 """Progress is logged after each step of the shutdown drain."""
-STOP_SECONDS = FINISH_REQUESTS_SECONDS + DRAIN_SECONDS + 20
+STOP_SECONDS = FINISH_REQUESTS_SECONDS + CUT_REQUESTS_WAIT_SECONDS + DRAIN_SECONDS + 20
 """How long the gunicorn master waits for the worker to stop before it kills it:
-the requests in flight, the drain, and 20 s to save Datastore."""
+the requests in flight, those cut, the drain, and 20 s to save Datastore and the queue."""
 
 logger = logging.getLogger("local_stubs")
 
@@ -120,14 +158,25 @@ class LocalDatastoreStub(datastore_file_stub.DatastoreFileStub):
     def Write(self) -> None:  # noqa: N802
         self._unsaved = True  # called by the stub after every commit, and under _call_lock
 
-    def save(self) -> bool:
-        """Write the file if anything changed since the last save; True if it did."""
+    def save(self, while_held: Callable[[int], None] | None = None) -> bool:
+        """Write the file if anything changed since the last save; True if it did.
+
+        ``while_held(version)`` runs first, while no Datastore call can: ``version``
+        (the timestamp of the last commit, which the file holds) names the data
+        this save writes, and what ``while_held`` saves goes with it."""
         with self._call_lock:
+            if while_held is not None:
+                while_held(self.version())
             if not self._unsaved:
                 return False
             super().Write()
             self._unsaved = False
             return True
+
+    def version(self) -> int:
+        """The timestamp of the last commit: it names the data (and is saved in the file)."""
+        with self._call_lock:
+            return self._GetReadTimestamp()
 
     def _GetEntitiesInEntityGroup(self, entity_group) -> Mapping:  # noqa: N802
         group_key = datastore_types.ReferenceToKeyValue(entity_group)
@@ -161,7 +210,9 @@ class _LoopbackDispatcher(request_info.Dispatcher):
     ) -> request_info.ResponseTuple:
         connection = http.client.HTTPConnection(HOST, self.port, timeout=TASK_TIMEOUT_SECONDS)
         try:
-            connection.request(method, relative_url, body=body, headers=dict(headers))
+            # Its own Host: the stub names the app's default host name for a task added outside a request.
+            sent_headers = {name: value for name, value in dict(headers).items() if name.lower() != "host"}
+            connection.request(method, relative_url, body=body, headers={**sent_headers, "Host": f"{HOST}:{self.port}"})
             response = connection.getresponse()
             return request_info.ResponseTuple(
                 f"{response.status} {response.reason}", response.getheaders(), response.read()
@@ -188,9 +239,10 @@ class _LocalRequestInfo(request_info.RequestInfo):
 class LocalServices:
     """The stubs of one worker process, and what starts and stops them."""
 
-    def __init__(self, port: int, data_dir: Path, settings: Settings) -> None:
+    def __init__(self, port: int, data_dir: Path, settings: Settings, drain_seconds: float = DRAIN_SECONDS) -> None:
         os.environ.pop("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", None)  # never send tasks to Cloud Tasks
         self.settings = settings
+        self.drain_seconds = drain_seconds
         self.datastore_file = data_dir / "datastore.db"
         self.bed = testbed.Testbed()
         self.bed.activate()
@@ -204,13 +256,62 @@ class LocalServices:
             request_data=_LocalRequestInfo(_LoopbackDispatcher(port)),
         )
         self.task_queue = self.bed.get_stub(testbed.TASKQUEUE_SERVICE_NAME)
+        self.memcache = self.bed.get_stub(testbed.MEMCACHE_SERVICE_NAME)
+        self.queue_file = QueueFile(data_dir)
+        self.gate = RequestGate()
+        self._save_lock = threading.Lock()
+        self._last_saved_queue: tuple[int, list[SavedEntry]] | None = None
         self._stopping = threading.Event()
         self._saver = threading.Thread(target=self._save_periodically, name="datastore-saver", daemon=True)
+        self.lost_before = self._restore_queue()
+
+    def _restore_queue(self) -> int:
+        """Put back the queue saved with this Datastore, if any; the queue's ``lost`` count then."""
+        saved = self.queue_file.load(self.datastore.version())
+        if saved is None:
+            return 0
+        restore(saved.entries, time.time())
+        if self.settings.queue.stats().leased:
+            self._count_orphaned_leases()
+        stats = self.settings.queue.stats()
+        log = logger.info if saved.stopped else logger.warning
+        log(
+            "restored the queue saved at %s %s: %d events queued, %d leased, %d lost so far",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved.saved_at)),
+            "by an orderly stop"
+            if saved.stopped
+            else "while serving: the last run ended without an orderly stop (kill -9, a crash), and the events it "
+            "accepted after that save are lost",
+            stats.depth,
+            stats.leased,
+            stats.lost,
+        )
+        return stats.lost
+
+    def _count_orphaned_leases(self) -> None:
+        """Count the batches a processor of the last run held: it ended with that run, so
+        they are taken over now, not once their leases expire. Through a queue whose clock
+        runs one lease ahead, where they have expired; each comes back under its lease id,
+        which its CountedBatch knows (none is counted twice)."""
+        queue = self.settings.queue
+        ahead = Queue(queue.name, shards=queue.shards, clock=lambda: time.time() + self.settings.lease_seconds)
+        try:
+            drain(dataclasses.replace(self.settings, queue=ahead, time_budget_seconds=DRAIN_STEP_SECONDS))
+        except BatchFailedError as error:
+            logger.error(
+                "counting the batches held when the last run ended failed (%s): they wait for their leases to expire",
+                error,
+            )
 
     def start_background_work(self) -> None:
-        """Run due tasks and save Datastore on a timer (once the app exists: see ``LocalServer.load``)."""
+        """Run due tasks and save on a timer (once the app exists: see ``LocalServer.load``);
+        count a restored queue, and fold the batches the last run recorded but did not fold."""
         self.task_queue.StartBackgroundExecution()
         self._saver.start()
+        if self.settings.queue.stats().depth:
+            taskqueue.add(url=PROCESS_PATH, queue_name=self.settings.task_queue_name)
+        if counting.unfolded_batches(1):
+            taskqueue.add(url=FOLD_PATH, queue_name=self.settings.fold_queue_name)
 
     def stop_running_tasks(self) -> None:
         """Run no more tasks: the shutdown drains the queue itself."""
@@ -218,19 +319,80 @@ class LocalServices:
 
     def _save_periodically(self) -> None:
         while not self._stopping.wait(SAVE_INTERVAL_SECONDS):
-            self.datastore.save()
+            try:
+                self.save()
+            except OSError as error:
+                logger.error("could not save to %s: %s", self.datastore_file.parent, error)
 
-    def stop(self) -> None:
-        """Drain the queue into Datastore (bounded, with progress), save it, deactivate the stubs."""
+    def save(self, *, stopping: bool = False) -> None:
+        """Save Datastore and the queue as one (see local_queue_file.py), each only if it changed.
+
+        ``stopping``: the last save; memcache stays held afterwards, so no request can
+        store an event (and answer that it did) that this save did not keep."""
+        with self._save_lock:
+            started = time.monotonic()
+            stats = self.settings.queue.stats().as_dict()  # before the copy: the copy holds at least these
+
+            def save_queue(datastore_version: int) -> None:
+                entries, foreign = copy_queue_entries(self.memcache, self.settings.queue.keys.prefix, hold=stopping)
+                logger.debug("copied %d queue keys %.3f s into the save", len(entries), time.monotonic() - started)
+                if foreign:
+                    logger.warning("%d queue keys held values of another type and were not saved", foreign)
+                if not stopping and self._last_saved_queue == (datastore_version, entries):
+                    return
+                self.queue_file.write_next(SavedQueue(datastore_version, time.time(), stopping, stats, entries))
+                self._last_saved_queue = (datastore_version, entries)
+
+            self.datastore.save(save_queue)
+            if self.queue_file.next_path.exists():
+                self.queue_file.commit_next()
+            logger.debug("saved in %.3f s (%d events not yet counted)", time.monotonic() - started, stats["depth"])
+
+    def stop(self) -> int:
+        """Let no more requests in and cut those still reading, drain the queue into Datastore
+        (bounded, with progress), save both, deactivate the stubs. The exit status: 0 once
+        everything accepted is counted or saved, 1 if the save failed or the queue lost events."""
         self.stop_running_tasks()
+        still_inside = self.gate.close(CUT_REQUESTS_WAIT_SECONDS)
+        if still_inside:
+            logger.warning(
+                "%d requests were still in the app %g s after they were cut: events they store before the last save "
+                "are kept, after it they cannot be stored",
+                still_inside,
+                CUT_REQUESTS_WAIT_SECONDS,
+            )
         self._stopping.set()
         if self._saver.is_alive():
             self._saver.join()
         self.drain_queue()
         self.fold_recorded()
-        self.datastore.save()
+        stats = self.settings.queue.stats()
+        try:
+            self.save(stopping=True)
+        except OSError as error:
+            logger.error(
+                "could not save to %s: %s; the %d events not yet counted, and what was counted since the last save, "
+                "are lost",
+                self.datastore_file.parent,
+                error,
+                stats.depth + stats.leased,
+            )
+            return 1
         self.bed.deactivate()
-        logger.info("stopped; datastore saved to %s", self.datastore_file)
+        logger.info(
+            "stopped; datastore saved to %s, the queue (%d events not yet counted) to %s",
+            self.datastore_file,
+            stats.depth + stats.leased,
+            self.queue_file.path,
+        )
+        if stats.lost > self.lost_before:
+            logger.error(
+                "the queue lost %d events while this server ran (memcache evicted them): they are not counted, "
+                "and /stats shows them in queue.lost",
+                stats.lost - self.lost_before,
+            )
+            return 1
+        return 0
 
     def fold_recorded(self) -> None:
         """Fold every recorded batch into the count store, as the fold task does."""
@@ -244,7 +406,7 @@ class LocalServices:
         queue = self.settings.queue
         logger.info("stopping: draining %d queued events into the datastore", queue.stats().depth)
         step = dataclasses.replace(self.settings, time_budget_seconds=DRAIN_STEP_SECONDS)
-        deadline = time.monotonic() + DRAIN_SECONDS
+        deadline = time.monotonic() + self.drain_seconds
         counted = 0
         while time.monotonic() < deadline:
             try:
@@ -260,8 +422,111 @@ class LocalServices:
         logger.info("drained: %d events counted", counted)
         if stats.depth or stats.leased:
             logger.warning(
-                "%d queued and %d leased events were not counted and are lost with memcache", stats.depth, stats.leased
+                "%d queued and %d leased events were not counted in time: they are saved with the queue and counted "
+                "after the next start",
+                stats.depth,
+                stats.leased,
             )
+
+
+class RequestGate:
+    """WSGI middleware that lets requests into the app until the stop closes it.
+
+    Then a new request is answered 503, and those still in the app (reading a
+    slow body, say) are cut from their clients' bytes: their reads end, so they
+    answer an error and leave. The final drain starts once none is inside, and
+    no request is answered 2xx for an event stored after it began."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._open = True
+        self._inside: dict[int, socket.socket | None] = {}
+
+    def wrap(self, app: WSGIApplication) -> WSGIApplication:
+        def gated(environ: dict, start_response):
+            with self._changed:
+                if not self._open:
+                    return _json_answer(
+                        start_response,
+                        ServiceUnavailableError("the server is stopping: nothing was recorded; send it again later"),
+                    )
+                ticket = id(environ)
+                self._inside[ticket] = environ.get("gunicorn.socket")
+            try:
+                return app(environ, start_response)
+            finally:
+                with self._changed:
+                    del self._inside[ticket]
+                    self._changed.notify_all()
+
+        return gated
+
+    def close(self, wait_seconds: float) -> int:
+        """Let no more requests in, cut the reading of those inside, and wait for them to
+        leave, at most ``wait_seconds``; how many are still inside then."""
+        with self._changed:
+            self._open = False
+            for client in self._inside.values():
+                if client is not None:
+                    with contextlib.suppress(OSError):  # the client is gone already
+                        client.shutdown(socket.SHUT_RD)
+            self._changed.wait_for(lambda: not self._inside, wait_seconds)
+            return len(self._inside)
+
+
+def _json_answer(start_response, error: RequestError) -> list[bytes]:
+    """``error`` answered as the app answers its errors (handlers/base.py), by the local server's own layers."""
+    body = json.dumps(error.body()).encode()
+    start_response(
+        f"{error.status} {http.client.responses[error.status]}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), NOSNIFF_HEADER],
+    )
+    return [body]
+
+
+class RequestReadTimeout(NoMoreData, TimeoutError):
+    """A request did not arrive in ``REQUEST_READ_SECONDS``: gunicorn drops the connection
+    quietly (NoMoreData), and the app answers a body read 408 (TimeoutError)."""
+
+
+class _ReadDeadline:
+    """A client socket whose reads end at a deadline, set for each request; the rest passes through."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self._client = client
+        self.deadline = math.inf
+        self.timed_out = False
+        self.answered = False
+
+    def start_request(self) -> None:
+        self.deadline = time.monotonic() + REQUEST_READ_SECONDS
+        self.timed_out = self.answered = False
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        before = self._client.gettimeout()
+        if remaining <= 0 or (before is not None and before <= 0):  # past the deadline, or a non-blocking read
+            if remaining <= 0:
+                self.timed_out = True
+                raise RequestReadTimeout()
+            return self._client.recv(size, *flags)
+        self._client.settimeout(remaining if before is None else min(before, remaining))
+        try:
+            return self._client.recv(size, *flags)
+        except TimeoutError:
+            if time.monotonic() < self.deadline:
+                raise  # a shorter timeout of gunicorn's own
+            self.timed_out = True
+            raise RequestReadTimeout() from None
+        finally:
+            self._client.settimeout(before)
+
+    def sendall(self, data: bytes, *flags: int) -> None:
+        self.answered = True
+        self._client.sendall(data, *flags)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
 
 
 class _LocalWorker(ThreadWorker):
@@ -288,16 +553,31 @@ class _LocalWorker(ThreadWorker):
             self.app.services.stop_running_tasks()
         super().handle_exit(sig, frame)
 
+    def handle(self, conn):
+        """gunicorn's, with the request's reads bounded by ``REQUEST_READ_SECONDS``."""
+        if not isinstance(conn.sock, _ReadDeadline):
+            conn.sock = _ReadDeadline(conn.sock)
+        conn.sock.start_request()
+        outcome = super().handle(conn)
+        if conn.sock.timed_out and not conn.sock.answered:  # an answered body read was logged by the app
+            logger.warning(
+                "cut a connection from %s:%s: its request took over %g s to arrive",
+                *conn.client[:2],
+                REQUEST_READ_SECONDS,
+            )
+        return outcome
+
     def run(self) -> None:
+        status = 1
         try:
             super().run()
         finally:
             if self.app.services is not None:
-                self.app.services.stop()
-        # Everything is saved. A thread still reading from a client that sent half
-        # a request past the grace period would keep the process alive until the
-        # master kills it: end it now.
-        os._exit(0)
+                status = self.app.services.stop()
+                self.app.stop_status.value = status
+        # Everything is saved, and memcache held. A thread still in a request would
+        # keep the process alive until the master kills it: end it now.
+        os._exit(status)
 
 
 class _LocalArbiter(Arbiter):
@@ -310,11 +590,17 @@ class _LocalArbiter(Arbiter):
 class LocalServer(BaseApplication):
     """gunicorn serving ``create_app(settings)`` on the stubs, in one worker on 127.0.0.1."""
 
-    def __init__(self, create_app: CreateApp, port: int, data_dir: Path) -> None:
+    def __init__(
+        self, create_app: CreateApp, port: int, data_dir: Path, admin_paths: Collection[str], drain_seconds: float
+    ) -> None:
         self.create_app = create_app
         self.port = port
         self.data_dir = data_dir
+        self.admin_paths = admin_paths
+        self.drain_seconds = drain_seconds
         self.services: LocalServices | None = None
+        self.stop_status = multiprocessing.Value("i", 1, lock=False)
+        """The worker's stop's exit status, shared with the master: 1 until a stop saved everything."""
         super().__init__()
 
     def load_config(self) -> None:
@@ -333,7 +619,13 @@ class LocalServer(BaseApplication):
     def load(self) -> WSGIApplication:
         """In the worker: the stubs first (``wrap_wsgi_app`` copies the environment), then the app."""
         settings = Settings()
-        self.services = LocalServices(self.port, self.data_dir, settings)
+        try:
+            self.services = LocalServices(self.port, self.data_dir, settings, self.drain_seconds)
+        except LocalDataError as error:
+            logger.error("%s", error)
+            sys.exit(Arbiter.APP_LOAD_ERROR)  # gunicorn's master stops too
+        settings.links.key()  # a key made now is saved next, before any link is signed with it
+        self.services.save()
         app = self.create_app(settings)
         self.services.start_background_work()
         logger.info(
@@ -342,29 +634,57 @@ class LocalServer(BaseApplication):
             self.port,
             THREADS,
         )
-        logger.info("datastore: %s, saved every %g s and on stop", self.services.datastore_file, SAVE_INTERVAL_SECONDS)
+        logger.info(
+            "datastore: %s, saved with the queue every %g s and on stop",
+            self.services.datastore_file,
+            SAVE_INTERVAL_SECONDS,
+        )
+        local_hosts = local_host_names()
         logger.info(
             "admin pages are open locally: http://%s:%d/dashboard, /stats and /links ask no sign-in here (every "
-            "request counts as admin %s); only this machine can reach them (%s)",
+            "request for host %s counts as admin %s); only this machine can reach them (%s)",
             HOST,
             self.port,
+            ", ".join(sorted(local_hosts)),
             LOCAL_ADMIN["HTTP_X_APPENGINE_USER_EMAIL"],
             HOST,
         )
         logger.info(
-            "memcache, which holds the events not yet counted, lives in this process: kill -9 or a crash loses "
-            "them (normally the last second or two) and the counts of the last %g s",
+            "memcache, which holds the events not yet counted, lives in this process: it is saved with the "
+            "datastore (to %s) and put back at start; kill -9 or a crash loses the events accepted since the last "
+            "save, at most the last %g s and the length of a save",
+            self.services.queue_file.path,
             SAVE_INTERVAL_SECONDS,
         )
-        return _as_local_admin(app)
+        return self.services.gate.wrap(_as_local_admin(app, self.admin_paths, local_hosts))
 
 
-def _as_local_admin(app: WSGIApplication) -> WSGIApplication:
-    """``app`` with every request from the local admin: ``python main.py`` has no sign-in."""
+def local_host_names() -> frozenset[str]:
+    """The host names whose requests are the local admin's: loopback, and those of ``CLICKQUEUE_LOCAL_HOSTS``."""
+    named = re.split(r"[\s,]+", os.environ.get(LOCAL_HOSTS_ENV, ""))
+    return frozenset(LOOPBACK_HOST_NAMES) | {name.lower().strip("[]") for name in named if name}
+
+
+def _as_local_admin(app: WSGIApplication, admin_paths: Collection[str], local_hosts: frozenset[str]) -> WSGIApplication:
+    """``app`` with every request for a local host name from the local admin (``python main.py``
+    has no sign-in). A request for another name, as App Engine's front end treats one from
+    outside, loses its ``X-AppEngine-*`` headers; for an admin page it is refused (403)."""
 
     def app_as_admin(environ: dict, start_response):
-        environ.update(LOCAL_ADMIN)
-        return app(environ, start_response)
+        host = environ.get("HTTP_HOST") or environ["SERVER_NAME"]
+        host_name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+        if host_name in local_hosts:
+            environ.update(LOCAL_ADMIN)
+            return app(environ, start_response)
+        for name in [name for name in environ if name.startswith("HTTP_X_APPENGINE_")]:
+            del environ[name]
+        if environ.get("PATH_INFO") not in admin_paths:
+            return app(environ, start_response)
+        refusal = AdminRequiredError(
+            "python main.py answers its admin pages only for host 127.0.0.1, localhost, [::1] or one named in "
+            f"{LOCAL_HOSTS_ENV}; this request is for {quote_prefix(host_name)}"
+        )
+        return _json_answer(start_response, refusal)
 
     return app_as_admin
 
@@ -388,16 +708,45 @@ def _exit_unless_port_free(port: int) -> None:
             sys.exit(f"cannot listen on {HOST}:{port}: {error.strerror}")
 
 
-def serve(create_app: CreateApp, port: int, data_dir: Path) -> None:
-    """Serve ``create_app(settings)`` on 127.0.0.1:``port`` until SIGTERM or Ctrl-C."""
+def _exit_unless_settings_valid() -> None:
+    """A setting from the environment that is wrong (CLICKQUEUE_ALLOWED_ORIGINS,
+    CLICKQUEUE_LINK_KEY): say which in one line, before gunicorn starts."""
+    try:
+        Settings()
+    except ValueError as error:
+        sys.exit(str(error))
+
+
+def parse_drain_seconds(text: str) -> float:
+    """``CLICKQUEUE_STOP_DRAIN_SECONDS``'s value; exit with one line saying what is wrong otherwise."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= DRAIN_SECONDS:
+        sys.exit(f"{STOP_DRAIN_ENV} must be a number of seconds from 0 to {DRAIN_SECONDS}; got {text!r}")
+    return seconds
+
+
+def serve(
+    create_app: CreateApp, port: int, data_dir: Path, admin_paths: Collection[str], drain_seconds: float = DRAIN_SECONDS
+) -> None:
+    """Serve ``create_app(settings)`` on 127.0.0.1:``port`` until SIGTERM or Ctrl-C; ``admin_paths``
+    answer only requests for a local host name; a stop counts the queue for ``drain_seconds``
+    at most, then saves the rest."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _exit_unless_settings_valid()
     _exit_unless_port_free(port)
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = LocalServer(create_app, port, data_dir)
+    server = LocalServer(create_app, port, data_dir, admin_paths, drain_seconds)
     try:
         _LocalArbiter(server).run()
     except RuntimeError as error:
         sys.exit(f"gunicorn: {error}")
+    except SystemExit as stopped:
+        if not stopped.code and server.stop_status.value:  # the worker's stop did not save everything: it said why
+            sys.exit(server.stop_status.value)
+        raise

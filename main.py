@@ -61,6 +61,10 @@ if __name__ == "__main__":
         create_app,
         port=local_stubs.parse_port(os.environ.get("PORT", "8080")),
         data_dir=Path(os.environ.get("CLICKQUEUE_DATA_DIR", Path(__file__).resolve().parent / ".local-data")),
+        admin_paths=ADMIN_PATHS,
+        drain_seconds=local_stubs.parse_drain_seconds(
+            os.environ.get(local_stubs.STOP_DRAIN_ENV, str(local_stubs.DRAIN_SECONDS))
+        ),
     )
 else:
     app = create_app()

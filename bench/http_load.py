@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import statistics
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 from pymemcache.client.base import Client
 
-from bench import memcached_stats, servers
+from bench import memcached_stats, servers, user_agents
 from bench.workload import median_runs
 from clickqueue import Queue
 from handlers.settings import default_queue
@@ -152,11 +153,19 @@ def describe(app: str, run: dict[str, Any]) -> str:
     return line
 
 
+def describe_user_agents(runs: dict[str, dict[str, Any]]) -> str:
+    """One progress line of a round of /track with each kind of User-Agent."""
+    return "HTTP track, User-Agents: " + ", ".join(
+        f"{kind} {runs[kind]['per_second']:,.0f} req/s" for kind in user_agents.KINDS
+    )
+
+
 def track_vs_noop(
     memcached: tuple[str, int], gunicorn: Gunicorn, load: HttpLoad, repeats: int, on_run: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Requests/s and latency of the no-op handlers and of /track, the ratios, and the cache
-    commands per /track event.
+    """Requests/s and latency of the no-op handlers and of /track, the ratios, the cache
+    commands per /track event, and /track's req/s with ordinary and hostile User-Agents
+    (``bench.user_agents``, each round after the three apps).
 
     The three apps are served at once and loaded in turn, ``repeats`` rounds,
     so other load on the machine falls on every app alike; each app's median
@@ -170,21 +179,24 @@ def track_vs_noop(
     queue = Queue(reference.name, client, shards=reference.shards)
     try:
         with ExitStack() as stack:
-            urls = {}
+            scripts = user_agents.write_scripts(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            urls, pids = {}, {}
             for name, app in APPS.items():
                 server = stack.enter_context(
                     servers.gunicorn(app, gunicorn.workers, gunicorn.threads, servers.REPO_ROOT, env)
                 )
-                urls[name] = f"http://{servers.HOST}:{server.port}{TRACK_PATH}"
+                urls[name], pids[name] = f"http://{servers.HOST}:{server.port}{TRACK_PATH}", server.process.pid
                 expect_no_content(urls[name])
                 run_wrk(urls[name], HttpLoad(WARM_UP_SECONDS, load.connections, load.threads))
-            rounds = []
+            rounds, user_agent_rounds = [], []
             for _ in range(repeats):
                 rounds.append({})
                 for name, url in urls.items():
                     run = with_cache_commands(url, load, client, queue) if name == "track" else run_wrk(url, load)
                     rounds[-1][name] = {"app": name, **run}
                     on_run(describe(name, run))
+                user_agent_rounds.append(user_agents.load_round(urls["track"], load, scripts, pids["track"]))
+                on_run(describe_user_agents(user_agent_rounds[-1]))
         written = queue.stats().written
     finally:
         client.close()
@@ -208,6 +220,7 @@ def track_vs_noop(
             lambda r: r["track"]["latency_p50_ms"] - r["noop_wrapped"]["latency_p50_ms"]
         ),
         "track_cache_calls": cache_calls_per_event([r["track"] for r in rounds]),
+        "track_user_agents": user_agents.compare(user_agent_rounds),
         "track_messages_written": written,
         "gunicorn": {"workers": gunicorn.workers, "threads": gunicorn.threads},
         "wrk": {"threads": load.threads, "connections": load.connections, "seconds": load.seconds},

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import user_agents
 from bench.single import CASES
 from bench.workload import Throughput
 
@@ -60,7 +61,8 @@ def targets(
     http: dict[str, Any],
     storage: dict[str, Any],
 ) -> list[Target]:
-    """Issue 11's targets (throughput ratios for each message size measured), then issue 4's cache calls."""
+    """Issue 11's targets (throughput ratios for each message size measured), the bot check's bound
+    on /track, then issue 4's cache calls."""
     sizes = sorted({run.message_bytes for run in results})
 
     def cycle_versus(reference: str, label: str, batch: int, limit: float) -> list[Target]:
@@ -93,6 +95,13 @@ def targets(
             at_least=False,
         ),
         Target("/track p50 - no-op (wrapped) p50, ms", http["track_p50_over_noop_wrapped_ms"], 5, at_least=False),
+        Target(
+            f"/track req/s, new {http['track_user_agents']['hostile_user_agent_characters']}-character User-Agents "
+            "/ a browser's",
+            http["track_user_agents"]["hostile_to_ordinary"],
+            0.8,
+            at_least=True,
+        ),
         Target(
             f"memcache bytes per stored {storage['message_bytes']} B message / raw per-key ({measure})",
             storage["queue_to_raw"][measure],
@@ -226,7 +235,8 @@ def http_section(http: dict[str, Any]) -> str:
         f"{_number(calls['commands_per_event_overall'])} ({by_counter}); "
         f"{_number(calls['events_per_shared_write'])} events per shared write"
     )
-    return f"{table}\n{ratios}\n{cache}"
+    user_agent_line = user_agents.describe(http["track_user_agents"])
+    return f"{table}\n{ratios}\n{cache}\n{user_agent_line}"
 
 
 def _number(value: float | None) -> str:

@@ -28,6 +28,7 @@ from handlers.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
+    RequestTimeoutError,
     ServiceUnavailableError,
     UriTooLongError,
     quote_prefix,
@@ -128,7 +129,10 @@ class JsonHandler(webapp2.RequestHandler):
         self.request.environ["CONTENT_TYPE"] = media_type.strip().lower() + separator + parameters
 
     def _read_body_within_limit(self) -> None:
-        """411 for a body of unknown length the server did not decode; 413 past ``MAX_BODY_BYTES``.
+        """Read the whole body now, where a broken one is answered: 411 for a body of
+        unknown length the server did not decode; 413 past ``MAX_BODY_BYTES``; 400 for
+        one that cannot be read (a malformed chunk, fewer bytes than its
+        Content-Length), 408 for one that stopped arriving; each logged in one line.
 
         gunicorn decodes chunked bodies and says so with ``wsgi.input_terminated``;
         a server that does not (wsgiref) leaves a chunked body undecodable.
@@ -139,11 +143,27 @@ class JsonHandler(webapp2.RequestHandler):
             raise LengthRequiredError("this server cannot read a chunked body: send a Content-Length")
         if length is not None and length > MAX_BODY_BYTES:
             raise PayloadTooLargeError(f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}")
-        if length is None and environ.get("wsgi.input_terminated"):
-            body = self.request.body_file_raw.read(MAX_BODY_BYTES + 1)
-            if len(body) > MAX_BODY_BYTES:
-                raise PayloadTooLargeError(f"the body is over the limit of {MAX_BODY_BYTES} bytes")
-            self.request.body = body
+        try:
+            if length is None and environ.get("wsgi.input_terminated"):
+                body = self.request.body_file_raw.read(MAX_BODY_BYTES + 1)
+            elif length:
+                body = self.request.body  # webob keeps it for the handler
+            else:
+                return
+        # The server's own errors for the client's bytes: PEP 3333 names none, gunicorn
+        # raises its ParseException (a malformed chunk) or OSError (an early end, a
+        # read that timed out), webob its DisconnectionError (an OSError).
+        except Exception as error:  # noqa: BLE001
+            answer = (
+                RequestTimeoutError("the request body stopped arriving before its end")
+                if isinstance(error, TimeoutError)
+                else InvalidRequestError(f"the request body cannot be read: {quote_prefix(error)}")
+            )
+            logger.warning("%s: %s %s", self.request.path_info, answer.status, answer)
+            raise answer from error
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"the body is over the limit of {MAX_BODY_BYTES} bytes")
+        self.request.body = body
 
     # -- answering ---------------------------------------------------------------
 

@@ -59,6 +59,12 @@ class MethodNotAllowedError(RequestError):
         )
 
 
+class RequestTimeoutError(RequestError):
+    """The request's body did not arrive within the server's read deadline."""
+
+    status = 408
+
+
 class LengthRequiredError(RequestError):
     """A body of unknown length that the server in front of the app did not decode."""
 
@@ -111,7 +117,15 @@ class OriginNotAllowedError(RequestError):
 
     status = 403
 
-    def __init__(self, origin: str | None) -> None:
+    def __init__(self, origin: str | None, site: str | None = None) -> None:
+        """``origin``: the page's, as the browser named it; None if it named none, and
+        ``site`` is what its ``Sec-Fetch-Site`` said."""
+        if origin is None:
+            super().__init__(
+                f"pages of another site (Sec-Fetch-Site: {quote_prefix(site)}) that name no origin may not send "
+                "events here: only the app's own pages and those of its CLICKQUEUE_ALLOWED_ORIGINS may"
+            )
+            return
         super().__init__(
             f"pages of origin {quote_prefix(origin)} may not send events here: "
             "add it to the app's CLICKQUEUE_ALLOWED_ORIGINS (app.yaml)"

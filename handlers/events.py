@@ -70,10 +70,15 @@ def parse_event_params(params: MultiDict) -> Event:
 
 
 def parse_event_batch(body: bytes) -> list[Event]:
-    """Parse a JSON body ``{"events": [{"type": ..., "item": ...}, ...]}``: all valid or none."""
+    """Parse a JSON body ``{"events": [{"type": ..., "item": ...}, ...]}``: all valid or none.
+
+    The body must be UTF-8 (RFC 8259), a byte order mark allowed: ``json.loads`` of
+    bytes would also take UTF-16 and UTF-32, which this API does not accept."""
     try:
-        document = json.loads(body)
-    except ValueError as error:  # also bytes that are not UTF-8
+        document = json.loads(body.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise InvalidRequestError(f"body is not UTF-8: {quote_prefix(error)}") from error
+    except ValueError as error:
         raise InvalidRequestError(f"body is not valid JSON: {quote_prefix(error)}") from error
     except RecursionError as error:  # arrays or objects nested about 1000 deep
         raise InvalidRequestError("body is not valid JSON for this API: nested too deeply") from error

@@ -6,12 +6,16 @@ from __future__ import annotations
 from handlers.admin import AdminHandler
 from handlers.events import Event, parse_item, single_param
 from handlers.links import parse_target
+from handlers.origins import PageCheck
 from handlers.recording import RecordingHandler
 
 
 class GoHandler(RecordingHandler):
     """``GET /go?item=ID&to=URL&sig=SIG``: counts a click on ID and answers 302 to URL;
-    400, recording nothing, unless SIG signs (ID, URL)."""
+    400, recording nothing, unless SIG signs (ID, URL). A link is followed from pages of
+    any site; an ``<img>``, ``fetch`` or frame of it on another site's page records nothing (403)."""
+
+    page_check = PageCheck.PAGE_OR_LINK
 
     def get(self) -> None:
         params = self.query_params()

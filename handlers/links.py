@@ -36,16 +36,22 @@ class LinkKey(ndb.Model):
 
 
 class LinkSigner:
-    """Signs and checks links with the app's key, read once per process."""
+    """Signs and checks links with the app's key: ``configured_key``, else the one
+    kept in Datastore (read once per process, made on first use)."""
 
-    def __init__(self) -> None:
-        self._key: bytes | None = None
+    def __init__(self, configured_key: bytes | None = None) -> None:
+        self._key = configured_key
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls) -> LinkSigner:
+        """With ``CLICKQUEUE_LINK_KEY``'s key if it is set; ValueError, at start, if it is not a key."""
+        return cls(_configured_key())
 
     def key(self) -> bytes:
         with self._lock:
             if self._key is None:
-                self._key = _configured_key() or _stored_key()
+                self._key = _stored_key()
             return self._key
 
     def signature(self, item: str, target: str) -> str:
@@ -70,7 +76,10 @@ def _configured_key() -> bytes | None:
     if configured is None:
         return None
     if len(configured) < MIN_KEY_CHARACTERS:
-        raise ValueError(f"{LINK_KEY_ENV} must hold at least {MIN_KEY_CHARACTERS} characters")
+        raise ValueError(
+            f"{LINK_KEY_ENV} holds {len(configured)} characters; a link key needs at least {MIN_KEY_CHARACTERS} "
+            "(or leave it unset: the app then makes one and keeps it in Datastore)"
+        )
     return configured.encode()
 
 

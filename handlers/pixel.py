@@ -6,6 +6,7 @@ import logging
 
 from handlers.errors import InvalidRequestError, OriginNotAllowedError
 from handlers.events import parse_event_params
+from handlers.origins import PageCheck
 from handlers.recording import RecordingHandler
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,11 @@ class PixelHandler(RecordingHandler):
     """``GET /p.gif?type=view&item=ID``: records the event, answers a 1x1 transparent GIF.
 
     Bad input still gets the GIF, so no broken image shows where it is
-    embedded; it records nothing, and the log says why.
+    embedded; it records nothing, and the log says why. Mail clients show it within
+    pages of any site, so only an ``Origin`` header (which ``<img>`` never sends) is checked.
     """
+
+    page_check = PageCheck.ORIGIN
 
     def get(self) -> None:
         try:

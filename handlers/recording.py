@@ -12,8 +12,8 @@ from dataclasses import replace
 from google.appengine.api import taskqueue
 
 from handlers.base import JsonHandler
-from handlers.errors import OriginNotAllowedError
 from handlers.events import Event
+from handlers.origins import PageCheck
 from handlers.processing import schedule_processing
 from handlers.traffic import Sender, sender
 
@@ -23,11 +23,14 @@ logger = logging.getLogger(__name__)
 class RecordingHandler(JsonHandler):
     """Records events for the request; subclasses parse them and answer."""
 
+    page_check = PageCheck.PAGE
+    """What of a browser request's page this path checks against the allowed origins."""
+
     def check_origin(self) -> None:
         """403 if a browser sent this from a page whose origin may not record events."""
-        origin = self.request.headers.get("Origin")
-        if not self.settings.allowed_origins.allows(origin, self.request.host):
-            raise OriginNotAllowedError(origin)
+        refusal = self.settings.allowed_origins.refusal(self.request.headers, self.request.host, self.page_check)
+        if refusal is not None:
+            raise refusal
 
     def record(self, events: list[Event]) -> int:
         """Queue ``events`` (as a bot's if a bot sent them; none for a prefetch); how many were queued.

@@ -79,7 +79,8 @@ class Settings:
     """Most folded ``CountedBatch`` records one cron run deletes: one Datastore commit (500 entities at most)."""
     allowed_origins: AllowedOrigins = field(default_factory=AllowedOrigins.from_environment)
     """Whose pages may send events from their visitors' browsers (env CLICKQUEUE_ALLOWED_ORIGINS)."""
-    links: LinkSigner = field(default_factory=LinkSigner)
+    links: LinkSigner = field(default_factory=LinkSigner.from_environment)
+    """Signs tracked links: env CLICKQUEUE_LINK_KEY's key, else one kept in Datastore."""
     group_commit: GroupCommit = field(init=False, repr=False, compare=False)
     """This process's writer of ``queue`` for the recording handlers, made from
     the three ``group_commit_*`` settings (``dataclasses.replace`` makes another)."""

@@ -3,6 +3,7 @@ counts over time."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from webob.multidict import MultiDict
@@ -21,12 +22,17 @@ DEFAULT_SERIES_SECONDS = {"hour": 86400, "day": 30 * 86400}
 
 SERIES_PARAMS = ("bucket", "from", "to")
 
+EARLIEST_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+LATEST_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+"""The span of times a series may cover (POSIX seconds): Python's dates, in UTC. A
+time given with an offset can fall outside it (0001-01-01T00:00+14:00 is in year 0)."""
+
 
 def parse_time(value: str, name: str) -> int:
     """An ISO 8601 date or time as POSIX seconds; one without an offset is UTC."""
     try:
         parsed = datetime.fromisoformat(value)
-        return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+        return math.floor((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
     except (ValueError, OverflowError) as error:
         raise InvalidRequestError(
             f"{name} must be an ISO 8601 date or time, such as 2025-01-31 or 2025-01-31T13:00Z; "
@@ -83,6 +89,8 @@ class StatsHandler(AdminHandler):
         )
         start = parse_time(from_text, "from") if from_text is not None else end - DEFAULT_SERIES_SECONDS[bucket]
         start = counters.bucket_start(start, bucket)
+        if start < EARLIEST_SECONDS or end > LATEST_SECONDS:
+            raise InvalidRequestError("from and to must lie between years 1 and 9999 once read in UTC")
         buckets = -(-(end - start) // seconds)
         if buckets < 1:
             raise InvalidRequestError("from must be before to")

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from google.appengine.ext import ndb
 
+import main
 from handlers.links import LINK_KEY_ENV, LinkKey, LinkSigner
 
 TARGET = "https://example.com/pricing?plan=pro#top"
@@ -132,20 +133,20 @@ def test_link_key_is_made_once_and_kept_in_datastore(make_app, app_settings):
 
 def test_link_key_from_the_environment_is_used_instead(make_app, app_settings, monkeypatch):
     monkeypatch.setenv(LINK_KEY_ENV, "k" * 32)
-    link = signed_link(make_app(app_settings))
+    link = signed_link(make_app(dataclasses.replace(app_settings, links=LinkSigner.from_environment())))
     stored_keys = LinkKey.query().count()
-    monkeypatch.delenv(LINK_KEY_ENV)
 
     make_app(dataclasses.replace(app_settings, links=LinkSigner())).get(link, status=400)  # the stored key's app
 
     assert stored_keys == 0
 
 
-def test_short_link_key_in_the_environment_is_refused(monkeypatch):
-    monkeypatch.setenv(LINK_KEY_ENV, "short")
+@pytest.mark.parametrize("key", [pytest.param("", id="empty"), pytest.param("k" * 31, id="31-characters")])
+def test_link_key_in_the_environment_too_short_stops_the_app_at_start(testbed, monkeypatch, key):
+    monkeypatch.setenv(LINK_KEY_ENV, key)
 
-    with pytest.raises(ValueError, match=LINK_KEY_ENV):
-        LinkSigner().key()
+    with pytest.raises(ValueError, match=f"^{LINK_KEY_ENV} holds {len(key)} characters; a link key needs at least 32"):
+        main.create_app()
 
 
 def test_link_followed_by_a_preview_scraper_redirects_and_counts_as_a_bot(app, app_settings, clock):

@@ -92,6 +92,12 @@ def test_times_with_an_offset_are_read_in_utc(app, counted):
     assert response.json["series"] == [point("2025-03-01T09:00:00Z", click=1, view=2)]
 
 
+def test_a_fraction_of_a_second_before_1970_falls_in_its_own_bucket(app):
+    response = app.get("/stats", {"bucket": "hour", "from": "1969-12-31T23:59:59.5Z", "to": "1970-01-01T01:00Z"})
+
+    assert response.json["from"] == "1969-12-31T23:00:00Z"
+
+
 @pytest.mark.parametrize(
     ("bucket", "buckets"), [pytest.param("hour", 24, id="24-hours"), pytest.param("day", 30, id="30-days")]
 )
@@ -129,6 +135,10 @@ def test_series_of_an_item_never_seen_is_all_zero(app, counted):
         pytest.param({"bucket": "hour", "from": "2025-01-01", "to": "2025-03-01"}, id="over-1000-hours"),
         pytest.param({"bucket": "day", "from": "2000-01-01", "to": "2025-01-01"}, id="over-1000-days"),
         pytest.param({"from": "0001-01-01T00:00+14:00"}, id="before-year-1-in-utc"),
+        pytest.param({"from": "0001-01-01T00:00+14:00", "to": "0001-01-02"}, id="range-from-before-year-1-in-utc"),
+        pytest.param({"bucket": "day", "to": "0001-01-02"}, id="default-from-before-year-1"),
+        pytest.param({"from": "9999-12-31T00:00", "to": "9999-12-31T23:59-14:00"}, id="to-after-year-9999-in-utc"),
+        pytest.param({"from": "9999-12-31T22:00Z", "to": "9999-12-31T23:59:59.999999-00:01"}, id="to-just-after-9999"),
         pytest.param([("bucket", "hour"), ("bucket", "day")], id="bucket-given-twice"),
         pytest.param({"bucket": "hour", "item": "a/b"}, id="bad-item"),
     ],

@@ -89,6 +89,15 @@ def test_json_content_type_with_charset_is_accepted(app):
     app.post("/track", body, content_type="application/json; charset=utf-8", status=202)
 
 
+def test_json_in_utf_8_with_a_byte_order_mark_is_accepted(app, app_settings):
+    """RFC 8259 lets a parser ignore the mark; UTF-16 and UTF-32 are refused (tests/hostile_requests.py)."""
+    body = "\ufeff" + json.dumps({"events": [{"type": "click", "item": "x"}]})
+
+    app.post("/track", body.encode("utf-8"), content_type="application/json", status=202)
+
+    assert [message["item"] for message in queued_messages(app_settings)] == ["x"]
+
+
 BAD_QUERIES = [
     pytest.param({"item": "x"}, id="missing-type"),
     pytest.param({"type": "like", "item": "x"}, id="unknown-type"),

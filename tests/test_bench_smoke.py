@@ -113,6 +113,12 @@ def test_quick_run_reports_every_part(tmp_path):
     assert track_calls["commands_per_event"] > 0 and track_calls["commands_per_event_overall"] > 0
     assert len(track_calls["per_round"]) == document["parameters"]["repeats"]
     assert track_calls["events_per_shared_write"] >= 1
+    user_agents = http["track_user_agents"]
+    kinds = {"ordinary", "hostile", "repeated"}
+    assert all(user_agents[kind] > 0 and user_agents["cpu_ms_per_request"][kind] > 0 for kind in kinds)
+    assert user_agents["non_2xx"] == dict.fromkeys(kinds, 0)
+    for ratio in ("hostile_to_ordinary", "cpu_hostile_to_ordinary", "hostile_to_repeated", "cpu_hostile_to_repeated"):
+        assert user_agents[ratio] > 0, ratio
 
     storage = document["storage"]
     assert storage["messages"] > 0 and storage["target_measure"] in storage["queue_to_raw"]
@@ -134,6 +140,7 @@ def test_quick_run_reports_every_part(tmp_path):
     assert {
         "queue cycle / raw memcached, batch 10, 100 B",
         "/track p50 - no-op (wrapped) p50, ms",
+        "/track req/s, new 8000-character User-Agents / a browser's",
         "cache calls per write",
         "cache calls per read_multi(100)",
     } <= set(targets)

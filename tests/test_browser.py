@@ -43,6 +43,9 @@ DESKTOP_CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, lik
 """The browser's User-Agent here: headless Chromium's own names HeadlessChrome, which
 the bot list knows (test_headless_chromium_counts_as_a_bot)."""
 COUNTED_SECONDS = 30
+STRANGER_SITE = "stranger.test"
+"""A host name the browser resolves to 127.0.0.1: its pages are of another site than the app's
+(127.0.0.1 and the test pages' other port are one site)."""
 """How long counting may take: a slot's task runs when its 1-second slot ends."""
 
 
@@ -65,6 +68,7 @@ PAGE = """<!doctype html>
 <button id="signup" data-track-click="signup">Sign up</button>
 <button id="untracked">Not tracked</button>
 <a id="next" href="/after-the-link" data-track-click="next-link">Next</a>
+{image}
 </body></html>
 """
 
@@ -72,26 +76,53 @@ PAGE = """<!doctype html>
 def page_handler(app_url: str) -> type[http.server.BaseHTTPRequestHandler]:
     class PageHandler(http.server.BaseHTTPRequestHandler):
         """Any path: the test page. ``?item=X`` gives the snippet ``data-item="X"``;
-        ``?no_beacon=1`` takes ``navigator.sendBeacon`` away first."""
+        ``?no_beacon=1`` takes ``navigator.sendBeacon`` away first; ``?image_item=X``
+        adds an ``<img>`` of ``/track`` counting a view of X."""
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
             item = query.get("item", [None])[0]
-            body = PAGE.format(
-                app=app_url,
-                no_beacon="true" if query.get("no_beacon") else "false",
-                data_item=f' data-item="{html.escape(item)}"' if item is not None else "",
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            image_item = query.get("image_item", [None])[0]
+            send_html(
+                self,
+                PAGE.format(
+                    app=app_url,
+                    no_beacon="true" if query.get("no_beacon") else "false",
+                    data_item=f' data-item="{html.escape(item)}"' if item is not None else "",
+                    image=(
+                        f'<img alt="" src="{app_url}/track?type=view&amp;item={html.escape(image_item)}">'
+                        if image_item is not None
+                        else ""
+                    ),
+                ),
+            )
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             """Quiet."""
 
     return PageHandler
+
+
+def send_html(handler: http.server.BaseHTTPRequestHandler, page: str) -> None:
+    body = page.encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/html; charset=utf-8")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def fixed_page_handler(page: str) -> type[http.server.BaseHTTPRequestHandler]:
+    class FixedPageHandler(http.server.BaseHTTPRequestHandler):
+        """Any path: ``page``."""
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            send_html(self, page)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            """Quiet."""
+
+    return FixedPageHandler
 
 
 @dataclass
@@ -100,8 +131,12 @@ class PageServer:
     thread: threading.Thread
 
     @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -109,8 +144,9 @@ class PageServer:
         self.thread.join()
 
 
-def start_pages(app_url: str) -> PageServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), page_handler(app_url))
+def start_pages(app_url: str, handler: type[http.server.BaseHTTPRequestHandler] | None = None) -> PageServer:
+    """The test pages (``page_handler``'s, or ``handler``'s) on 127.0.0.1, a port of their own."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler or page_handler(app_url))
     thread = threading.Thread(target=server.serve_forever, name="test-pages", daemon=True)
     thread.start()
     return PageServer(server, thread)
@@ -176,6 +212,7 @@ def browser(tmp_path_factory):
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
         "--window-size=1280,1500",
         f"--user-agent={DESKTOP_CHROME}",
+        f"--host-resolver-rules=MAP {STRANGER_SITE} 127.0.0.1",
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -412,6 +449,72 @@ def test_page_on_an_origin_not_allowed_counts_nothing(browser, tracker):
         stranger.stop()
 
     assert counts_of(tracker, "from-a-stranger")["view"] == 0
+
+
+STRANGER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Another site</title>
+<script>window.settled = 0; function settle() {{ window.settled += 1; }}</script></head><body>
+<img alt="" onload="settle()" onerror="settle()" src="{app}/track?type=view&amp;item=image-on-another-site">
+<img alt="" onload="settle()" onerror="settle()" referrerpolicy="no-referrer"
+     src="{app}/track?type=view&amp;item=image-naming-no-page">
+<img alt="" onload="settle()" onerror="settle()" src="{link_as_image}">
+<img alt="" onload="settle()" onerror="settle()" src="{app}/p.gif?type=view&amp;item=pixel-on-another-site">
+<script>
+  fetch("{app}/track?type=click&item=fetch-from-another-site", {{mode: "no-cors"}}).then(settle, settle);
+</script>
+<a id="follow" href="{link}">A tracked link</a>
+</body></html>
+"""
+STRANGER_REQUESTS = 5
+
+
+def signed_link_to(tracker: Tracker, item: str, target: str) -> str:
+    return get_json(tracker.app, "/links?" + urllib.parse.urlencode({"item": item, "to": target}))["link"]
+
+
+def test_another_sites_images_and_fetches_count_nothing_its_links_and_pixels_do(browser, tracker):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{tracker.pages}/?item=page-with-an-image&image_item=image-on-an-allowed-page")
+    page = STRANGER_PAGE.format(
+        app=tracker.app,
+        link_as_image=html.escape(signed_link_to(tracker, "link-as-image", f"{tracker.pages}/?item=not-landed")),
+        link=html.escape(signed_link_to(tracker, "link-followed", f"{tracker.pages}/?item=landed-from-another-site")),
+    )
+    stranger = start_pages(tracker.app, fixed_page_handler(page))
+    try:
+        browser.get(f"http://{STRANGER_SITE}:{stranger.port}/")
+        wait_until(
+            lambda: browser.execute_script("return window.settled") == STRANGER_REQUESTS,
+            COUNTED_SECONDS,
+            message="the other site's images and fetch to be answered",
+        )
+        browser.find_element(By.ID, "follow").click()
+        wait_for_item(tracker, "landed-from-another-site", view=1)
+    finally:
+        stranger.stop()
+    wait_for_item(tracker, "image-on-an-allowed-page", view=1)
+    wait_until_drained(tracker)
+
+    counted = {
+        item: counts_of(tracker, item)["view"] + counts_of(tracker, item)["click"]
+        for item in (
+            "image-on-another-site",
+            "image-naming-no-page",
+            "fetch-from-another-site",
+            "link-as-image",
+            "pixel-on-another-site",
+            "link-followed",
+        )
+    }
+    assert counted == {
+        "image-on-another-site": 0,
+        "image-naming-no-page": 0,
+        "fetch-from-another-site": 0,
+        "link-as-image": 0,
+        "pixel-on-another-site": 1,  # unchecked: mail clients show it within their own pages
+        "link-followed": 1,
+    }
 
 
 def test_headless_chromium_counts_as_a_bot(browser, tracker):

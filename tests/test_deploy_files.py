@@ -85,6 +85,14 @@ def test_every_url_goes_to_the_app_the_admin_pages_for_admins_only():
     ]
 
 
+def test_every_url_is_served_over_https_only():
+    """Browsers send Sec-Fetch-Site, which tells another site's <img> or fetch of /track,
+    only to HTTPS (handlers/origins.py): a plain-http request is redirected first."""
+    handlers = appinfo.LoadSingleAppInfo(read("app.yaml")).handlers
+
+    assert [handler.secure for handler in handlers] == [appinfo.SECURE_HTTPS] * len(handlers)
+
+
 def test_login_admin_covers_exactly_the_apps_admin_paths():
     """App Engine matches a handler's url against the whole path (query string aside)."""
     import main

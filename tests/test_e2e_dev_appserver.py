@@ -177,10 +177,48 @@ def test_query_without_its_index_is_refused(dev_appserver):
     )
 
 
+def gunicorn_addresses(server: DevAppserver) -> list[str]:
+    """The addresses the app's gunicorn (dev_appserver's instance port) logged it listens on."""
+    return re.findall(r"Listening at: (\S+)", server.log_path.read_text(errors="replace"))
+
+
 def test_gunicorn_listens_on_loopback_only(dev_appserver):
-    listening = re.findall(r"Listening at: (\S+)", dev_appserver.log_path.read_text(errors="replace"))
+    listening = gunicorn_addresses(dev_appserver)
     assert listening, "gunicorn logged no listening address"
     assert all(address.startswith("http://127.0.0.1:") for address in listening), listening
+
+
+# -- what dev_appserver strips from outside requests, as the README's admin section states -------
+
+SPOOFED_ADMIN = {"X-Appengine-User-Email": ADMIN_EMAIL, "X-Appengine-User-Id": "1", "X-Appengine-User-Is-Admin": "1"}
+
+
+def test_public_port_signs_users_in_itself_whatever_user_headers_are_sent(dev_appserver):
+    response = send_raw(dev_appserver.base_url, "GET", "/stats", SPOOFED_ADMIN, None)
+
+    assert response.status == 302
+    assert urllib.parse.urlsplit(response.headers["Location"]).path == "/_ah/login"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "header"),
+    [("POST", "/process", ("X-AppEngine-QueueName", "process")), ("GET", "/cron/process", ("X-Appengine-Cron", "true"))],
+)
+def test_public_port_passes_task_and_cron_headers_sent_from_outside(dev_appserver, method, path, header):
+    name, value = header
+    refused = send_raw(dev_appserver.base_url, method, path, {}, None)
+    passed = send_raw(dev_appserver.base_url, method, path, {name: value}, None)
+
+    assert (refused.status, passed.status) == (403, 200)
+
+
+def test_instance_port_takes_user_headers_as_sent(dev_appserver):
+    instance = gunicorn_addresses(dev_appserver)[-1]
+
+    response = send_raw(instance, "GET", "/stats", {**SPOOFED_ADMIN, "X-Appengine-Api-Ticket": "any"}, None)
+
+    assert response.status == 200
+    assert "queue" in response.json()
 
 
 # -- admin pages: app.yaml's login: admin, and dev_appserver's sign-in page -----------------------

@@ -11,7 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -28,10 +33,33 @@ from tests.support.e2e import (
     wait_for_counts,
 )
 from handlers.base import MAX_BODY_BYTES
+from handlers.links import LINK_KEY_ENV
+from handlers.origins import ALLOWED_ORIGINS_ENV
+from local_stubs import LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV
+from tests.support.raw_http import post_head
 
 pytestmark = pytest.mark.processes
 
 CLIENTS = 16
+
+
+@dataclass
+class MainServer:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+@pytest.fixture(scope="module")
+def main_server_for_hosts(tmp_path_factory) -> Iterator[MainServer]:
+    """One ``python main.py`` for the host name tests, naming my-app.test as a local host."""
+    directory = tmp_path_factory.mktemp("hosts")
+    log_path = directory / "server.log"
+    with local_server(directory / "data", log_path, environment={LOCAL_HOSTS_ENV: "my-app.test"}) as (
+        base_url,
+        process,
+    ):
+        yield MainServer(base_url, process, log_path)
 STOP_TIMEOUT_SECONDS = 60
 
 
@@ -188,6 +216,62 @@ def test_admin_pages_are_open_locally_on_loopback_and_the_log_says_so(tmp_path, 
     assert f"Listening at: {base_url} " in log
 
 
+@pytest.mark.parametrize("path", ["/stats", "/dashboard", "/links?item=a&to=https%3A%2F%2Fexample.com%2F"])
+@pytest.mark.parametrize("spoofed", [{}, {"X-Appengine-User-Is-Admin": "1", "X-Appengine-User-Email": "a@b.c"}])
+def test_admin_pages_answer_only_loopback_host_names(main_server_for_hosts, path, spoofed):
+    """A page of rebind.test, its name resolved to 127.0.0.1 (DNS rebinding), reads no admin page."""
+    base_url = main_server_for_hosts.base_url
+    port = base_url.rsplit(":", 1)[1]
+    answers = {
+        host: send_raw(base_url, "GET", path, {"Host": host, **spoofed}, None).status
+        for host in (
+            f"127.0.0.1:{port}",
+            f"localhost:{port}",
+            f"[::1]:{port}",
+            f"my-app.test:{port}",
+            f"rebind.test:{port}",
+        )
+    }
+
+    assert answers == {
+        f"127.0.0.1:{port}": 200,
+        f"localhost:{port}": 200,
+        f"[::1]:{port}": 200,
+        f"my-app.test:{port}": 200,  # named in CLICKQUEUE_LOCAL_HOSTS
+        f"rebind.test:{port}": 403,
+    }
+
+
+def test_refused_admin_page_says_which_host_names_it_answers(main_server_for_hosts):
+    answer = send_raw(main_server_for_hosts.base_url, "GET", "/stats", {"Host": "rebind.test"}, None)
+
+    assert (answer.status, answer.headers["Content-Type"]) == (403, "application/json")
+    assert json.loads(answer.body) == {
+        "error": "python main.py answers its admin pages only for host 127.0.0.1, localhost, [::1] or one named "
+        "in CLICKQUEUE_LOCAL_HOSTS; this request is for 'rebind.test'"
+    }
+
+
+def test_events_are_recorded_whatever_the_host_name(main_server_for_hosts):
+    answer = send_raw(main_server_for_hosts.base_url, "GET", "/track?type=view&item=a", {"Host": "rebind.test"}, None)
+
+    assert answer.status == 204
+
+
+def test_link_signed_just_before_a_kill_redirects_after_restart(tmp_path, server_log):
+    """The link key made on first use is saved before the first link is signed."""
+    data_dir = tmp_path / "data"
+    with local_server(data_dir, server_log) as (base_url, process):
+        link = urllib.parse.urlsplit(get_json(base_url, "/links?item=a&to=https%3A%2F%2Fexample.com%2F")["link"])
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    with local_server(data_dir, server_log) as (base_url, _):
+        followed = send_raw(base_url, "GET", f"{link.path}?{link.query}", {}, None)
+
+    assert (followed.status, followed.headers["Location"]) == (302, "https://example.com/")
+
+
 def test_head_over_http_answers_without_a_body(tmp_path, server_log):
     with local_server(tmp_path / "data", server_log) as (base_url, _):
         response = send_raw(base_url, "HEAD", "/stats", {}, None)
@@ -195,8 +279,14 @@ def test_head_over_http_answers_without_a_body(tmp_path, server_log):
     assert (response.status, response.body, response.headers["Content-Type"]) == (200, b"", "application/json")
 
 
-def run_main(port: str, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PORT": port, "CLICKQUEUE_DATA_DIR": str(tmp_path / "data"), "PYTHONDONTWRITEBYTECODE": "1"}
+def run_main(port: str, tmp_path, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        **(environment or {}),
+        "PORT": port,
+        "CLICKQUEUE_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     return subprocess.run(
         [sys.executable, "main.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
@@ -225,6 +315,35 @@ def test_bad_port_is_named_in_one_line_and_exits_non_zero(tmp_path, port):
     assert done.stderr.splitlines() == [f"PORT must be a port number from 1 to 65535; got {port!r}"]
 
 
+@pytest.mark.parametrize(
+    ("environment", "line"),
+    [
+        pytest.param(
+            {LINK_KEY_ENV: ""},
+            f"{LINK_KEY_ENV} holds 0 characters; a link key needs at least 32 (or leave it unset: the app then "
+            "makes one and keeps it in Datastore)",
+            id="empty-link-key",
+        ),
+        pytest.param(
+            {ALLOWED_ORIGINS_ENV: "blog.example"},
+            f"{ALLOWED_ORIGINS_ENV}: 'blog.example' is not an origin: write scheme://host[:port], such as "
+            "https://www.example.com, or * for any",
+            id="origin-without-scheme",
+        ),
+        pytest.param(
+            {STOP_DRAIN_ENV: "31"},
+            f"{STOP_DRAIN_ENV} must be a number of seconds from 0 to 30; got '31'",
+            id="stop-drain-too-long",
+        ),
+    ],
+)
+def test_bad_setting_is_named_in_one_line_and_exits_non_zero(tmp_path, environment, line):
+    done = run_main(str(free_port()), tmp_path, environment)
+
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [line]
+
+
 def test_first_run_logs_no_warning(tmp_path, server_log):
     with local_server(tmp_path / "fresh-data", server_log):
         pass
@@ -238,4 +357,76 @@ def test_startup_log_says_what_an_unclean_stop_loses(tmp_path, server_log):
     with local_server(tmp_path / "data", server_log):
         pass
 
-    assert "kill -9 or a crash loses them" in server_log.read_text()
+    assert "kill -9 or a crash loses the events accepted since the last save, at most the last 5 s" in (
+        server_log.read_text()
+    )
+
+
+SLOW_CLIENTS = 8  # one per gunicorn thread
+
+
+def drip(connection: socket.socket, data: bytes, stop: threading.Event) -> None:
+    """Send ``data`` a byte every 0.5 s until ``stop``, as a slow (or hostile) client does; quietly end when cut."""
+    for byte in data:
+        if stop.wait(0.5):
+            return
+        try:
+            connection.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize(
+    ("sent_at_once", "dripped", "logged"),
+    [
+        pytest.param(
+            b"",
+            b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"x" * 200,
+            f"request took over {REQUEST_READ_SECONDS} s to arrive",
+            id="headers",
+        ),
+        pytest.param(
+            post_head("/track", "application/json", length=200),
+            b"x" * 200,
+            "/track: 408 the request body stopped arriving before its end",
+            id="body",
+        ),
+    ],
+)
+def test_clients_sending_a_byte_at_a_time_do_not_stall_the_server(main_server_for_hosts, sent_at_once, dripped, logged):
+    """Eight connections, one per thread, each sending its request a byte every half
+    second (100 s in all): each is cut once its request has taken REQUEST_READ_SECONDS,
+    and another client's request is answered meanwhile."""
+    port = int(main_server_for_hosts.base_url.rsplit(":", 1)[1])
+    lines_before = len(main_server_for_hosts.log_path.read_text().splitlines())
+
+    def each_cut_logged() -> list[str] | None:
+        lines = main_server_for_hosts.log_path.read_text().splitlines()[lines_before:]
+        return lines if len(lines) >= SLOW_CLIENTS else None
+
+    stop = threading.Event()
+    connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(SLOW_CLIENTS)]
+    drips = [threading.Thread(target=drip, args=(connection, dripped, stop)) for connection in connections]
+    try:
+        for connection, thread in zip(connections, drips, strict=True):
+            connection.sendall(sent_at_once)
+            thread.start()
+        answered = send_raw(
+            main_server_for_hosts.base_url,
+            "GET",
+            "/track?type=view&item=patient",
+            {},
+            None,
+            timeout_seconds=REQUEST_READ_SECONDS * 3,
+        )
+        new_lines = wait_until(each_cut_logged, REQUEST_READ_SECONDS * 2, message="each cut to be logged")
+    finally:
+        stop.set()
+        for thread in drips:
+            thread.join()
+        for connection in connections:
+            connection.close()
+
+    assert answered.status == 204
+    assert [line for line in new_lines if logged in line] == new_lines
+    assert len(new_lines) == SLOW_CLIENTS, new_lines

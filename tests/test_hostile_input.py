@@ -15,6 +15,8 @@ from tests.support.hostile_requests import HOSTILE_REQUESTS, HostileRequest
 
 pytestmark = pytest.mark.processes
 
+from tests.support.raw_http import exchange, post_head
+
 LONGEST_ERROR_BYTES = 300
 
 
@@ -97,3 +99,34 @@ def test_hostile_request_answers_json_4xx_and_records_nothing(transport, case):
         assert response.headers["Allow"] == case.allow
     assert transport.recorded() == 0
     assert transport.log_problems() == []
+
+
+JSON_HEAD = post_head("/track", "application/json")
+BROKEN_BODIES = [
+    pytest.param(JSON_HEAD + b"zz\r\nabc\r\n0\r\n\r\n", id="chunk-size-not-hex"),
+    pytest.param(JSON_HEAD + b"ffffffffffffffff\r\nabc\r\n0\r\n\r\n", id="chunk-size-of-16-exabytes"),
+    pytest.param(JSON_HEAD + b"5\r\n{\"eve", id="chunked-body-cut-short"),
+    pytest.param(post_head("/track", "application/json", length=100) + b'{"events": [', id="json-short-of-its-length"),
+    pytest.param(
+        post_head("/track", "application/x-www-form-urlencoded", length=100) + b"type=click&item=a",
+        id="form-short-of-its-length",
+    ),
+]
+
+
+def port_of(server: MainServer) -> int:
+    return int(server.base_url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("request_bytes", BROKEN_BODIES)
+def test_body_that_cannot_be_read_answers_400_in_one_log_line(main_server, request_bytes):
+    lines_before = len(main_server.log_path.read_text(errors="replace").splitlines())
+
+    answer = exchange(port_of(main_server), request_bytes, half_close=True)
+
+    new_lines = main_server.log_path.read_text(errors="replace").splitlines()[lines_before:]
+    assert answer.status == 400, answer.body
+    assert answer.json()["error"].startswith("the request body cannot be read: ")
+    assert [line for line in new_lines if "/track: 400 the request body cannot be read" in line] == [new_lines[0]]
+    assert len(new_lines) == 1, new_lines
+    assert OverHttp(main_server).recorded() == 0

@@ -4,10 +4,23 @@ against a table of real User-Agent strings."""
 
 from __future__ import annotations
 
+import re
+
 import crawleruseragents
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from handlers.traffic import GENERIC_HTTP_CLIENT_PATTERNS, USER_AGENTS_REMEMBERED, Sender, is_bot, sender
+from handlers.traffic import (
+    GENERIC_HTTP_CLIENT_PATTERNS,
+    USER_AGENT_CHARACTERS_EXAMINED,
+    USER_AGENTS_REMEMBERED,
+    Sender,
+    bot_pattern,
+    bot_verdict,
+    is_bot,
+    sender,
+)
 
 BROWSERS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
@@ -81,10 +94,60 @@ def test_generic_http_client_is_not_a_bot(user_agent):
 
 
 def test_a_user_agents_verdict_is_remembered_for_the_next_request_with_it():
-    is_bot.cache_clear()
+    bot_verdict.cache_clear()
     assert [is_bot(BROWSERS[0]), is_bot(BROWSERS[0]), is_bot(BOTS[0])] == [False, False, True]
-    assert (is_bot.cache_info().hits, is_bot.cache_info().misses) == (1, 2)
-    assert is_bot.cache_info().maxsize == USER_AGENTS_REMEMBERED
+    assert (bot_verdict.cache_info().hits, bot_verdict.cache_info().misses) == (1, 2)
+    assert bot_verdict.cache_info().maxsize == USER_AGENTS_REMEMBERED
+
+
+def test_user_agents_alike_in_the_characters_examined_share_one_verdict():
+    bot_verdict.cache_clear()
+    examined = "Mozilla/5.0 " + "x" * USER_AGENT_CHARACTERS_EXAMINED
+
+    assert [is_bot(examined + " one"), is_bot(examined + " two")] == [False, False]
+    assert (bot_verdict.cache_info().hits, bot_verdict.cache_info().currsize) == (1, 1)
+
+
+BOT_ENTRIES = [
+    entry
+    for entry in crawleruseragents.CRAWLER_USER_AGENTS_DATA
+    if entry["pattern"] not in GENERIC_HTTP_CLIENT_PATTERNS
+]
+
+
+def test_every_example_user_agent_of_the_list_is_a_bot():
+    """The list's own examples (up to 285 characters) all name their bot within the characters examined."""
+    examples = [example for entry in BOT_ENTRIES for example in entry.get("instances", [])]
+
+    assert [example for example in examples if not is_bot(example)] == []
+    assert max(map(len, examples)) > USER_AGENT_CHARACTERS_EXAMINED  # so the cut is tried on some
+
+
+@pytest.mark.parametrize(
+    ("padding", "expected"),
+    [
+        pytest.param(
+            USER_AGENT_CHARACTERS_EXAMINED - len("Mozilla/5.0  bingbot"), True, id="ends-at-the-last-examined"
+        ),
+        pytest.param(USER_AGENT_CHARACTERS_EXAMINED - len("Mozilla/5.0  bingbo"), False, id="ends-one-past"),
+        pytest.param(8000, False, id="after-8000-characters"),
+    ],
+)
+def test_only_the_first_characters_of_a_user_agent_are_examined(padding, expected):
+    """The cost of a request's bot check is bounded, whatever its User-Agent's length."""
+    assert is_bot("Mozilla/5.0 " + "x" * padding + " bingbot/2.0") is expected
+
+
+PATTERNS_AS_ONE_ALTERNATION = re.compile("|".join(f"(?:{entry['pattern']})" for entry in BOT_ENTRIES))
+"""The list's patterns as written, tried one by one at each position: what the matcher must agree with."""
+PATTERN_PIECES = sorted(
+    {piece for entry in BOT_ENTRIES for piece in re.split(r"[\\^$()\[\]|*+?]", entry["pattern"]) if piece}
+)
+
+
+@given(st.lists(st.one_of(st.sampled_from(PATTERN_PIECES), st.text(max_size=4)), max_size=12).map("".join))
+def test_the_compiled_matcher_finds_a_bot_exactly_where_the_patterns_do(text):
+    assert (bot_pattern().search(text) is not None) == (PATTERNS_AS_ONE_ALTERNATION.search(text) is not None)
 
 
 @pytest.mark.parametrize("pattern", sorted(GENERIC_HTTP_CLIENT_PATTERNS))

@@ -79,6 +79,11 @@ HOSTILE_REQUESTS = [
     pytest.param(post("/track", f"{JSON}; charset=utf-16", json_events(CLICK)), id="json-charset-utf-16"),
     pytest.param(post("/track", f"{JSON}; charset=bogus", json_events(CLICK)), id="json-charset-bogus"),
     pytest.param(post("/track", JSON, LATIN_1_JSON), id="json-not-utf-8"),
+    *[
+        pytest.param(post("/track", media_type, json_events(CLICK).decode().encode(encoding)), id=f"{kind}-{encoding}")
+        for kind, media_type in (("json", JSON), ("beacon", "text/plain"))
+        for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be")
+    ],
     pytest.param(post("/track", JSON, nested_json(1000)), id="json-nested-1000-deep"),
     pytest.param(post("/track", JSON, nested_json(100_000)), id="json-nested-100000-deep"),
     pytest.param(post("/track", JSON, NUMBER_OF_5000_DIGITS), id="json-number-of-5000-digits"),
