@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from handlers.errors import InvalidRequestError, OriginNotAllowedError
+from handlers.errors import InvalidRequestError, OriginNotAllowedError, QueueFullError
 from handlers.events import parse_event_params
 from handlers.recording import RecordingHandler
 
@@ -21,7 +21,8 @@ class PixelHandler(RecordingHandler):
     """``GET /p.gif?type=view&item=ID``: records the event, answers a 1x1 transparent GIF.
 
     Bad input still gets the GIF, so no broken image shows where it is
-    embedded; it records nothing, and the log says why.
+    embedded; it records nothing, and the log says why. While the queue is
+    full, the GIF comes with ``503`` and ``Retry-After``, and records nothing.
     """
 
     def get(self) -> None:
@@ -29,6 +30,9 @@ class PixelHandler(RecordingHandler):
             self.record([parse_event_params(self.query_params())])
         except (InvalidRequestError, OriginNotAllowedError) as error:
             logger.warning("/p.gif recorded nothing: %s", error)
+        except QueueFullError as error:  # logged once per slot by the gate
+            self.response.status_int = error.status
+            self.response.headers.update(error.headers)
         self.response.content_type = "image/gif"
         self.response.headers["Cache-Control"] = "no-store"
         self.response.body = TRANSPARENT_GIF
