@@ -5,8 +5,15 @@ once per slot per process, and intake resumes once processing drains it."""
 
 from __future__ import annotations
 
-import pytest
+import logging
+import threading
 
+import pytest
+import webtest
+from google.appengine.api import memcache
+from conftest import THREAD_DEADLINE_SECONDS, CacheWrapper, InThread
+
+from clickqueue import Queue, wrap_client
 from handlers.intake import DEFAULT_MAX_QUEUE_DEPTH, MAX_QUEUE_DEPTH_ENV
 from handlers.pixel import TRANSPARENT_GIF
 from handlers.settings import Settings, default_queue
@@ -142,6 +149,15 @@ def test_another_process_sees_the_refusals_once_the_refusing_one_reads_the_queue
     assert refused(other_process) == 1  # the slot before's; this slot's goes with the next read
 
 
+def test_a_full_queue_is_logged_once_per_slot_not_once_per_request(full_app, caplog):
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            full_app.get("/track", {"type": "click", "item": "late"}, status=503)
+
+    full = f"refusing events: the queue holds {LIMIT} events not yet counted (max_queue_depth {LIMIT})"
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [("handlers.intake", full)]
+
+
 def test_a_prefetch_while_full_answers_as_ever_and_counts_no_refusal(full_app):
     full_app.get("/track", {"type": "view", "item": "late"}, headers={"Sec-Purpose": "prefetch"}, status=204)
 
@@ -152,6 +168,31 @@ def test_bad_input_while_full_answers_400(full_app):
     full_app.get("/track", {"type": "like", "item": "late"}, status=400)
 
     assert refused(full_app) == 0
+
+
+def test_events_in_a_lease_not_yet_acked_count_in_the_backlog(full_app, settings, clock):
+    held = settings.queue.lease(LIMIT)
+    clock.advance(settings.slot_seconds)
+
+    full_app.get("/track", {"type": "click", "item": "late"}, status=503)
+
+    assert (settings.queue.stats().depth, settings.queue.stats().leased) == (0, LIMIT)
+    assert len(held) == LIMIT
+
+
+def test_refusals_whose_count_failed_to_reach_memcache_are_sent_with_the_next_read(
+    full_app, settings, clock, memcache_rpc_faults
+):
+    full_app.get("/track", {"type": "click", "item": "late"}, status=503)
+    clock.advance(settings.slot_seconds)
+    memcache_rpc_faults.fail_next("Increment")
+    full_app.get("/track", {"type": "click", "item": "later"}, status=503)  # sends 1: fails
+    clock.advance(settings.slot_seconds)
+
+    full_app.get("/track", {"type": "click", "item": "latest"}, status=503)  # sends 2
+
+    assert memcache_rpc_faults.failed == ["Increment"]
+    assert memcache.get(settings.intake.refused_key) == 2
 
 
 def test_within_a_slot_the_backlog_read_stands_even_after_processing(full_app, run_tasks):
@@ -234,3 +275,41 @@ def test_bad_max_queue_depth_in_the_environment_stops_the_app_naming_it(testbed,
         Settings()
 
     assert message in str(raised.value)
+
+
+class HeldAfterReadingTheState(CacheWrapper):
+    """Once ``armed``, holds the next ``get_multi`` of the queue's state, once it has its
+    reply, until ``release`` is set: a read of the backlog that other requests overtake."""
+
+    def __init__(self, inner, state_key: str) -> None:
+        super().__init__(inner)
+        self.state_key = state_key
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def get_multi(self, keys):
+        found = self.inner.get_multi(keys)
+        if self.armed and self.state_key in keys and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(THREAD_DEADLINE_SECONDS), "the test never released the read"
+        return found
+
+
+def test_events_admitted_while_the_backlog_is_read_count_on_top_of_it(testbed, make_app, clock):
+    cache = HeldAfterReadingTheState(wrap_client(None), "cq:events:state")
+    settings = Settings(queue=Queue("events", cache, shards=4, clock=clock), clock=clock, max_queue_depth=LIMIT)
+    app = make_app(settings)
+    app.post_json("/track", batch(1), status=202)  # the queue exists; the gate read it, in this slot
+    cache.armed = True
+    clock.advance(settings.slot_seconds)
+    reading = InThread(lambda: webtest.TestApp(app.app).get("/track", {"type": "click", "item": "x"}, status=204))
+    reading.start()
+    assert cache.entered.wait(THREAD_DEADLINE_SECONDS), "the slot's read did not start"
+
+    app.post_json("/track", batch(300), status=202)  # after the read's reply: not in it
+    cache.release.set()
+    assert reading.outcome().status_int == 204  # 1 read + 300 admitted since it began + 1
+    app.post_json("/track", batch(199), status=503)
+
+    assert settings.queue.stats().written == 302
