@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 MAX_QUEUE_DEPTH_ENV = "CLICKQUEUE_MAX_QUEUE_DEPTH"
 DEFAULT_MAX_QUEUE_DEPTH = 50_000
 """Events of backlog past which intake refuses more. An event takes about 50 bytes
-of memcache (180 with a 128-character item), so the backlog stays under 10 MB, a
+of memcache (170 with a 128-character item), so the backlog stays under 10 MB, a
 small share of any memcache; and processing counts it within seconds."""
 
 
