@@ -38,7 +38,7 @@ def max_queue_depth_from_environment() -> int:
     setting = os.environ.get(MAX_QUEUE_DEPTH_ENV)
     if setting is None:
         return DEFAULT_MAX_QUEUE_DEPTH
-    if not setting.isdigit():
+    if not (setting.isascii() and setting.isdigit()):
         raise ValueError(f"{MAX_QUEUE_DEPTH_ENV}: {setting!r} is not a whole number of events")
     return int(setting)
 

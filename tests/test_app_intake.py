@@ -265,6 +265,7 @@ def test_max_queue_depth_comes_from_the_environment(testbed, monkeypatch):
         pytest.param("many", "'many' is not a whole number of events", id="not-a-number"),
         pytest.param("-1", "'-1' is not a whole number of events", id="negative"),
         pytest.param("", "'' is not a whole number of events", id="empty"),
+        pytest.param("\u00b2", "'\u00b2' is not a whole number of events", id="superscript-digit"),
         pytest.param("499", "is 499; it must be at least 500", id="below-the-largest-batch"),
     ],
 )
