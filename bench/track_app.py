@@ -7,12 +7,13 @@ keeping the default queue's name and shard count; ``Settings`` makes the
 group commit that the recording handlers write through, as in the app.
 ``/track`` also asks the task queue for its slot's processing task (once per
 slot and process); each gunicorn worker gets the SDK's task queue stub for
-that (tasks are recorded, never run).
+that (tasks are recorded, never run), so intake is not limited.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from wsgiref.types import WSGIApplication
 
@@ -42,7 +43,9 @@ def create_bench_app() -> WSGIApplication:
     reference = default_queue()
     # gthread workers share one Queue between threads: a pooled client, one connection per thread at most.
     queue = Queue(reference.name, PooledClient(memcached_address()), shards=reference.shards)
-    return main.create_app(Settings(queue=queue))
+    # Nothing processes the queue here: without a limit past any run's events, intake
+    # would soon refuse them all, and this would measure refusals instead of recording.
+    return main.create_app(Settings(queue=queue, max_queue_depth=sys.maxsize))
 
 
 app = create_bench_app()

@@ -27,6 +27,7 @@ from handlers.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    QueueFullError,
     RequestError,
     RequestTimeoutError,
     ServiceUnavailableError,
@@ -231,7 +232,8 @@ class JsonApplication(webapp2.WSGIApplication):
     def _as_request_error(self, request: webapp2.Request, exception: Exception) -> RequestError:
         """The HTTP answer for ``exception``; logs those that are the server's fault."""
         if isinstance(exception, RequestError):
-            if exception.status >= 500:
+            # A full queue is no fault: its gate logs it once per slot, not once per request.
+            if exception.status >= 500 and not isinstance(exception, QueueFullError):
                 logger.error("%s: %s", request.path_info, exception, exc_info=exception)
             return exception
         if isinstance(exception, QUEUE_INPUT_ERRORS):

@@ -89,6 +89,20 @@ class ServiceUnavailableError(RequestError):
     status = 503
 
 
+class QueueFullError(RequestError):
+    """The queue's backlog is full (``Settings.max_queue_depth``): nothing was recorded;
+    the client may send the events again after ``Retry-After`` seconds."""
+
+    status = 503
+
+    def __init__(self, backlog: int, max_queue_depth: int, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"the queue is full ({backlog} events not yet counted, the limit is {max_queue_depth}): "
+            f"nothing was recorded; send the events again in {retry_after_seconds} s",
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+
+
 class HttpStatusError(RequestError):
     """An HTTP error a handler raised through webapp2's ``abort``."""
 

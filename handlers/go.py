@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from handlers.admin import AdminHandler
+from handlers.errors import QueueFullError
 from handlers.events import Event, parse_item, single_param
 from handlers.links import parse_target
 from handlers.origins import PageCheck
@@ -13,7 +16,8 @@ from handlers.recording import RecordingHandler
 class GoHandler(RecordingHandler):
     """``GET /go?item=ID&to=URL&sig=SIG``: counts a click on ID and answers 302 to URL;
     400, recording nothing, unless SIG signs (ID, URL). A link is followed from pages of
-    any site; an ``<img>``, ``fetch`` or frame of it on another site's page records nothing (403)."""
+    any site; an ``<img>``, ``fetch`` or frame of it on another site's page records nothing (403).
+    While the queue is full it still redirects, recording nothing."""
 
     page_check = PageCheck.PAGE_OR_LINK
 
@@ -22,7 +26,8 @@ class GoHandler(RecordingHandler):
         item = parse_item(single_param(params, "item"))
         target = parse_target(single_param(params, "to"))
         self.settings.links.check(item, target, single_param(params, "sig"))
-        self.record([Event("click", item)])
+        with suppress(QueueFullError):  # the visitor still gets where the link leads; the gate counts it refused
+            self.record([Event("click", item)])
         self.response.status_int = 302
         self.response.headers["Location"] = target
         self.response.headers["Cache-Control"] = "no-store"  # each click comes back here

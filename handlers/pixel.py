@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from handlers.errors import InvalidRequestError, OriginNotAllowedError
+from handlers.errors import InvalidRequestError, OriginNotAllowedError, QueueFullError
 from handlers.events import parse_event_params
 from handlers.origins import PageCheck
 from handlers.recording import RecordingHandler
@@ -24,6 +24,7 @@ class PixelHandler(RecordingHandler):
     Bad input still gets the GIF, so no broken image shows where it is
     embedded; it records nothing, and the log says why. Mail clients show it within
     pages of any site, so only an ``Origin`` header (which ``<img>`` never sends) is checked.
+    While the queue is full, the GIF comes with ``503`` and ``Retry-After``, and records nothing.
     """
 
     page_check = PageCheck.ORIGIN
@@ -33,6 +34,9 @@ class PixelHandler(RecordingHandler):
             self.record([parse_event_params(self.query_params())])
         except (InvalidRequestError, OriginNotAllowedError) as error:
             logger.warning("/p.gif recorded nothing: %s", error)
+        except QueueFullError as error:  # logged once per slot by the gate
+            self.response.status_int = error.status
+            self.response.headers.update(error.headers)
         self.response.content_type = "image/gif"
         self.response.headers["Cache-Control"] = "no-store"
         self.response.body = TRANSPARENT_GIF

@@ -22,7 +22,7 @@ from google.appengine.api import memcache, taskqueue
 
 from handlers.errors import BatchFailedError
 from handlers.events import event_from_message
-from handlers.settings import ScheduledSlot, Settings
+from handlers.settings import ScheduledSlot, Settings, app_memcache_key
 
 PROCESS_PATH = "/process"
 FOLD_PATH = "/fold"
@@ -94,7 +94,7 @@ class ProcessorLanes:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = [f"clickqueue-app:{settings.queue.name}:lane:{lane}" for lane in range(settings.processors)]
+        self.keys = [app_memcache_key(settings.queue, f"lane:{lane}") for lane in range(settings.processors)]
 
     def hold(self) -> int | None:
         """Take a free lane; None if every lane is held."""

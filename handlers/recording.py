@@ -1,6 +1,6 @@
 """The base of the handlers that record events (``/track``, ``/p.gif``, ``/go``):
 one place where events are checked against the allowed origins, dated, marked
-as a bot's or dropped as a prefetch, queued (through the process's group
+as a bot's or dropped as a prefetch, refused while the queue is full, queued (through the process's group
 commit: one write shared by the requests in flight), and their processing
 scheduled."""
 
@@ -35,12 +35,16 @@ class RecordingHandler(JsonHandler):
     def record(self, events: list[Event]) -> int:
         """Queue ``events`` (as a bot's if a bot sent them; none for a prefetch); how many were queued.
 
-        Returns once they are stored; if the write fails, raises ``GroupWriteError``
-        (a 503, see ``JsonApplication``) and schedules nothing."""
+        Returns once they are stored. Raises, recording nothing, ``QueueFullError``
+        if they would take the backlog past ``Settings.max_queue_depth`` (checked
+        in memory: see ``handlers.intake.IntakeGate`` for its memcache calls),
+        or ``GroupWriteError`` if the write fails (both 503, see ``JsonApplication``),
+        and schedules nothing."""
         self.check_origin()
         sent_by = sender(self.request.headers)
         if sent_by is Sender.PREFETCH:
             return 0
+        self.settings.intake.admit(len(events))
         at = int(self.settings.clock())
         stamped = [replace(event, at=at, bot=sent_by is Sender.BOT).to_message() for event in events]
         self.settings.group_commit.write_multi(stamped)  # shared with the requests writing now

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from clickqueue import MAX_CLAIM_ITEMS, GroupCommit, Queue
 from handlers import counting
 from handlers.events import MAX_BATCH_EVENTS, Event
+from handlers.intake import MAX_QUEUE_DEPTH_ENV, IntakeGate, max_queue_depth_from_environment
 from handlers.links import LinkSigner
 from handlers.origins import AllowedOrigins
 
@@ -24,6 +25,11 @@ TASK_NAME_PART = re.compile(r"[A-Za-z0-9_-]+")
 Aggregate = Callable[[str, Mapping[str, Event], float], int]
 """Records a batch's ``{message id: event}`` for counting at a time (POSIX seconds),
 each message once per batch id; returns how many this call recorded."""
+
+
+def app_memcache_key(queue: Queue, name: str) -> str:
+    """A memcache key of the app's own, beside those of ``queue`` (``clickqueue-app:<queue>:<name>``)."""
+    return f"clickqueue-app:{queue.name}:{name}"
 
 
 def default_queue(clock: Callable[[], float] = time.time) -> Queue:
@@ -81,9 +87,17 @@ class Settings:
     """Whose pages may send events from their visitors' browsers (env CLICKQUEUE_ALLOWED_ORIGINS)."""
     links: LinkSigner = field(default_factory=LinkSigner.from_environment)
     """Signs tracked links: env CLICKQUEUE_LINK_KEY's key, else one kept in Datastore."""
+    max_queue_depth: int = field(default_factory=max_queue_depth_from_environment)
+    """Most events the queue may hold not yet counted (its depth plus its leased events);
+    recording requests whose events would pass it are refused (env CLICKQUEUE_MAX_QUEUE_DEPTH,
+    else ``handlers.intake.DEFAULT_MAX_QUEUE_DEPTH``; at least /track's largest batch)."""
     group_commit: GroupCommit = field(init=False, repr=False, compare=False)
     """This process's writer of ``queue`` for the recording handlers, made from
     the three ``group_commit_*`` settings (``dataclasses.replace`` makes another)."""
+    intake: IntakeGate = field(init=False, repr=False, compare=False)
+    """This process's gate on recording: refuses events past ``max_queue_depth``, and
+    says to retry after one processing run (``time_budget_seconds``), when each busy
+    lane has drained a run's worth."""
 
     @property
     def record_retention_seconds(self) -> float:
@@ -114,6 +128,11 @@ class Settings:
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_CLAIM_ITEMS:
             raise ValueError(f"batch_size must be 1 to {MAX_CLAIM_ITEMS}")
+        if self.max_queue_depth < MAX_BATCH_EVENTS:
+            raise ValueError(
+                f"max_queue_depth ({MAX_QUEUE_DEPTH_ENV}) is {self.max_queue_depth}; it must be at least "
+                f"{MAX_BATCH_EVENTS}, /track's largest batch"
+            )
         if self.processors < 1:
             raise ValueError("processors must be at least 1")
         if not TASK_NAME_PART.fullmatch(self.queue.name):
@@ -124,4 +143,13 @@ class Settings:
             max_messages=self.group_commit_max_events,
             condition=self.group_commit_condition,
         )
+        intake = IntakeGate(
+            self.queue,
+            max_queue_depth=self.max_queue_depth,
+            slot_seconds=self.slot_seconds,
+            retry_after_seconds=self.time_budget_seconds,
+            refused_key=app_memcache_key(self.queue, "refused"),
+            clock=self.clock,
+        )
         object.__setattr__(self, "group_commit", group_commit)  # frozen: set once, here
+        object.__setattr__(self, "intake", intake)

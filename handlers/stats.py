@@ -45,13 +45,15 @@ def format_time(posix_seconds: int) -> str:
 
 
 def overview(settings: Settings) -> dict[str, object]:
-    """Totals, the top items, the queue's counters, and when the last commit happened
-    (``at``, None before any) with how old its oldest event was then."""
+    """Totals, the top items, the queue's counters, the events intake refused while the
+    queue was full (and the limit), and when the last commit happened (``at``, None
+    before any) with how old its oldest event was then."""
     last_commit = counters.last_commit()
     return {
         "totals": counters.totals(),
         "items": counters.top_items(),
         "queue": settings.queue.stats().as_dict(),
+        "intake": {"refused": settings.intake.refused(), "max_queue_depth": settings.max_queue_depth},
         "last_commit": {
             "at": format_time(last_commit["at"]) if last_commit["at"] is not None else None,
             "lag_seconds": last_commit["lag_seconds"],

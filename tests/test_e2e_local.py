@@ -15,6 +15,7 @@ import threading
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tests.support.e2e import (
     wait_for_counts,
 )
 from handlers.base import MAX_BODY_BYTES
+from handlers.intake import MAX_QUEUE_DEPTH_ENV
 from handlers.links import LINK_KEY_ENV
 from handlers.origins import ALLOWED_ORIGINS_ENV
 from local_stubs import LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV
@@ -153,6 +155,39 @@ IDLE_OPENINGS = [
     pytest.param(b"GET /stats HTTP/1.1\r\nHost: x\r\n", id="headers-unfinished"),
     pytest.param(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n", id="kept-alive-after-a-request"),
 ]
+
+
+FULL_QUEUE_BATCHES = 40
+
+
+def test_local_server_refuses_batches_past_its_max_queue_depth_and_counts_every_one_it_accepted(
+    tmp_path, server_log
+):
+    """CLICKQUEUE_MAX_QUEUE_DEPTH=500 (one batch): 8 clients post batches of 500 faster than
+    one slot's processing, so some are refused (503, Retry-After); each accepted batch is
+    counted, each refused one is in /stats's intake.refused, and nothing else; once the
+    queue is drained, a batch is accepted again."""
+    body = json.dumps({"events": [{"type": "view", "item": "full"}] * 500}).encode()
+
+    def post(_number: int):
+        return send_raw(base_url, "POST", "/track", {"Content-Type": "application/json"}, body)
+
+    def stats_once_counted(batches: int):
+        stats = get_json(base_url, "/stats")
+        return stats if stats["totals"]["view"] == 500 * batches else None
+
+    with local_server(tmp_path / "data", server_log, environment={MAX_QUEUE_DEPTH_ENV: "500"}) as (base_url, _):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(post, range(FULL_QUEUE_BATCHES)))
+        accepted = sum(response.status == 202 for response in responses)
+        stats = wait_until(lambda: stats_once_counted(accepted), 120, message=f"/stats to count {accepted} batches")
+        wait_until(lambda: post(0).status == 202, 30, interval_seconds=0.2, message="intake to resume")
+
+    refusals = [response for response in responses if response.status != 202]
+    print(f"{accepted} batches accepted, {len(refusals)} refused; /stats: {stats['queue']}, {stats['intake']}")
+    assert {(response.status, response.headers["Retry-After"]) for response in refusals} == {(503, "5")}
+    assert stats["intake"] == {"refused": 500 * len(refusals), "max_queue_depth": 500}
+    assert (stats["queue"]["written"], stats["queue"]["depth"], stats["queue"]["lost"]) == (500 * accepted, 0, 0)
 
 
 @pytest.mark.parametrize("opening", IDLE_OPENINGS)
