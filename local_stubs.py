@@ -266,13 +266,12 @@ class LocalServices:
         self.lost_before = self._restore_queue()
 
     def _restore_queue(self) -> int:
-        """Put back the queue saved with this Datastore, if any; the queue's ``lost`` count then."""
+        """Put back the queue saved with this Datastore, if any (memcache only: ``start``
+        counts the batches it holds); the queue's ``lost`` count then."""
         saved = self.queue_file.load(self.datastore.version())
         if saved is None:
             return 0
         restore(saved.entries, time.time())
-        if self.settings.queue.stats().leased:
-            self._count_orphaned_leases()
         stats = self.settings.queue.stats()
         log = logger.info if saved.stopped else logger.warning
         log(
@@ -303,9 +302,16 @@ class LocalServices:
                 error,
             )
 
-    def start_background_work(self) -> None:
-        """Run due tasks and save on a timer (once the app exists: see ``LocalServer.load``);
-        count a restored queue, and fold the batches the last run recorded but did not fold."""
+    def start(self) -> None:
+        """Once the app exists (``LocalServer.load`` says why): count the batches a processor
+        of the last run held, make the link key and save it, then run due tasks and save on a
+        timer, count the rest of a restored queue, and fold the batches the last run recorded
+        but did not fold."""
+        if self.settings.queue.stats().leased:
+            self._count_orphaned_leases()
+            self.lost_before = self.settings.queue.stats().lost  # what those batches lacked, the last run lost
+        self.settings.links.key()  # a key made now is saved next, before any link is signed with it
+        self.save()
         self.task_queue.StartBackgroundExecution()
         self._saver.start()
         if self.settings.queue.stats().depth:
@@ -617,17 +623,21 @@ class LocalServer(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self) -> WSGIApplication:
-        """In the worker: the stubs first (``wrap_wsgi_app`` copies the environment), then the app."""
+        """In the worker: the stubs, then the app, then the start's Datastore work.
+
+        ``wrap_wsgi_app`` copies the environment, which the stubs set up, into every
+        request's. ndb marks the environment it makes its context in: one Datastore call
+        through ndb before that copy marks every request's, and each thread then keeps one
+        context, with its cache, across all its requests, answering the counts an earlier
+        request on it read. So nothing reads Datastore through ndb before the app exists."""
         settings = Settings()
         try:
             self.services = LocalServices(self.port, self.data_dir, settings, self.drain_seconds)
         except LocalDataError as error:
             logger.error("%s", error)
             sys.exit(Arbiter.APP_LOAD_ERROR)  # gunicorn's master stops too
-        settings.links.key()  # a key made now is saved next, before any link is signed with it
-        self.services.save()
         app = self.create_app(settings)
-        self.services.start_background_work()
+        self.services.start()
         logger.info(
             "serving http://%s:%d/ (gunicorn, 1 worker, %d threads); Ctrl-C or SIGTERM drains the queue and stops",
             HOST,

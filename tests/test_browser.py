@@ -29,7 +29,7 @@ from google.appengine.ext import testbed as testbed_module
 import local_stubs
 from tests.support.counting import count_now, keyed
 from tests.support.processes import REPO_ROOT, free_port, skip_or_fail_in_ci, wait_until
-from tests.support.e2e import get_json, local_server
+from tests.support.e2e import get_json, local_server, wait_until_drained
 from handlers import counters
 from handlers.events import Event
 from handlers.origins import ALLOWED_ORIGINS_ENV
@@ -271,20 +271,9 @@ def console_errors(browser) -> list[dict]:
     return [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def wait_until_drained(tracker: Tracker) -> None:
-    """Wait until every event the queue took is counted: the chart and a /stats read
-    after it then see the same counts."""
-
-    def drained():
-        queue = get_json(tracker.app, "/stats")["queue"]
-        return queue["depth"] == 0 and queue["leased"] == 0
-
-    wait_until(drained, COUNTED_SECONDS, interval_seconds=0.2, message="the queue to drain")
-
-
 def open_dashboard(browser, tracker: Tracker) -> None:
     console_errors(browser)  # what earlier pages logged
-    wait_until_drained(tracker)
+    wait_until_drained(tracker.app, COUNTED_SECONDS)  # the chart and a /stats read after it then see the same counts
     browser.get(f"{tracker.app}/dashboard")
     chart_shown(browser, "24h")
 
@@ -494,7 +483,7 @@ def test_another_sites_images_and_fetches_count_nothing_its_links_and_pixels_do(
     finally:
         stranger.stop()
     wait_for_item(tracker, "image-on-an-allowed-page", view=1)
-    wait_until_drained(tracker)
+    wait_until_drained(tracker.app, COUNTED_SECONDS)
 
     counted = {
         item: counts_of(tracker, item)["view"] + counts_of(tracker, item)["click"]

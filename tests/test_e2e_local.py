@@ -32,12 +32,13 @@ from tests.support.e2e import (
     send_raw,
     track_get,
     wait_for_counts,
+    wait_until_drained,
 )
 from handlers.base import MAX_BODY_BYTES
 from handlers.intake import MAX_QUEUE_DEPTH_ENV
 from handlers.links import LINK_KEY_ENV
 from handlers.origins import ALLOWED_ORIGINS_ENV
-from local_stubs import LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV
+from local_stubs import LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV, THREADS
 from tests.support.raw_http import post_head
 
 pytestmark = pytest.mark.processes
@@ -291,6 +292,29 @@ def test_events_are_recorded_whatever_the_host_name(main_server_for_hosts):
     answer = send_raw(main_server_for_hosts.base_url, "GET", "/track?type=view&item=a", {"Host": "rebind.test"}, None)
 
     assert answer.status == 204
+
+
+def read_on_every_thread(base_url: str, path: str) -> list[dict]:
+    """``path`` read four times per thread of the worker, by as many clients at once:
+    the reads are spread over its threads."""
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        return list(pool.map(lambda _: get_json(base_url, path), range(THREADS * 4)))
+
+
+def test_every_thread_reads_the_counts_made_since_it_last_read_them(tmp_path, server_log):
+    """No request answers from what an earlier request on its thread read: ndb keeps a
+    cache per request, and the start's own Datastore work (the link key) must not make
+    every request on a thread share one."""
+    with local_server(tmp_path / "data", server_log) as (base_url, _):
+        send_raw(base_url, "GET", "/track?type=view&item=read-again", {}, None)
+        wait_until_drained(base_url, timeout_seconds=60)
+        before = read_on_every_thread(base_url, "/stats?item=read-again")
+        send_raw(base_url, "GET", "/track?type=view&item=read-again", {}, None)
+        wait_until_drained(base_url, timeout_seconds=60)
+        after = read_on_every_thread(base_url, "/stats?item=read-again")
+
+    assert Counter(answer["view"] for answer in before) == Counter({1: THREADS * 4})
+    assert Counter(answer["view"] for answer in after) == Counter({2: THREADS * 4})
 
 
 def test_link_signed_just_before_a_kill_redirects_after_restart(tmp_path, server_log):

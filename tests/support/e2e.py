@@ -198,6 +198,16 @@ def people_counts(stats: dict) -> tuple[dict[str, int], list[dict[str, object]]]
     return counts(stats["totals"]), [counts(entry) for entry in stats["items"]]
 
 
+def wait_until_drained(base_url: str, timeout_seconds: float) -> None:
+    """Wait until every event the queue took is counted: none queued, none leased."""
+
+    def drained() -> bool:
+        queue = get_json(base_url, "/stats")["queue"]
+        return queue["depth"] == 0 and queue["leased"] == 0
+
+    wait_until(drained, timeout_seconds, interval_seconds=0.2, message="the queue to drain")
+
+
 def wait_for_counts(base_url: str, plan: EventPlan, timeout_seconds: float, headers: Headers = ()) -> dict:
     """Poll /stats until it shows exactly the plan's counts; return those stats."""
 
