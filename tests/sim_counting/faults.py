@@ -116,17 +116,24 @@ FAULT_RATE_RANGE = {
 """Per applicable call, when the swarm switches the kind on (a commit is about one call in five)."""
 
 
-def draw_swarm(seed: int) -> Swarm:
-    """Each fault kind on with p=1/2 (Groce et al.'s swarm testing), and the rest of the world, from the seed."""
+def draw_swarm(seed: int, only: frozenset[FaultKind] | None = None) -> Swarm:
+    """Each fault kind on with p=1/2 (Groce et al.'s swarm testing), or each of ``only``
+    and no other, and the rest of the world, from the seed."""
     rng = random.Random(f"{seed}:swarm")
-    rates = {kind: rng.uniform(*FAULT_RATE_RANGE[kind]) for kind in FAULT_ORDER if rng.random() < 0.5}
+    switched_on = {kind: rng.random() < 0.5 for kind in FAULT_ORDER}
+    rates = {
+        kind: rng.uniform(*FAULT_RATE_RANGE[kind])
+        for kind in FAULT_ORDER
+        if (switched_on[kind] if only is None else kind in only)
+    }
+    lease_seconds = rng.uniform(1.0, 5.0)
     return Swarm(
         processors=rng.randint(1, 5),
         folders=rng.choice((1, 1, 2)),
         items=rng.choice((3, 12, 40, 150)),
         messages=rng.randint(20, 300),
         batch_size=rng.choice((1, 5, 20, 60)),
-        lease_seconds=rng.uniform(1.0, 5.0),
+        lease_seconds=lease_seconds,
         span_hours=rng.choice((1, 5, 30, 72)),
         bot_share=rng.choice((0.0, 0.1)),
         clock_skew_seconds=rng.choice((0.0, 3.0)),

@@ -43,14 +43,26 @@ class RunSpec:
     chaos_steps: int | None = None
     faults: tuple[PlannedFault, ...] | None = None
     """Exactly these faults (None: the seed's own)."""
+    only: frozenset[FaultKind] | None = None
+    """The fault kinds switched on (None: the seed's swarm picks them)."""
 
     def token(self) -> str:
-        return spec_token(self, "protocol")
+        only = "" if self.only is None else ",only=" + "+".join(sorted(kind.value for kind in self.only))
+        return spec_token(self, "protocol") + only
 
     @classmethod
-    def parse(cls, token: str, protocol: str = "real") -> RunSpec:
-        """A seed number (with ``protocol``), or a token from ``token()``."""
-        return cls(**parse_spec(token, "protocol", protocol, FaultKind, PlannedFault))
+    def parse(cls, token: str, protocol: str = "real", only: frozenset[FaultKind] | None = None) -> RunSpec:
+        """A seed number (with ``protocol`` and ``only``), or a token from ``token()``."""
+        fields = dict(part.split("=", 1) for part in token.split(",") if "=" in part)
+        if "only" in fields:
+            only = parse_kinds(fields["only"])
+        rest = ",".join(part for part in token.split(",") if not part.startswith("only="))
+        return cls(**parse_spec(rest, "protocol", protocol, FaultKind, PlannedFault), only=only)
+
+
+def parse_kinds(text: str) -> frozenset[FaultKind]:
+    """``stall+lost-ack`` (or with commas)."""
+    return frozenset(FaultKind(kind) for kind in text.replace(",", "+").split("+") if kind)
 
 
 @dataclass
@@ -73,7 +85,7 @@ class RunResult:
 
 
 def run(spec: RunSpec, keep_trace: bool = False) -> RunResult:
-    swarm = draw_swarm(spec.seed)
+    swarm = draw_swarm(spec.seed, spec.only)
     if spec.chaos_steps is not None:
         swarm = replace(swarm, chaos_steps=spec.chaos_steps)
     world = World(spec.seed, swarm, FaultPlan(spec.seed, swarm, spec.faults), PROTOCOLS[spec.protocol], keep_trace)
