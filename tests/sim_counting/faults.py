@@ -103,6 +103,11 @@ class Swarm:
         )
 
 
+MAX_CLOCK_SKEW_LEASES = 0.25
+"""Processes' clocks differ by up to this share of a lease either way (App Engine's: seconds,
+against 60 s leases): a lease goes to another holder early only by that much, so it comes back
+while its holder still works on it through the faults (a stall, a kill, a lost ack)."""
+
 FAULT_RATE_RANGE = {
     FaultKind.CONFLICT: (0.05, 0.3),
     FaultKind.TIMEOUT: (0.03, 0.2),
@@ -136,7 +141,7 @@ def draw_swarm(seed: int, only: frozenset[FaultKind] | None = None) -> Swarm:
         lease_seconds=lease_seconds,
         span_hours=rng.choice((1, 5, 30, 72)),
         bot_share=rng.choice((0.0, 0.1)),
-        clock_skew_seconds=rng.choice((0.0, 3.0)),
+        clock_skew_seconds=rng.choice((0.0, MAX_CLOCK_SKEW_LEASES * lease_seconds)),
         limits=counters.StoreLimits(
             shard_split_bytes=rng.choice((60, 150, 400, 100_000)),
             max_shards=rng.choice((2, 4, 16, 64)),
