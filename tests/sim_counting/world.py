@@ -118,6 +118,7 @@ class World:
     done after its lease went to another), conflicts met (the stub's own), folds, splits."""
     clean_fold_step: int = -1
     """The step at which the latest fold that found nothing more to fold began."""
+    faults_off_step: int | None = None
 
     def __post_init__(self) -> None:
         self.events, arrivals = make_events(self.seed, self.swarm)
@@ -172,7 +173,10 @@ class World:
         self.bed.deactivate()
 
     def faults_off(self) -> None:
+        """No more faults; every commit visible to the next global query (Datastore's
+        eventual consistency catches up), so the next fold finds every batch recorded."""
         self.chaos = False
+        self.faults_off_step = self.step
         self.consistency.SetProbability(1.0)
 
     # -- steps ----------------------------------------------------------------------------------
@@ -204,8 +208,11 @@ class World:
         return any(party.actor is not None for party in self.parties)
 
     def quiet(self) -> bool:
-        """Every lease acked, nobody mid-call, and a fold begun after the last ack found nothing more."""
-        return self.book.settled and not self.busy and self.clean_fold_step > self.last_ack_step
+        """Every lease acked, nobody mid-call, and a fold begun after the last ack and after
+        the faults stopped (a fold before may have queried a stale index) found nothing more."""
+        assert self.faults_off_step is not None, "quiet is a state of the liveness phase"
+        since = max(self.last_ack_step, self.faults_off_step)
+        return self.book.settled and not self.busy and self.clean_fold_step > since
 
     def clock(self, party: Party) -> float:
         return self.now + party.skew
