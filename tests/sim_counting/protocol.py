@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from handlers import counters, counting
 from handlers.events import Event
 from handlers.settings import Aggregate
+from tests.sim_counting.faults import FaultKind
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Protocol:
     fold: Callable[[float, counters.StoreLimits], counting.FoldReport]
     catches: str = ""
     """What breaks it, for a variant: what the simulation must do to catch it."""
+    caught_with: frozenset[FaultKind] | None = None
+    """For a variant, the fault kinds its test switches on (None: each seed's own swarm)."""
 
 
 REAL = Protocol("real", counting.count_batch, counting.fold)
@@ -55,12 +58,14 @@ VARIANTS = {
             counting.fold,
             "a batch delivered again after its record committed (lost ack, commit applied then failed, "
             "a stall past the lease)",
+            frozenset({FaultKind.LOST_ACK}),
         ),
         Protocol(
             "record-outside-transaction",
             _record_outside_a_transaction,
             counting.fold,
             "two deliveries of one lease recording at once, a fold between them",
+            frozenset({FaultKind.STALL}),
         ),
         Protocol(
             "fold-outside-transaction",
