@@ -5,6 +5,7 @@
     python3 dev.py test --fast   # without the slow parts (FAST_LEAVES_OUT), for the edit-test loop
     python3 dev.py bench    # the benchmark; extra arguments go to `python -m bench`
     python3 dev.py soak --minutes 30   # the queue's fault simulation, seed after seed
+    python3 dev.py soak-counting --minutes 30   # the counting commit protocol's simulation
     python3 dev.py mutants run         # mutation testing of the library (hours)
     python3 dev.py typecheck           # mypy --strict on clickqueue/
     python3 dev.py test --python 3.13   # the same on another Python
@@ -37,6 +38,11 @@ COMMANDS = {
     "soak": (
         ["-m", "tests.sim"],
         "run the queue's deterministic simulation on many seeds (e.g. --minutes 30; arguments go to `python -m tests.sim`)",
+    ),
+    "soak-counting": (
+        ["-m", "tests.sim_counting"],
+        "run the counting commit protocol's deterministic simulation on many seeds"
+        " (arguments go to `python -m tests.sim_counting`)",
     ),
     "mutants": (["-m", "mutmut"], "mutation-test clickqueue/ (e.g. `run`, `results`; arguments go to mutmut)"),
     "typecheck": (["-m", "mypy"], "type-check clickqueue/ with mypy in strict mode (pyproject.toml; arguments go to mypy)"),

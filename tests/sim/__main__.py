@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from tests.sim.runner import RunSpec, failure_report, parse_seeds, run, shrink
+from tests.sim.runner import RunSpec, failure_report, run, shrink
+from tests.sim.seeds import from_seed, parse_seeds, run_seeds
 from tests.sim.swarm import PRESETS
-
-PROGRESS_EVERY_SECONDS = 10.0
-SHOWN_FAILING_SEEDS = 30
 
 
 def main(argv: list[str]) -> int:
@@ -32,9 +29,15 @@ def main(argv: list[str]) -> int:
     if args.trace:
         return _trace(RunSpec.parse(args.trace, args.preset))
     seeds = parse_seeds(args.seeds)
-    if args.minutes is not None:
-        seeds = _endless(seeds[0])
-    return _run_seeds(seeds, args)
+    done = run_seeds(
+        from_seed(seeds[0]) if args.minutes is not None else seeds,
+        lambda seed: run(RunSpec(seed, args.preset)),
+        lambda result: _report_first(result, shrink_it=not args.no_shrink),
+        args.minutes,
+        args.stop_at_first,
+    )
+    print(done.summary(f"preset {args.preset}"))
+    return 1 if done.failed else 0
 
 
 def _trace(spec: RunSpec) -> int:
@@ -45,54 +48,6 @@ def _trace(spec: RunSpec) -> int:
         return 0
     print("\n".join(failure_report(result, "FAILED", full_trace=True)))
     return 1
-
-
-def _endless(first: int):
-    seed = first
-    while True:
-        yield seed
-        seed += 1
-
-
-def _run_seeds(seeds, args: argparse.Namespace) -> int:
-    started = last_progress = time.monotonic()
-    deadline = None if args.minutes is None else started + args.minutes * 60
-    done = steps = 0
-    failures = []
-    for seed in seeds:
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        result = run(RunSpec(seed, args.preset))
-        done += 1
-        steps += result.steps
-        if result.failed:
-            failures.append(result)
-            print(f"seed {seed} FAILED: {result.violations[0]}", flush=True)
-            if len(failures) == 1:
-                _report_first(result, shrink_it=not args.no_shrink)
-            if args.stop_at_first:
-                break
-        now = time.monotonic()
-        if now - last_progress >= PROGRESS_EVERY_SECONDS:
-            last_progress = now
-            print(
-                f"[{now - started:6.0f}s] {done} seeds done, {len(failures)} failed, "
-                f"{steps / (now - started):.0f} steps/s",
-                flush=True,
-            )
-    elapsed = time.monotonic() - started
-    print(
-        f"{done} seeds (preset {args.preset}) in {elapsed:.0f}s, {steps} steps "
-        f"({steps / max(elapsed, 1e-9):.0f} steps/s): {len(failures)} failed" + _failing_seeds(failures)
-    )
-    return 1 if failures else 0
-
-
-def _failing_seeds(failures: list) -> str:
-    if not failures:
-        return ""
-    shown = ", ".join(str(result.spec.seed) for result in failures[:SHOWN_FAILING_SEEDS])
-    return f": seeds {shown}{', ...' if len(failures) > SHOWN_FAILING_SEEDS else ''}"
 
 
 def _report_first(result, shrink_it: bool) -> None:

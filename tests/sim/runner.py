@@ -1,4 +1,4 @@
-"""Running seeds: the two phases of a run, the failure report, shrinking, many seeds.
+"""A run of one seed: its two phases and the failure report (shrinking: tests/sim/seeds.py).
 
 A run is one seed (with a preset): the chaos phase runs the
 swarm's steps with faults on, stopping every ``QUIESCE_EVERY_STEPS`` to let
@@ -17,14 +17,15 @@ smallest run's trace and the one command that replays it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+from tests.sim import seeds
 from tests.sim.faults import MAX_CLOCK_SKEW_SECONDS, FaultKind, FaultPlan, PlannedFault
 from tests.sim.oracle import G2_LIVENESS, G3_IDENTITY, G3_LOST, Oracle, Violation
 from tests.sim.parties import Role
+from tests.sim.seeds import parse_spec, spec_token
 from tests.sim.swarm import Swarm, draw_swarm
 from tests.sim.trace import Trace
 from tests.sim.world import World
@@ -44,7 +45,6 @@ exempt from liveness, and is not walked here."""
 STALLED_STEPS = 300
 """Steps without a delivery after which time jumps past every lease's deadline."""
 DRAIN_CHECK_EVERY_STEPS = 100
-MAX_SHRINK_RUNS = 150
 
 
 @dataclass(frozen=True)
@@ -58,31 +58,12 @@ class RunSpec:
     """Replay exactly these faults (None: the seed's random faults)."""
 
     def token(self) -> str:
-        parts = [f"seed={self.seed}", f"preset={self.preset}"]
-        if self.chaos_steps is not None:
-            parts.append(f"steps={self.chaos_steps}")
-        if self.faults is not None:
-            parts.append("faults=" + "+".join(f"{fault.step}:{fault.kind.value}" for fault in self.faults))
-        return ",".join(parts)
+        return spec_token(self, "preset")
 
     @classmethod
     def parse(cls, token: str, preset: str) -> RunSpec:
         """A seed number (with the given preset) or a token from ``token()``."""
-        if token.isdigit():
-            return cls(int(token), preset)
-        fields = dict(part.split("=", 1) for part in token.split(","))
-        faults = None
-        if "faults" in fields:
-            faults = tuple(
-                PlannedFault(int(step), FaultKind(kind))
-                for step, kind in (item.split(":", 1) for item in fields["faults"].split("+") if item)
-            )
-        return cls(
-            int(fields["seed"]),
-            fields.get("preset", preset),
-            int(fields["steps"]) if "steps" in fields else None,
-            faults,
-        )
+        return cls(**parse_spec(token, "preset", preset, FaultKind, PlannedFault))
 
 
 @dataclass
@@ -222,85 +203,15 @@ def _liveness_failed(world: World, budget: int) -> None:
     world.oracle.violate(G2_LIVENESS, world.step, "world", f"{message} within {budget} steps", pending)
 
 
-# -- shrinking -----------------------------------------------------------------------------------
-
-
 def shrink(result: RunResult, progress: Callable[[str], None] = lambda line: None) -> RunResult:
-    """The smallest run found that still violates the same guarantee."""
-    check = result.violations[0].check
-    if not result.injected:
-        progress("no faults were injected: nothing to remove, the run is its own smallest case")
-        return result
-    runs = 0
-
-    def still_fails(spec: RunSpec) -> RunResult | None:
-        nonlocal runs
-        runs += 1
-        attempt = run(spec)
-        return attempt if any(violation.check == check for violation in attempt.violations) else None
-
-    best = still_fails(replace(result.spec, faults=tuple(result.injected)))
-    if best is None:
-        progress("replaying the injected faults does not fail again: not shrunk")
-        return result
-    first_step = best.violations[0].step
-    if first_step < best.swarm.chaos_steps:
-        best = still_fails(replace(best.spec, chaos_steps=first_step)) or best
-    while runs < MAX_SHRINK_RUNS and best.swarm.chaos_steps > 1:
-        faults = best.spec.faults or ()
-        shorter = best.swarm.chaos_steps // 2
-        if any(fault.step > shorter for fault in faults):
-            break
-        smaller = still_fails(replace(best.spec, chaos_steps=shorter))
-        if smaller is None:
-            break
-        best = smaller
-    faults = list(best.spec.faults or ())
-    chunk = max(1, len(faults) // 2)
-    while chunk >= 1 and runs < MAX_SHRINK_RUNS:
-        index = 0
-        while index < len(faults) and runs < MAX_SHRINK_RUNS:
-            candidate = faults[:index] + faults[index + chunk :]
-            smaller = still_fails(replace(best.spec, faults=tuple(candidate)))
-            if smaller is not None:
-                best, faults = smaller, candidate
-            else:
-                index += chunk
-        chunk //= 2
-    progress(
-        f"shrunk in {runs} replays: {len(result.injected)} -> {len(faults)} faults, "
-        f"{result.steps} -> {best.steps} steps"
-    )
-    return best
+    """The smallest run found that still violates the same guarantee (tests/sim/seeds.py)."""
+    return seeds.shrink(result, run, progress)
 
 
 # -- reports -----------------------------------------------------------------------------------------
 
 
-def replay_command(spec: RunSpec) -> str:
-    return f"python -m tests.sim --trace '{spec.token()}'"
-
-
 def failure_report(result: RunResult, title: str, full_trace: bool = False) -> list[str]:
-    first = result.violations[0]
-    lines = [
-        f"{title}: seed {result.spec.seed} (preset {result.spec.preset})",
-        *("  " + line for line in result.swarm.describe().splitlines()),
-        f"  violated: {first}",
-        *(f"  also:     {violation}" for violation in result.violations[1:4]),
-        f"  faults injected: {len(result.injected)}, steps: {result.steps}",
-    ]
-    entries = result.trace.entries if full_trace else result.trace.relevant(first.subjects)
-    lines.append("  trace (all steps):" if full_trace else "  trace (faults, the messages named, last steps):")
-    lines += ["    " + line for line in result.trace.format(entries)]
-    lines.append(f"  replay: {replay_command(result.spec)}")
-    return lines
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0-199`` or ``3,17,40`` (or both: ``0-9,40``)."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        match = re.fullmatch(r"(\d+)-(\d+)", part)
-        seeds += list(range(int(match[1]), int(match[2]) + 1)) if match else [int(part)]
-    return seeds
+    facts = [f"faults injected: {len(result.injected)}, steps: {result.steps}"]
+    heading = f"preset {result.spec.preset}"
+    return seeds.failure_report(result, title, heading, facts, "tests.sim", "messages", full_trace)
