@@ -321,6 +321,7 @@ def end_to_end_section(end_to_end: dict[str, Any]) -> str:
             _ms(level["lag_ms"]["p50"]),
             _ms(level["lag_ms"]["p99"]),
             f"{level['markers']['seen']}/{level['markers']['answered']}",
+            f"{level['server_cpu_per_second']['during_load']:.2f}/{level['server_cpu_per_second']['in_tail']:.2f}",
         ]
         for level in end_to_end["levels"]
     ]
@@ -338,6 +339,7 @@ def end_to_end_section(end_to_end: dict[str, Any]) -> str:
             "lag p50",
             "lag p99",
             "markers",
+            "server CPU load/tail",
         ],
         rows,
     ) + ("" if end_to_end["warm_up_counted"] else "\nthe warm-up events were NOT counted")

@@ -126,6 +126,7 @@ def test_quick_run_reports_every_part(tmp_path):
         assert level["answered"] > 0 and level["counted"] >= 0 and isinstance(level["complete"], bool)
         assert level["markers"]["answered"] > 0 and level["markers"]["seen"] <= level["markers"]["answered"]
         assert set(level["lag_ms"]) == {"p50", "p99", "max"} and level["load"]["latency_p50_ms"] > 0
+        assert level["server_cpu_per_second"]["during_load"] > 0
 
     server = document["counting"]["local_server"]
     saturating = end_to_end["levels"][1]
