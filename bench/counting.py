@@ -25,6 +25,7 @@ what was posted, and raises ``CountsNotExactError`` otherwise. The figures for
 
 from __future__ import annotations
 
+import cProfile
 import multiprocessing
 import random
 import re
@@ -48,6 +49,7 @@ CLICK_SHARE = 0.1
 START = 1_767_225_600.0
 """The simulated clock's start: 2026-01-01T00:00Z, the start of an hour, so a run stays in one hour and day."""
 WINDOW_SECONDS = 10
+TIMED_PATHS = ("/track", "/process", "/fold")
 ENTITY_KIND = re.compile(r"(?:^|/)([A-Za-z]\w*):")
 """The kinds along an entity path (``Kind:name/Kind:name``; the count store's names hold ``/`` but no ``:``)."""
 STATS_FILL_CHUNK = 10_000
@@ -111,13 +113,23 @@ class AppTasks:
     def __init__(self, app: Any, task_stub: Any, clock: Any) -> None:
         self.app, self.task_stub, self.clock = app, task_stub, clock
         self.seconds: Counter[str] = Counter()
+        self.cpu_seconds: Counter[str] = Counter()
+        """This process's CPU time (all its threads) in each path."""
+        self.profiles: dict[str, cProfile.Profile] | None = None
+        """A dict to fill with a profile of each path's calls (bench/profile.py); None: not profiled."""
 
     def _timed(self, path: str, call: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
+        profile = None if self.profiles is None else self.profiles.setdefault(path, cProfile.Profile())
+        started, started_cpu = time.perf_counter(), time.process_time()
+        if profile is not None:
+            profile.enable()
         try:
             return call()
         finally:
+            if profile is not None:
+                profile.disable()
             self.seconds[path] += time.perf_counter() - started
+            self.cpu_seconds[path] += time.process_time() - started_cpu
 
     def post(self, events: list[dict[str, str]], batch: int) -> None:
         """``events`` to ``/track``, ``batch`` to a JSON request."""
@@ -260,8 +272,9 @@ def writes_per_event(workload: Workload, post_batch: int) -> dict[str, Any]:
         tasks.prune(settings.record_retention_seconds)
         counted = check_exact(events)
         pruning = len(writes.writes)
-    seconds = {path: round(tasks.seconds[path], 3) for path in ("/track", "/process", "/fold")}
+    seconds = {path: round(tasks.seconds[path], 3) for path in TIMED_PATHS}
     counting_seconds = tasks.seconds["/process"] + tasks.seconds["/fold"]
+    counting_cpu = tasks.cpu_seconds["/process"] + tasks.cpu_seconds["/fold"]
     return {
         "workload": workload.name,
         "items": workload.items,
@@ -275,6 +288,7 @@ def writes_per_event(workload: Workload, post_batch: int) -> dict[str, Any]:
         "pruning_deletes": pruning,
         "per_event_with_pruning": round((counting["writes"] + pruning) / len(events), 5),
         "seconds": seconds,
+        "cpu_seconds": {path: round(tasks.cpu_seconds[path], 3) for path in TIMED_PATHS},
         "per_second": {
             "track": per_second(len(events), tasks.seconds["/track"]),
             "process": per_second(len(events), tasks.seconds["/process"]),
@@ -282,6 +296,7 @@ def writes_per_event(workload: Workload, post_batch: int) -> dict[str, Any]:
         },
         "process_to_track": round(tasks.seconds["/track"] / tasks.seconds["/process"], 3),
         "process_and_fold_to_track": round(tasks.seconds["/track"] / counting_seconds, 3),
+        "process_and_fold_to_track_by_cpu": round(tasks.cpu_seconds["/track"] / counting_cpu, 3),
     }
 
 
@@ -432,7 +447,7 @@ def run_counting(run: CountingRun, on_step: Callable[[str], None]) -> dict[str, 
         for processors in run.processors:
             results["processors"].append(measured(on_processors, zipf, processors))
             rate = results["processors"][-1]["per_second"]
-            on_step(f"counting on {processors} processor threads: {rate:,.0f} events/s, exact")
+            on_step(f"counting, processors (threads): {processors}, {rate:,.0f} events/s, exact")
         results["stats"] = measured(stats_latency, run.stats_items, run.stats_requests)
         on_step(f"/stats with {run.stats_items:,} items counted: p50 {results['stats']['p50_ms']:g} ms")
     return results

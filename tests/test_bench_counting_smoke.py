@@ -52,6 +52,7 @@ def test_each_writes_run_reports_its_writes_by_kind_and_per_event(counting):
         assert run["per_event_with_pruning"] == round((run["writes"] + run["pruning_deletes"]) / run["events"], 5)
         assert 0 < run["largest_commit"] <= run["writes"] and run["commits"] > 0
         assert set(run["per_second"]) == {"track", "process", "process_and_fold"}
+        assert set(run["cpu_seconds"]) == set(run["seconds"]) == {"/track", "/process", "/fold"}
 
 
 def test_the_sustained_run_names_the_entity_written_most_and_counts_exactly(counting):
