@@ -325,7 +325,8 @@ def hottest_entity(workload: Workload, events_per_second: int, post_batch: int) 
 
 def on_processors(workload: Workload, processors: int) -> dict[str, Any]:
     """Fill the queue with ``workload``'s events, then ``processors`` threads drain it as
-    processing tasks do while one more folds, as the fold task does, until all is folded."""
+    processing tasks do, while one more folds once a slot (1 s), as the fold task does,
+    until all is folded: how fast the processors recorded it, and how fast it was counted."""
     from handlers import counting
     from handlers.processing import drain
     from handlers.settings import Settings, default_queue
@@ -353,6 +354,7 @@ def on_processors(workload: Workload, processors: int) -> dict[str, Any]:
                 commits += report.batches > 0 or report.split is not None
                 if last_round and not report.more:
                     return commits
+                time.sleep(settings.slot_seconds - time.time() % settings.slot_seconds)  # the next slot's fold
 
         started = time.perf_counter()
         with ThreadPoolExecutor(processors + 1) as pool:
@@ -361,6 +363,7 @@ def on_processors(workload: Workload, processors: int) -> dict[str, Any]:
                 processed_by = list(pool.map(process, range(processors)))
             finally:
                 processing_done.set()
+                recorded_seconds = time.perf_counter() - started
             folds = folding.result()
         seconds = time.perf_counter() - started
         counted = check_exact(events)
@@ -369,6 +372,8 @@ def on_processors(workload: Workload, processors: int) -> dict[str, Any]:
     return {
         "processors": processors,
         "events": len(events),
+        "recorded_seconds": round(recorded_seconds, 3),
+        "recorded_per_second": per_second(counted, recorded_seconds),
         "seconds": round(seconds, 3),
         "per_second": per_second(counted, seconds),
         "processed_by": processed_by,
