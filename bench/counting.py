@@ -32,11 +32,13 @@ import re
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +58,18 @@ STATS_FILL_CHUNK = 10_000
 """Items queued, drained and folded at a time while filling the datastore for ``/stats``."""
 WARM_UP_EVENTS = 200
 """Events a measure posts, processes and folds on stubs of its own before it starts (``warm_up``)."""
+POLL_SECONDS = 0.5
+"""How often the parent checks that a measure's process is still alive while it waits."""
 MAX_SIMULATED_SECONDS = 100_000
 """``AppTasks.run_until_idle`` gives up (and raises) after this long on the simulated clock."""
 
 
 class CountsNotExactError(AssertionError):
     """The count store does not hold exactly the events posted."""
+
+
+class MeasureFailedError(RuntimeError):
+    """A measure's process raised (its traceback is in the message) or died."""
 
 
 @dataclass(frozen=True)
@@ -431,31 +439,61 @@ class CountingRun:
 def run_counting(run: CountingRun, on_step: Callable[[str], None]) -> dict[str, Any]:
     """Every measure of the section, one after the other, each in a fresh spawned process."""
     zipf = Workload(run.events, run.zipf_items, zipf=True)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
-
-        def measured(measure: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-            return pool.submit(measure, *args).result()
-
-        results: dict[str, Any] = {"writes_per_event": []}
-        for workload in (zipf, Workload(run.events, run.uniform_items, zipf=False)):
-            done = measured(writes_per_event, workload, run.post_batch)
-            results["writes_per_event"].append(done)
-            on_step(
-                f"counting, {done['workload']}: {done['per_event']:g} entity writes per event "
-                f"({done['per_event_with_pruning']:g} with pruning), exact"
-            )
-        sustained = Workload(run.events_per_second * run.sustained_seconds, run.zipf_items, zipf=True)
-        hot = results["hottest_entity"] = measured(hottest_entity, sustained, run.events_per_second, run.post_batch)
-        on_step(f"counting at {run.events_per_second:,}/s: {hot['entity']} written {hot['writes_per_second']:g}/s")
-        results["processors"] = []
-        for processors in run.processors:
-            results["processors"].append(measured(on_processors, zipf, processors))
-            rate = results["processors"][-1]["per_second"]
-            on_step(f"counting, processors (threads): {processors}, {rate:,.0f} events/s, exact")
-        results["stats"] = measured(stats_latency, run.stats_items, run.stats_requests)
-        on_step(f"/stats with {run.stats_items:,} items counted: p50 {results['stats']['p50_ms']:g} ms")
+    results: dict[str, Any] = {"writes_per_event": []}
+    for workload in (zipf, Workload(run.events, run.uniform_items, zipf=False)):
+        done = in_own_process(writes_per_event, workload, run.post_batch)
+        results["writes_per_event"].append(done)
+        on_step(
+            f"counting, {done['workload']}: {done['per_event']:g} entity writes per event "
+            f"({done['per_event_with_pruning']:g} with pruning), exact"
+        )
+    sustained = Workload(run.events_per_second * run.sustained_seconds, run.zipf_items, zipf=True)
+    hot = results["hottest_entity"] = in_own_process(hottest_entity, sustained, run.events_per_second, run.post_batch)
+    on_step(f"counting at {run.events_per_second:,}/s: {hot['entity']} written {hot['writes_per_second']:g}/s")
+    results["processors"] = []
+    for processors in run.processors:
+        results["processors"].append(in_own_process(on_processors, zipf, processors))
+        rate = results["processors"][-1]["per_second"]
+        on_step(f"counting, processors (threads): {processors}, {rate:,.0f} events/s, exact")
+    results["stats"] = in_own_process(stats_latency, run.stats_items, run.stats_requests)
+    on_step(f"/stats with {run.stats_items:,} items counted: p50 {results['stats']['p50_ms']:g} ms")
     return results
+
+
+def _answer(measure: Callable[..., dict[str, Any]], args: tuple, answer: Connection) -> None:
+    """In the spawned process: send what ``measure(*args)`` returns, or the traceback it raised."""
+    try:
+        answer.send((True, measure(*args)))
+    except BaseException:  # noqa: BLE001 (sent to the parent, which raises it)
+        answer.send((False, traceback.format_exc()))
+
+
+def in_own_process(measure: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``measure(*args)`` in a spawned process, stopped by PID if this one stops waiting
+    (an error, Ctrl-C, SIGTERM); its error is raised here as ``MeasureFailedError``."""
+    context = multiprocessing.get_context("spawn")
+    receiving, sending = context.Pipe(duplex=False)
+    process = context.Process(target=_answer, args=(measure, args, sending), name=measure.__name__, daemon=True)
+    process.start()
+    sending.close()
+    try:
+        while not receiving.poll(POLL_SECONDS) and process.is_alive():
+            pass
+        try:
+            succeeded, value = receiving.recv()
+        except EOFError:  # it ended without sending
+            process.join()
+            raise MeasureFailedError(
+                f"{measure.__name__} ended, exit code {process.exitcode}, without an answer"
+            ) from None
+    finally:
+        receiving.close()
+        if process.is_alive():
+            process.terminate()
+        process.join()
+    if not succeeded:
+        raise MeasureFailedError(f"{measure.__name__} failed:\n{value}")
+    return value
 
 
 def local_server(http: dict[str, Any], end_to_end: dict[str, Any], level: str = "saturating") -> dict[str, Any]:

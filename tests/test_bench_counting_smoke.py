@@ -7,9 +7,18 @@ them from real runs); counts are, exactly.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from bench.counting import CountingRun, local_server, run_counting
+from bench.counting import (
+    CountingRun,
+    CountsNotExactError,
+    MeasureFailedError,
+    in_own_process,
+    local_server,
+    run_counting,
+)
 from bench.report import counting_section, counting_targets
 
 SMALL = CountingRun(
@@ -110,3 +119,21 @@ def test_the_section_renders_and_every_target_is_judged(counting):
         assert run["workload"] in text
     assert counting["hottest_entity"]["entity"] in text
     assert len(targets) == 7 and all(target.met is not None for target in targets)
+
+
+def counts_wrong() -> dict:
+    raise CountsNotExactError("3 events counted of 4")
+
+
+def dies() -> dict:
+    os._exit(3)
+
+
+def test_a_measure_that_raises_fails_the_run_with_its_error():
+    with pytest.raises(MeasureFailedError, match="CountsNotExactError: 3 events counted of 4"):
+        in_own_process(counts_wrong)
+
+
+def test_a_measure_whose_process_dies_fails_the_run_with_its_exit_code():
+    with pytest.raises(MeasureFailedError, match="exit code 3"):
+        in_own_process(dies)
