@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import importlib
-import json
 import os
 import pstats
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import closing
