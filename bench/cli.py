@@ -20,10 +20,11 @@ from pymemcache.client.base import Client
 import bench
 from bench import servers
 from bench.calls import count_calls
+from bench.counting import CountingRun, local_server, run_counting
 from bench.e2e import EndToEnd, Level, run_end_to_end
 from bench.http_load import APPS, Gunicorn, HttpLoad, track_vs_noop
 from bench.multiproc import Workload, run_sharded
-from bench.report import plot, render_text, targets, throughput_rows
+from bench.report import counting_targets, plot, render_text, targets, throughput_rows
 from bench.single import run_group
 from bench.storage import bytes_per_message
 from bench.workload import Throughput, median_runs
@@ -45,6 +46,13 @@ QUICK_DEFAULTS = {
     "e2e_seconds": 1,
     "e2e_rate": 30,
     "e2e_timeout": 20,
+    "counting_events": 1000,
+    "counting_zipf_items": 100,
+    "counting_uniform_items": 5000,
+    "counting_rate": 100,
+    "counting_seconds": 12,
+    "counting_stats_items": 1000,
+    "counting_stats_requests": 5,
 }
 """``--quick``: a smoke run of every part in well under a minute; explicit options still win."""
 
@@ -109,6 +117,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e2e.add_argument("--e2e-connections", type=int, default=64, help="wrk connections of the saturating level")
     e2e.add_argument("--e2e-marker-interval", type=float, default=0.1, help="seconds between two lag markers")
     e2e.add_argument("--e2e-timeout", type=float, default=60, help="most seconds a level waits to be counted")
+    counting = parser.add_argument_group("counting (in this process, on the local server's stubs)")
+    counting.add_argument("--counting-events", type=int, default=20_000, help="events of each writes-per-event run")
+    counting.add_argument("--counting-zipf-items", type=int, default=1000, help="items the Zipf(1.1) runs draw from")
+    counting.add_argument("--counting-uniform-items", type=int, default=100_000, help="items of the uniform run")
+    counting.add_argument("--counting-post-batch", type=int, default=50, help="events per JSON POST /track")
+    counting.add_argument("--counting-rate", type=int, default=1000, help="events per simulated second, sustained")
+    counting.add_argument("--counting-seconds", type=int, default=30, help="simulated seconds of the sustained rate")
+    counting.add_argument(
+        "--counting-processors", type=int_list, default=[1, 2, 4], help="processor threads, one run each"
+    )
+    counting.add_argument("--counting-stats-items", type=int, default=100_000, help="items counted for /stats")
+    counting.add_argument("--counting-stats-requests", type=int, default=50, help="GET /stats requests timed")
     known, _ = parser.parse_known_args(argv)
     if known.quick:
         parser.set_defaults(**QUICK_DEFAULTS)
@@ -186,13 +206,30 @@ def end_to_end_levels(args: argparse.Namespace) -> list[Level]:
     return [Level("paced", args.e2e_rate), Level("saturating", None, args.e2e_connections)]
 
 
+def counting_run(args: argparse.Namespace) -> CountingRun:
+    return CountingRun(
+        events=args.counting_events,
+        zipf_items=args.counting_zipf_items,
+        uniform_items=args.counting_uniform_items,
+        post_batch=args.counting_post_batch,
+        events_per_second=args.counting_rate,
+        sustained_seconds=args.counting_seconds,
+        processors=args.counting_processors,
+        stats_items=args.counting_stats_items,
+        stats_requests=args.counting_stats_requests,
+    )
+
+
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Every part of the benchmark, on servers started here and always stopped."""
     started = time.monotonic()
     document: dict[str, Any] = {"command": command, "machine": machine_info()}
     groups = len(args.batches) * len(args.message_sizes)
     levels = end_to_end_levels(args)
-    progress = Progress(groups + 2 + args.repeats * (len(args.shards) + len(APPS)) + 1 + len(levels))
+    counting_sizes = counting_run(args)
+    progress = Progress(
+        groups + 2 + args.repeats * (len(args.shards) + len(APPS)) + 1 + len(levels) + counting_sizes.steps()
+    )
     with ExitStack() as stack:
         memcached = stack.enter_context(servers.memcached())
         redis_server = stack.enter_context(servers.redis())
@@ -218,6 +255,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     end_to_end = run_end_to_end(
         levels, EndToEnd(args.e2e_seconds, args.e2e_marker_interval, args.e2e_timeout), progress.step
     )
+    counting = run_counting(counting_sizes, progress.step)
+    counting["local_server"] = local_server(http, end_to_end)
     document["machine"]["load_average_at_end"] = os.getloadavg()[0]
     document.update(
         parameters={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
@@ -227,7 +266,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         http=http,
         storage=storage,
         end_to_end=end_to_end,
-        targets=[target.as_dict() for target in targets(results, calls, http, storage)],
+        counting=counting,
+        targets=[target.as_dict() for target in [*targets(results, calls, http, storage), *counting_targets(counting)]],
         elapsed_seconds=round(time.monotonic() - started, 1),
     )
     return document

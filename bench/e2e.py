@@ -264,10 +264,13 @@ def wait_until_counted(connection: Connection, before: int, expected: int, deadl
         time.sleep(COUNTED_POLL_SECONDS)
 
 
-def measure_level(port: int, level: Level, config: EndToEnd, directory: Path) -> dict[str, Any]:
-    """One level's load, markers and lag, and the wait until it is all counted."""
+def measure_level(server: servers.Server, level: Level, config: EndToEnd, directory: Path) -> dict[str, Any]:
+    """One level's load, markers and lag, and the wait until it is all counted; the CPU the
+    server took meanwhile."""
+    port = server.port
     connection = Connection(port)
     before = counted_events(connection.get_json("/stats"))
+    cpu_at_start = servers.cpu_seconds(server.process.pid)
     markers = Markers(f"lag-{level.name}")
     stop_markers, abandon = threading.Event(), threading.Event()
     started = time.monotonic()
@@ -287,9 +290,11 @@ def measure_level(port: int, level: Level, config: EndToEnd, directory: Path) ->
             stop_markers.set()
             sender.join()
         load_ended = time.monotonic()
+        cpu_at_load_end = servers.cpu_seconds(server.process.pid)
         counted_during_load = counted_events(connection.get_json("/stats")) - before
         answered = load["answered"] + len(markers.answered)
         counted, counted_at, complete = wait_until_counted(connection, before, answered, deadline)
+        cpu_at_counted = servers.cpu_seconds(server.process.pid)
     except BaseException:
         abandon.set()
         raise
@@ -312,6 +317,10 @@ def measure_level(port: int, level: Level, config: EndToEnd, directory: Path) ->
         "counted_during_load": counted_during_load,
         "counted_per_second_during_load": round(counted_during_load / (load_ended - started), 1),
         "counted_per_second_in_tail": round((counted - counted_during_load) / max(counted_at - load_ended, 1e-9), 1),
+        "server_cpu_per_second": {
+            "during_load": round((cpu_at_load_end - cpu_at_start) / (load_ended - started), 3),
+            "in_tail": round((cpu_at_counted - cpu_at_load_end) / max(counted_at - load_ended, 1e-9), 3),
+        },
         "lag_ms": {
             "p50": _rounded(percentile(lags, 50)),
             "p99": _rounded(percentile(lags, 99)),
@@ -346,7 +355,7 @@ def run_end_to_end(levels: list[Level], config: EndToEnd, on_level: Callable[[st
         on_level(f"end to end: warm-up {'counted' if warmed_up else 'NOT counted'}")
         results = []
         for level in levels:
-            results.append(measure_level(server.port, level, config, Path(directory)))
+            results.append(measure_level(server, level, config, Path(directory)))
             done = results[-1]
             on_level(
                 f"end to end, {level.name}: {done['answered_per_second']:,.0f} answered/s, "

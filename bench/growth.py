@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import servers
+from bench.e2e import counted_events
 
 REPO_ROOT = servers.REPO_ROOT
 CHECKPOINTS = [0, 10_000, 50_000]
@@ -123,16 +124,22 @@ def measure_drain(
 
 
 def measure_stats(data_dir: Path, requests: int) -> dict[str, float]:
-    """Time ``GET /stats`` on ``python main.py`` serving ``data_dir``: median and slowest, in ms."""
+    """Time ``GET /stats`` on ``python main.py`` serving ``data_dir``: median and slowest, in
+    ms; the items it lists and the events its totals count."""
     with servers.local_app_server(data_dir) as server:
         url = f"http://{servers.HOST}:{server.port}/stats"
         timings = []
         for _ in range(requests + 1):  # the first one warms up
             started = time.perf_counter()
             with urllib.request.urlopen(url, timeout=60) as response:
-                items = len(json.loads(response.read())["items"])
+                stats = json.loads(response.read())
             timings.append((time.perf_counter() - started) * 1000)
-    result = {"median_ms": statistics.median(timings[1:]), "max_ms": max(timings[1:]), "items_listed": items}
+    result = {
+        "median_ms": statistics.median(timings[1:]),
+        "max_ms": max(timings[1:]),
+        "items_listed": len(stats["items"]),
+        "counted": counted_events(stats),
+    }
     print(f"/stats: median {result['median_ms']:.1f} ms, slowest {result['max_ms']:.1f} ms", file=sys.stderr)
     return result
 

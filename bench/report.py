@@ -114,6 +114,48 @@ def targets(
     ]
 
 
+def counting_targets(counting: dict[str, Any]) -> list[Target]:
+    """The counting targets: writes per event (with the records' pruning), the hottest
+    entity, counting against recording, ``python main.py`` under load, ``/stats``."""
+    zipf, uniform = counting["writes_per_event"]
+    hot, server, stats = counting["hottest_entity"], counting["local_server"], counting["stats"]
+    return [
+        Target(
+            f"entity writes per counted event, {zipf['workload']}, {zipf['events']:,} events",
+            zipf["per_event_with_pruning"],
+            0.05,
+            at_least=False,
+        ),
+        Target(
+            f"entity writes per counted event, {uniform['workload']}, {uniform['events']:,} events",
+            uniform["per_event_with_pruning"],
+            0.5,
+            at_least=False,
+        ),
+        Target(
+            f"most writes to one entity per second over any {hot['window_seconds']} s, "
+            f"{hot['events_per_second']:,} events/s",
+            hot["writes_per_second"],
+            1,
+            at_least=False,
+        ),
+        Target(
+            "counting (/process + /fold) events/s / /track events/s, one process",
+            zipf["process_and_fold_to_track"],
+            0.25,
+            at_least=True,
+        ),
+        Target(
+            f"python main.py, {server['connections']} connections: answered/s / /track alone",
+            server["answered_to_track_alone"],
+            0.6,
+            at_least=True,
+        ),
+        Target("python main.py: counted / answered, once settled", server["counted_to_answered"], 0.95, at_least=True),
+        Target(f"/stats p50 with {stats['items']:,} items counted, ms", stats["p50_ms"], 200, at_least=False),
+    ]
+
+
 def _format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     lines = [
@@ -195,6 +237,7 @@ def render_text(document: dict[str, Any]) -> str:
         http_section(document["http"]),
         storage_section(document["storage"]),
         end_to_end_section(document["end_to_end"]),
+        counting_section(document["counting"]),
         targets_section(document["targets"]),
     ]
     return "\n\n".join(sections) + "\n"
@@ -288,6 +331,7 @@ def end_to_end_section(end_to_end: dict[str, Any]) -> str:
             _ms(level["lag_ms"]["p50"]),
             _ms(level["lag_ms"]["p99"]),
             f"{level['markers']['seen']}/{level['markers']['answered']}",
+            f"{level['server_cpu_per_second']['during_load']:.2f}/{level['server_cpu_per_second']['in_tail']:.2f}",
         ]
         for level in end_to_end["levels"]
     ]
@@ -305,9 +349,91 @@ def end_to_end_section(end_to_end: dict[str, Any]) -> str:
             "lag p50",
             "lag p99",
             "markers",
+            "server CPU load/tail",
         ],
         rows,
     ) + ("" if end_to_end["warm_up_counted"] else "\nthe warm-up events were NOT counted")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def counting_section(counting: dict[str, Any]) -> str:
+    """Writes per event and the rates of each in-process run, the hottest entity, the
+    processors, ``/stats``, and ``python main.py`` under load."""
+    runs = counting["writes_per_event"]
+    writes = _format_table(
+        [
+            "counting in one process (stubs)",
+            "events",
+            "items seen",
+            "writes",
+            "per event",
+            "+ pruning",
+            "commits",
+            "largest",
+            "/track ev/s",
+            "/process ev/s",
+            "+ /fold ev/s",
+            "exact",
+        ],
+        [
+            [
+                run["workload"],
+                f"{run['events']:,}",
+                f"{run['distinct_items']:,}",
+                f"{run['writes']:,}",
+                f"{run['per_event']:g}",
+                f"{run['per_event_with_pruning']:g}",
+                str(run["commits"]),
+                str(run["largest_commit"]),
+                _rate(run["per_second"]["track"]),
+                _rate(run["per_second"]["process"]),
+                _rate(run["per_second"]["process_and_fold"]),
+                "yes" if run["exact"] else "NO",
+            ]
+            for run in runs
+        ],
+    )
+    kinds = "\n".join(
+        f"writes by kind, {run['workload']}: " + ", ".join(f"{kind} {count}" for kind, count in run["by_kind"].items())
+        + f"; pruning deletes {run['pruning_deletes']}"
+        for run in runs
+    )
+    hot = counting["hottest_entity"]
+    hottest = (
+        f"at {hot['events_per_second']:,} events/s for {hot['seconds']} s (simulated clock): the entity written most, "
+        f"{hot['entity']}, {hot['writes_in_window']} times in {hot['window_seconds']} s = "
+        f"{hot['writes_per_second']:g}/s; {hot['per_event']:g} writes per event; "
+        f"exact: {'yes' if hot['exact'] else 'NO'}"
+    )
+    processors = _format_table(
+        ["processors (threads)", "events", "recorded/s", "counted/s", "events each", "fold commits", "exact"],
+        [
+            [
+                str(run["processors"]),
+                f"{run['events']:,}",
+                _rate(run["recorded_per_second"]),
+                _rate(run["per_second"]),
+                "/".join(str(count) for count in run["processed_by"]),
+                str(run["folds"]),
+                "yes" if run["exact"] else "NO",
+            ]
+            for run in counting["processors"]
+        ],
+    )
+    stats, server = counting["stats"], counting["local_server"]
+    lines = (
+        f"/stats on python main.py with {stats['items']:,} items counted: p50 {_ms(stats['p50_ms'])}, "
+        f"slowest {_ms(stats['max_ms'])} of {stats['requests']}; counted {stats['counted']:,}\n"
+        f"python main.py, {server['level']} ({server['connections']} connections): "
+        f"{_rate(server['answered_per_second'])} answered/s = {_number(server['answered_to_track_alone'])}x "
+        f"/track alone ({_rate(server['track_alone_per_second'])}/s); counted {server['counted']:,} of "
+        f"{server['answered']:,} answered = {_number(server['counted_to_answered'])}"
+        + ("" if server["complete"] else " (NOT all counted in time)")
+    )
+    return f"{writes}\n{kinds}\n{hottest}\n\n{processors}\n{lines}"
 
 
 def targets_section(targets_run: list[dict[str, Any]]) -> str:
@@ -326,18 +452,21 @@ def targets_section(targets_run: list[dict[str, Any]]) -> str:
 
 
 def plot(document: dict[str, Any], path: Path) -> None:
-    """Four panels: the single-process cycle against batch size (log-log), /track against the
-    no-op apps, memcache bytes per message, and the end-to-end levels."""
+    """Six panels: the single-process cycle against batch size (log-log), /track against the
+    no-op apps, memcache bytes per message, the end-to-end levels, and counting: writes
+    per event, and events/s counted against recorded."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, panels = pyplot.subplots(2, 2, figsize=(14, 9.5))
+    figure, panels = pyplot.subplots(3, 2, figsize=(14, 14))
     _plot_throughput(panels[0][0], document["throughput"])
     _plot_http(panels[0][1], document["http"])
     _plot_storage(panels[1][0], document["storage"])
     _plot_end_to_end(panels[1][1], document["end_to_end"])
+    _plot_counting_writes(panels[2][0], document["counting"])
+    _plot_counting_rates(panels[2][1], document["counting"])
     machine = document["machine"]
     figure.suptitle(
         f"clickqueue benchmark, load average {machine['load_average_at_start']:.1f} at start, "
@@ -477,3 +606,64 @@ def _plot_end_to_end(axes: Any, end_to_end: dict[str, Any]) -> None:
     axes.set_ylim(0, max([*answered, *counted, 1]) * 1.35)
     axes.set_title(f"End to end on python main.py, {end_to_end['seconds']:g} s of load per level", fontsize=10)
     axes.legend(fontsize=7, loc="upper left")
+
+
+def _plot_counting_writes(axes: Any, counting: dict[str, Any]) -> None:
+    """Entity writes per event (pruning included) of each run, each against its target."""
+    from matplotlib import ticker
+
+    runs = counting["writes_per_event"]
+    hot = counting["hottest_entity"]
+    labels = [f"{run['workload']}\nall posted, then counted" for run in runs]
+    labels.append(f"{hot['workload']}\n{hot['events_per_second']:,} events/s, sustained")
+    values = [run["per_event_with_pruning"] for run in runs] + [hot["per_event"]]
+    bars = axes.bar(range(len(values)), values, color=["tab:blue", "tab:purple", "tab:cyan"])
+    _bar_labels(axes, bars, [f"{value:g}" for value in values])
+    limits = [target.limit for target in counting_targets(counting)[: len(runs)]]
+    for index, limit in enumerate(limits):
+        axes.hlines(limit, index - 0.4, index + 0.4, color="tab:red", linestyle=":")
+        axes.annotate(f"target {limit:g}", (index, limit), ha="center", va="bottom", fontsize=7)
+    axes.set_yscale("log")
+    axes.set_ylim(top=max(*values, *limits) * 3)
+    axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.set_xticks(range(len(values)))
+    axes.set_xticklabels(labels, fontsize=8)
+    axes.set_ylabel("entity writes per counted event (log)")
+    axes.set_title(
+        f"Counting's Datastore writes per event (pruning included)\nthe entity written most: "
+        f"{hot['writes_per_second']:g} writes/s over {hot['window_seconds']} s "
+        f"at {hot['events_per_second']:,} events/s",
+        fontsize=10,
+    )
+
+
+def _plot_counting_rates(axes: Any, counting: dict[str, Any]) -> None:
+    """Events/s recorded and counted: in one process, on N processor threads, and on python main.py under load."""
+    zipf, server = counting["writes_per_event"][0], counting["local_server"]
+    bars = {
+        "/track\n(in process)": (zipf["per_second"]["track"], "tab:gray"),
+        "/process\n(in process)": (zipf["per_second"]["process"], "tab:green"),
+        "/process\n+ /fold": (zipf["per_second"]["process_and_fold"], "tab:green"),
+        **{
+            f"{run['processors']} thread{'s' * (run['processors'] > 1)}\nrecorded": (
+                run["recorded_per_second"],
+                "tab:olive",
+            )
+            for run in counting["processors"]
+        },
+        "main.py\nanswered": (server["answered_per_second"], "tab:blue"),
+        "/track alone\n(gunicorn)": (server["track_alone_per_second"], "tab:gray"),
+    }
+    drawn = axes.bar(range(len(bars)), [value or 0 for value, _ in bars.values()], color=[c for _, c in bars.values()])
+    _bar_labels(axes, drawn, [_rate(value) for value, _ in bars.values()])
+    axes.set_xticks(range(len(bars)))
+    axes.set_xticklabels(list(bars), fontsize=7)
+    axes.set_ylim(0, max(value or 0 for value, _ in bars.values()) * 1.15)
+    axes.set_ylabel("events/s (main.py and /track alone: requests/s)")
+    axes.set_title(
+        f"Counting against recording: {_number(zipf['process_and_fold_to_track'])}x in one process;\n"
+        f"python main.py answered {_number(server['answered_to_track_alone'])}x /track alone "
+        f"and counted {_number(server['counted_to_answered'])} of it",
+        fontsize=10,
+    )

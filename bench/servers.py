@@ -134,13 +134,41 @@ def gunicorn(app: str, workers: int, threads: int, directory: Path, env: dict[st
 
 
 @contextmanager
-def local_app_server(data_dir: Path) -> Iterator[Server]:
+def local_app_server(
+    data_dir: Path, arguments: Sequence[str] = (str(REPO_ROOT / "main.py"),), env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """``python main.py``: the app under gunicorn on the SDK's stubs, running its own
-    tasks, serving the datastore in ``data_dir`` (tests/support/e2e.py's ``local_server``)."""
+    tasks, serving the datastore in ``data_dir`` (tests/support/e2e.py's ``local_server``).
+    ``arguments`` and ``env`` run another script that serves it the same way."""
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "CLICKQUEUE_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"}
-    with running("python main.py", [sys.executable, str(REPO_ROOT / "main.py")], port, env=env) as server:
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "CLICKQUEUE_DATA_DIR": str(data_dir),
+        "LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
+    with running("python main.py", [sys.executable, *arguments], port, env=env) as server:
         yield server
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) that process ``pid`` and its children have used so far (Linux)."""
+    ticks = 0
+    for process in [pid, *_children(pid)]:
+        with contextlib.suppress(FileNotFoundError):  # a child that just ended
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (from its main thread), and theirs."""
+    try:
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:  # it just ended
+        return []
+    return [descendant for child in children for descendant in [child, *_children(child)]]
 
 
 def version_of(command: Sequence[str]) -> str:

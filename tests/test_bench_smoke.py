@@ -68,6 +68,7 @@ def test_quick_run_reports_every_part(tmp_path):
         "http",
         "storage",
         "end_to_end",
+        "counting",
         "targets",
     } <= set(document)
     assert document["machine"]["cores"] >= 1
@@ -135,6 +136,12 @@ def test_quick_run_reports_every_part(tmp_path):
         assert level["answered"] > 0 and level["counted"] >= 0 and isinstance(level["complete"], bool)
         assert level["markers"]["answered"] > 0 and level["markers"]["seen"] <= level["markers"]["answered"]
         assert set(level["lag_ms"]) == {"p50", "p99", "max"} and level["load"]["latency_p50_ms"] > 0
+        assert level["server_cpu_per_second"]["during_load"] > 0
+
+    server = document["counting"]["local_server"]
+    saturating = end_to_end["levels"][1]
+    assert (server["answered"], server["counted"]) == (saturating["answered"], saturating["counted"])
+    assert server["track_alone_per_second"] == http["track"]["per_second"]
 
     targets = {target["name"]: target for target in document["targets"]}
     assert {
