@@ -103,6 +103,9 @@ DRAIN_SECONDS = 30
 """The longest a stop spends counting the queue before it saves the rest (``CLICKQUEUE_STOP_DRAIN_SECONDS``
 sets less; 0 saves it all at once)."""
 STOP_DRAIN_ENV = "CLICKQUEUE_STOP_DRAIN_SECONDS"
+HOLD_TASKS_ENV = "CLICKQUEUE_DISABLE_TASK_RUNNING"
+"""``1`` runs no task while serving, as dev_appserver's ``--disable_task_running``: events
+queue up uncounted until the stop drains them (or the next start, after a crash)."""
 DRAIN_STEP_SECONDS = 1.0
 """Progress is logged after each step of the shutdown drain."""
 STOP_SECONDS = FINISH_REQUESTS_SECONDS + CUT_REQUESTS_WAIT_SECONDS + DRAIN_SECONDS + 20
@@ -239,10 +242,18 @@ class _LocalRequestInfo(request_info.RequestInfo):
 class LocalServices:
     """The stubs of one worker process, and what starts and stops them."""
 
-    def __init__(self, port: int, data_dir: Path, settings: Settings, drain_seconds: float = DRAIN_SECONDS) -> None:
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path,
+        settings: Settings,
+        drain_seconds: float = DRAIN_SECONDS,
+        run_tasks: bool = True,
+    ) -> None:
         os.environ.pop("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", None)  # never send tasks to Cloud Tasks
         self.settings = settings
         self.drain_seconds = drain_seconds
+        self.run_tasks = run_tasks
         self.datastore_file = data_dir / "datastore.db"
         self.bed = testbed.Testbed()
         self.bed.activate()
@@ -312,7 +323,10 @@ class LocalServices:
             self.lost_before = self.settings.queue.stats().lost  # what those batches lacked, the last run lost
         self.settings.links.key()  # a key made now is saved next, before any link is signed with it
         self.save()
-        self.task_queue.StartBackgroundExecution()
+        if self.run_tasks:
+            self.task_queue.StartBackgroundExecution()
+        else:
+            logger.warning("%s=1: no task runs; events are counted only when the server stops", HOLD_TASKS_ENV)
         self._saver.start()
         if self.settings.queue.stats().depth:
             taskqueue.add(url=PROCESS_PATH, queue_name=self.settings.task_queue_name)
@@ -597,13 +611,20 @@ class LocalServer(BaseApplication):
     """gunicorn serving ``create_app(settings)`` on the stubs, in one worker on 127.0.0.1."""
 
     def __init__(
-        self, create_app: CreateApp, port: int, data_dir: Path, admin_paths: Collection[str], drain_seconds: float
+        self,
+        create_app: CreateApp,
+        port: int,
+        data_dir: Path,
+        admin_paths: Collection[str],
+        drain_seconds: float,
+        run_tasks: bool,
     ) -> None:
         self.create_app = create_app
         self.port = port
         self.data_dir = data_dir
         self.admin_paths = admin_paths
         self.drain_seconds = drain_seconds
+        self.run_tasks = run_tasks
         self.services: LocalServices | None = None
         self.stop_status = multiprocessing.Value("i", 1, lock=False)
         """The worker's stop's exit status, shared with the master: 1 until a stop saved everything."""
@@ -632,7 +653,7 @@ class LocalServer(BaseApplication):
         request on it read. So nothing reads Datastore through ndb before the app exists."""
         settings = Settings()
         try:
-            self.services = LocalServices(self.port, self.data_dir, settings, self.drain_seconds)
+            self.services = LocalServices(self.port, self.data_dir, settings, self.drain_seconds, self.run_tasks)
         except LocalDataError as error:
             logger.error("%s", error)
             sys.exit(Arbiter.APP_LOAD_ERROR)  # gunicorn's master stops too
@@ -738,12 +759,24 @@ def parse_drain_seconds(text: str) -> float:
     return seconds
 
 
+def parse_hold_tasks(text: str) -> bool:
+    """``CLICKQUEUE_DISABLE_TASK_RUNNING``'s value (``0`` or ``1``): whether tasks are held."""
+    if text not in ("0", "1"):
+        sys.exit(f"{HOLD_TASKS_ENV} must be 0 or 1; got {text!r}")
+    return text == "1"
+
+
 def serve(
-    create_app: CreateApp, port: int, data_dir: Path, admin_paths: Collection[str], drain_seconds: float = DRAIN_SECONDS
+    create_app: CreateApp,
+    port: int,
+    data_dir: Path,
+    admin_paths: Collection[str],
+    drain_seconds: float = DRAIN_SECONDS,
+    run_tasks: bool = True,
 ) -> None:
     """Serve ``create_app(settings)`` on 127.0.0.1:``port`` until SIGTERM or Ctrl-C; ``admin_paths``
     answer only requests for a local host name; a stop counts the queue for ``drain_seconds``
-    at most, then saves the rest."""
+    at most, then saves the rest; ``run_tasks=False`` runs no task until then."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -751,7 +784,7 @@ def serve(
     _exit_unless_settings_valid()
     _exit_unless_port_free(port)
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = LocalServer(create_app, port, data_dir, admin_paths, drain_seconds)
+    server = LocalServer(create_app, port, data_dir, admin_paths, drain_seconds, run_tasks)
     try:
         _LocalArbiter(server).run()
     except RuntimeError as error:

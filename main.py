@@ -65,6 +65,7 @@ if __name__ == "__main__":
         drain_seconds=local_stubs.parse_drain_seconds(
             os.environ.get(local_stubs.STOP_DRAIN_ENV, str(local_stubs.DRAIN_SECONDS))
         ),
+        run_tasks=not local_stubs.parse_hold_tasks(os.environ.get(local_stubs.HOLD_TASKS_ENV, "0")),
     )
 else:
     app = create_app()

@@ -38,7 +38,7 @@ from handlers.base import MAX_BODY_BYTES
 from handlers.intake import MAX_QUEUE_DEPTH_ENV
 from handlers.links import LINK_KEY_ENV
 from handlers.origins import ALLOWED_ORIGINS_ENV
-from local_stubs import LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV, THREADS
+from local_stubs import HOLD_TASKS_ENV, LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV, THREADS
 from tests.support.raw_http import post_head
 
 pytestmark = pytest.mark.processes
@@ -393,6 +393,11 @@ def test_bad_port_is_named_in_one_line_and_exits_non_zero(tmp_path, port):
             {STOP_DRAIN_ENV: "31"},
             f"{STOP_DRAIN_ENV} must be a number of seconds from 0 to 30; got '31'",
             id="stop-drain-too-long",
+        ),
+        pytest.param(
+            {HOLD_TASKS_ENV: "yes"},
+            f"{HOLD_TASKS_ENV} must be 0 or 1; got 'yes'",
+            id="hold-tasks-not-a-switch",
         ),
     ],
 )

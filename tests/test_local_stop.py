@@ -22,13 +22,14 @@ from tests.support.processes import REPO_ROOT, free_port, wait_until
 from tests.support.e2e import EventPlan, HttpRequest, get_json, local_server, send_concurrently, wait_for_counts
 from handlers.settings import Settings
 from local_queue_file import FILE_NAME, SavedQueue, copy_queue_entries
-from local_stubs import FINISH_REQUESTS_SECONDS, STOP_DRAIN_ENV, STOP_SECONDS, LocalServices, RequestGate
+from local_stubs import FINISH_REQUESTS_SECONDS, HOLD_TASKS_ENV, STOP_DRAIN_ENV, STOP_SECONDS, LocalServices, RequestGate
 from tests.support.raw_http import post_head
 
 BATCH_EVENTS = 500
 BACKLOG_EVENTS = 20_000
-"""Events sent at once: the server takes seconds to count them (a few thousand a second
-here), so a stop or a save finds most of them still queued."""
+HOLD_TASKS = {HOLD_TASKS_ENV: "1"}
+"""The first server of a test runs no task, so its saves and its stop find every event
+still queued, however fast it counts."""
 STOPPED_SECONDS = STOP_SECONDS + 10
 JSON = "application/json"
 
@@ -58,7 +59,7 @@ def stopped(process: subprocess.Popen) -> int:
 def test_events_a_stop_did_not_count_are_saved_and_counted_after_restart(tmp_path, server_log):
     plan = EventPlan.random(BACKLOG_EVENTS, item_count=50, seed=21)
     data_dir = tmp_path / "data"
-    with local_server(data_dir, server_log, environment={STOP_DRAIN_ENV: "0"}) as (base_url, first):
+    with local_server(data_dir, server_log, environment={STOP_DRAIN_ENV: "0", **HOLD_TASKS}) as (base_url, first):
         statuses = send_concurrently(base_url, json_batches(plan), clients=4)
         first.send_signal(signal.SIGTERM)
         first_status = stopped(first)
@@ -81,7 +82,7 @@ def test_events_a_stop_did_not_count_are_saved_and_counted_after_restart(tmp_pat
 def test_a_crash_loses_nothing_accepted_before_the_last_save(tmp_path, server_log):
     plan = EventPlan.random(BACKLOG_EVENTS, item_count=50, seed=22)
     data_dir = tmp_path / "data"
-    with local_server(data_dir, server_log) as (base_url, first):
+    with local_server(data_dir, server_log, environment=HOLD_TASKS) as (base_url, first):
         send_concurrently(base_url, json_batches(plan), clients=4)
         saved = wait_until(
             lambda: (queue := saved_queue(data_dir)) is not None and queue.stats["written"] >= BACKLOG_EVENTS and queue,
@@ -120,7 +121,7 @@ def test_a_request_still_arriving_when_the_stop_drains_is_cut_not_answered(tmp_p
     plan = EventPlan.random(BACKLOG_EVENTS, item_count=50, seed=23)
     data_dir = tmp_path / "data"
     body = json.dumps({"events": [{"type": "view", "item": "slow"}]}).encode()
-    with local_server(data_dir, server_log) as (base_url, first):
+    with local_server(data_dir, server_log, environment=HOLD_TASKS) as (base_url, first):
         port = int(base_url.rsplit(":", 1)[1])
         send_concurrently(base_url, json_batches(plan), clients=4)
         with socket.create_connection(("127.0.0.1", port), timeout=STOPPED_SECONDS) as slow:
