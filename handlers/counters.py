@@ -276,12 +276,17 @@ class CountsUpdate:
         self._changed_header(period)[3] = 2 * shards
 
     def add(self, tally: Tally) -> None:
-        """Add ``tally`` to the loaded headers and shards."""
+        """Add ``tally`` to the loaded headers and shards. A shard's key is built once per
+        period, not per item: building and hashing ``ndb.Key``s was most of a fold's CPU."""
         for period, items in tally.items():
             header = self._changed_header(period)
             shards = header[3]
+            by_index: dict[int, dict[str, Counts]] = {}
             for item, counts in items.items():
-                stored = self.shards[_shard_key(period, shards, shard_index(item, shards))].setdefault(item, [0, 0, 0])
+                index = shard_index(item, shards)
+                if index not in by_index:
+                    by_index[index] = self.shards[_shard_key(period, shards, index)]
+                stored = by_index[index].setdefault(item, [0, 0, 0])
                 for column, count in enumerate(counts):
                     stored[column] += count
                     header[column] += count
