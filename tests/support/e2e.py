@@ -199,11 +199,14 @@ def people_counts(stats: dict) -> tuple[dict[str, int], list[dict[str, object]]]
 
 
 def wait_until_drained(base_url: str, timeout_seconds: float) -> None:
-    """Wait until every event the queue took is counted: none queued, none leased."""
+    """Wait until every event the queue took is counted: none queued, none leased, and
+    every one folded into the totals (each event adds 1 to one of their columns)."""
 
     def drained() -> bool:
-        queue = get_json(base_url, "/stats")["queue"]
-        return queue["depth"] == 0 and queue["leased"] == 0
+        stats = get_json(base_url, "/stats")
+        queue, totals = stats["queue"], stats["totals"]
+        folded = totals["click"] + totals["view"] + totals["bots"]
+        return queue["depth"] == 0 and queue["leased"] == 0 and folded == queue["written"] - queue["lost"]
 
     wait_until(drained, timeout_seconds, interval_seconds=0.2, message="the queue to drain")
 
