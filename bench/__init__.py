@@ -7,7 +7,7 @@ on one memcached per shard count, compares the app's ``/track`` with a no-op
 handler over HTTP (req/s, p50/p99 latency, memcached commands per event),
 measures memcache bytes per stored message against one key per message, and
 runs ``python main.py`` end to end at two load levels (events/s counted in
-Datastore, lag to ``/stats``). It reports issue 11's targets as met or missed.
+Datastore, lag to ``/stats``). It reports the throughput targets as met or missed.
 ``python -m bench.profile`` shows where the time goes. BENCHMARKS.md has the
 runs and their analysis.
 """

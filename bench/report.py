@@ -60,7 +60,7 @@ def targets(
     http: dict[str, Any],
     storage: dict[str, Any],
 ) -> list[Target]:
-    """Issue 11's targets (throughput ratios for each message size measured), then issue 4's cache calls."""
+    """The throughput targets (ratios for each message size measured), then the first cache-call targets."""
     sizes = sorted({run.message_bytes for run in results})
 
     def cycle_versus(reference: str, label: str, batch: int, limit: float) -> list[Target]:
