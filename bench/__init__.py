@@ -9,7 +9,7 @@ measures memcache bytes per stored message against one key per message, and
 runs ``python main.py`` end to end at two load levels (events/s counted in
 Datastore, lag to ``/stats``), and measures counting on the SDK's stubs (Datastore
 writes per event, the hottest entity, processors, ``/stats`` at 100,000 items).
-It reports issue 11's targets and the counting targets as met or missed.
+It reports the throughput targets and the counting targets as met or missed.
 ``python -m bench.profile`` shows where the time goes. BENCHMARKS.md has the
 runs and their analysis.
 """

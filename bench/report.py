@@ -61,8 +61,8 @@ def targets(
     http: dict[str, Any],
     storage: dict[str, Any],
 ) -> list[Target]:
-    """Issue 11's targets (throughput ratios for each message size measured), the bot check's bound
-    on /track, then issue 4's cache calls."""
+    """The throughput targets (ratios for each message size measured), the bot check's bound on
+    /track, then the first cache-call targets."""
     sizes = sorted({run.message_bytes for run in results})
 
     def cycle_versus(reference: str, label: str, batch: int, limit: float) -> list[Target]:

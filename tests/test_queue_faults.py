@@ -2,7 +2,7 @@
 
 The rule throughout: no message delivered twice (but under its own lease id),
 no stall, and whatever is lost is counted. The tests named for a confirmed bug
-of issue 7 failed on the code before the fault-model work (commit 7ef977f).
+of the fault-model work failed on the code before it (commit 7ef977f).
 """
 
 import json
@@ -245,7 +245,7 @@ def test_a_counter_pushed_far_ahead_costs_each_call_a_bounded_number_of_cache_ca
     assert queue.stats().skipped <= MAX_EMPTY_ROUNDS * (100 + MAX_CLAIM_ITEMS)
 
 
-# -- the confirmed bugs of issue 7, one regression test each -------------------------------------
+# -- the confirmed bugs of the fault-model work, one regression test each ---------------------
 
 
 def test_bug1_state_and_counter_lost_together_never_lease_a_message_again_under_a_new_id(make_queue, cache):

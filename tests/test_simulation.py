@@ -1,5 +1,5 @@
 """The deterministic simulation (tests/sim) in CI: a fixed seed set under the whole
-fault model, the scenario of each confirmed bug of issue 7, and reproducibility.
+fault model, the scenario of each confirmed bug of the fault-model work, and reproducibility.
 
 ``python3 dev.py soak --minutes 30`` runs seeds until the time is up;
 ``python -m tests.sim --trace SEED`` replays one with its full trace;

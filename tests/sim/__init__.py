@@ -1,4 +1,4 @@
-"""Deterministic simulation of clickqueue under issue 7's fault model (FoundationDB / VOPR style).
+"""Deterministic simulation of clickqueue under the fault model (FoundationDB / VOPR style).
 
 Many simulated processes (``parties``), each with a real ``clickqueue.Queue``
 and its own skewed clock, share one simulated memcache (``simcache``) through

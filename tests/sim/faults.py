@@ -1,4 +1,4 @@
-"""The fault model of issue 7, as kinds the fault plan injects at cache-call time.
+"""The fault model (docs/fault-model.md), as kinds the fault plan injects at cache-call time.
 
 Every fault is decided at one step (one cache call about to run) and only from
 the seed: whether a fault happens at step ``n`` comes from one draw per step

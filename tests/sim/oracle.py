@@ -1,4 +1,4 @@
-"""The oracle: its own log of what happened, and issue 7's guarantees checked against it.
+"""The oracle: its own log of what happened, and the queue's guarantees checked against it.
 
 It never asks the queue what was lost or delivered; it keeps a ground-truth
 log (Jepsen style) and compares: every write with its outcome (ok, raised

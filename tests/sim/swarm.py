@@ -5,7 +5,7 @@ it draws which fault kinds are on (and how often), which operations the
 parties make, how many parties of each role, and the queue's configuration.
 Some bugs only show when another fault is absent.
 
-A preset biases the draw towards a scenario (a bug of issue 7, for example)
+A preset biases the draw towards a scenario (a bug the fault-model work confirmed, for example)
 without scripting it: the seed still decides every interleaving and fault,
 and the oracle still decides what failed.
 """
@@ -155,7 +155,7 @@ _OP_CHANCES = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A bias of the swarm towards a scenario (the one where a confirmed bug of issue 7
+    """A bias of the swarm towards a scenario (the one where a confirmed bug of the fault-model work
     showed), and the backend whose semantics it needs (None: either)."""
 
     about: str

@@ -8,7 +8,7 @@ both backends' adapters do, faults included: per-key ``Applied`` answers
 (True, False, None for unknown) from ``add_multi``/``cas_multi``, and
 ``CacheUnavailableError`` where a call cannot answer. A value stored with
 App Engine's pickle flag comes back as its raw bytes, never unpickled.
-(The views of the library before issue 7, with its adapters' failure
+(The views of the library before the fault-model work, with its adapters' failure
 behaviour, are in git history: docs/simulation.md.)
 """
 
