@@ -198,14 +198,21 @@ def people_counts(stats: dict) -> tuple[dict[str, int], list[dict[str, object]]]
     return counts(stats["totals"]), [counts(entry) for entry in stats["items"]]
 
 
-def wait_until_drained(base_url: str, timeout_seconds: float) -> None:
+def counted_events(stats: dict) -> int:
+    """The events /stats' totals count: each adds 1 to one of their columns."""
+    totals = stats["totals"]
+    return totals["click"] + totals["view"] + totals["bots"]
+
+
+def wait_until_drained(base_url: str, timeout_seconds: float, counted_before: int = 0) -> None:
     """Wait until every event the queue took is counted: none queued, none leased, and
-    every one folded into the totals (each event adds 1 to one of their columns)."""
+    every one folded into the totals, which held ``counted_before`` events from elsewhere
+    (history written straight to Datastore) when the queue was empty."""
 
     def drained() -> bool:
         stats = get_json(base_url, "/stats")
-        queue, totals = stats["queue"], stats["totals"]
-        folded = totals["click"] + totals["view"] + totals["bots"]
+        queue = stats["queue"]
+        folded = counted_events(stats) - counted_before
         return queue["depth"] == 0 and queue["leased"] == 0 and folded == queue["written"] - queue["lost"]
 
     wait_until(drained, timeout_seconds, interval_seconds=0.2, message="the queue to drain")
