@@ -35,6 +35,8 @@ class ProcessTaskHandler(JsonHandler):
                 lanes.free(lane)
         if report.budget_spent:
             schedule_continuation(self.settings)
+        elif report.caught_up:
+            schedule_processing(self.settings)  # events may still wait: they get this slot's task
         stats = self.settings.queue.stats()
         # Nothing is given back on success; a failed batch answers 503 with its count.
         self.write_json(

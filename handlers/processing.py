@@ -4,8 +4,8 @@
 the same named task (``process-<queue>-<slot>``), which App Engine creates once
 and runs at the end of the slot. A processing task holds one of
 ``Settings.processors`` lanes (a memcache key each, so at most that many run
-at once), drains the queue in leased batches until it is empty or the time
-budget is spent, then chains a task of its own; when it finds more than a
+at once), drains the queue in leased batches until it has caught up (a batch
+less than half full) or the time budget is spent, then chains a task of its own; when it finds more than a
 batch waiting, it asks for a task per free lane, so processing fans out.
 Each recorded batch asks for the next slot's fold task (``fold-<queue>-<slot>``):
 one fold a second adds the recorded batches to the count store.
@@ -121,10 +121,19 @@ class DrainReport:
     """Messages taken off the queue: their batches were recorded and acked."""
     budget_spent: bool
     """Stopped on the time budget, not on an empty queue: work may remain."""
+    caught_up: bool = False
+    """Stopped on a batch less than half full: the queue had caught up with its
+    writers, and what they wrote since waits for the next slot's task."""
 
 
 def drain(settings: Settings) -> DrainReport:
-    """Lease batches and record each one until the queue is empty or the budget is spent.
+    """Lease batches and record each one until the queue is empty, a batch comes back
+    less than half full, or the budget is spent.
+
+    Stopping once the queue has caught up keeps batches large under steady traffic:
+    a task that went on leasing would record a batch of the few events that came in
+    while it recorded the last, and each fold takes at most ``MAX_BATCHES_PER_FOLD``
+    batches a second, so small batches would cap counting far below recording.
 
     A batch whose recording fails goes back to the queue (the lease is
     released) and ``BatchFailedError`` is raised, so the task is retried.
@@ -161,4 +170,6 @@ def drain(settings: Settings) -> DrainReport:
         processed += len(batch.messages)
         if added:
             _ask_for_fold(settings)
+        if 2 * len(batch.messages) < settings.batch_size:
+            return DrainReport(processed, budget_spent=False, caught_up=True)
     return DrainReport(processed, budget_spent=True)

@@ -281,6 +281,47 @@ def test_spent_time_budget_chains_a_continuation_task(make_app, app_settings, qu
     assert continuation.url == "/process"
 
 
+def writing_while_recording(settings: Settings, events: list[dict]):
+    """An aggregate that, recording the first batch, lets ``events`` arrive, as writers do."""
+    arrivals = [events]
+
+    def aggregate(batch_id, batch_events, now):
+        if arrivals:
+            settings.queue.write_multi(arrivals.pop())
+        return counting.count_batch(batch_id, batch_events, now)
+
+    return aggregate
+
+
+def test_process_stops_once_a_batch_comes_back_less_than_half_full(make_app, small_batches):
+    arriving = [{"type": "view", "item": "later"}] * BATCH
+    app = make_app(dataclasses.replace(small_batches, aggregate=writing_while_recording(small_batches, arriving)))
+    small_batches.queue.write_multi([{"type": "view", "item": "first"}] * (BATCH // 2 - 1))
+
+    answer = processed(app)
+
+    assert answer == {"processed": BATCH // 2 - 1, "requeued": 0, "remaining": BATCH}
+
+
+def test_process_goes_on_after_a_batch_at_least_half_full(make_app, small_batches):
+    arriving = [{"type": "view", "item": "later"}] * (BATCH // 2)
+    app = make_app(dataclasses.replace(small_batches, aggregate=writing_while_recording(small_batches, arriving)))
+    small_batches.queue.write_multi([{"type": "view", "item": "first"}] * (BATCH // 2))
+
+    answer = processed(app)
+
+    assert answer == {"processed": BATCH, "requeued": 0, "remaining": 0}
+
+
+def test_process_that_caught_up_asks_for_the_slot_task(make_app, small_batches, clock, queued_tasks):
+    app = make_app(small_batches)
+    small_batches.queue.write_multi([{"type": "view", "item": "a"}])  # not through /track: no task asked
+
+    processed(app)
+
+    assert f"process-events-{int(clock.now)}" in {task.name for task in queued_tasks()}
+
+
 def test_cron_schedules_the_slot_task_and_a_fold_once(app, clock, queued_tasks):
     first = app.get("/cron/process", headers=CRON_HEADERS)
     second = app.get("/cron/process", headers=CRON_HEADERS)
