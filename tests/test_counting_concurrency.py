@@ -8,7 +8,7 @@ import dataclasses
 import threading
 from collections import Counter
 
-from tests.support.threads import run_on_threads
+from tests.support.threads import InThread, run_on_threads
 from handlers import counters, counting
 from handlers.processing import drain
 from handlers.settings import default_queue
@@ -54,17 +54,15 @@ def test_processors_on_threads_count_every_event_exactly_while_writers_write(app
             if not counting.fold(settings.clock()).more and last_round:
                 return
 
-    processing = threading.Thread(
-        target=lambda: (run_on_threads(process, PROCESSORS), processors_done.set())
-    )
+    processing = InThread(lambda: (run_on_threads(process, PROCESSORS), processors_done.set()))
     processing.start()
-    folding = threading.Thread(target=lambda: fold(0))
+    folding = InThread(lambda: fold(0))
     folding.start()
     run_on_threads(write, WRITERS)
     writers_done.set()
-    processing.join(timeout=300)
+    processing.join(timeout=300)  # well past the threads' own deadline: thousands of events under CI load
     folding.join(timeout=300)
-    assert not processing.is_alive() and not folding.is_alive()
+    assert (processing.outcome(), folding.outcome()) == ((None, None), None)
 
     for writer in range(WRITERS):
         written.update((event["type"], event["item"]) for event in writer_events(writer))

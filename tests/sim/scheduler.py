@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from tests.support.threads import in_request_environment
+
 T = TypeVar("T")
 
 MEAN_STEP_SECONDS = 0.01
@@ -43,7 +45,7 @@ class Actor:
         self._go = threading.Semaphore(0)
         self._back = threading.Semaphore(0)
         self._harness_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread = threading.Thread(target=in_request_environment(self._main), name=name, daemon=True)
         self._thread.start()
 
     def _main(self) -> None:

@@ -3,8 +3,34 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from tests.support.processes import wait_until
+
+Result = TypeVar("Result")
+
+
+def in_request_environment(call: Callable[[], Result]) -> Callable[[], Result]:
+    """``call``, to run on another thread in the calling thread's App Engine request
+    environment (``os.environ``, with the app id the stubs need), left when it returns.
+
+    The SDK gives every new thread this by patching ``_thread.start_new_thread``; from
+    Python 3.13 ``threading`` starts threads with ``start_joinable_thread`` instead, so
+    once ``wrap_wsgi_app`` made ``os.environ`` per request, a thread of a test started
+    without it sees no app id."""
+    from google.appengine.runtime import request_environment
+
+    enter = request_environment.current_request.CloneRequestEnvironment()
+
+    def run() -> Result:
+        enter()
+        try:
+            return call()
+        finally:
+            request_environment.current_request.Clear()
+
+    return run
 
 class RecordingCondition(threading.Condition):
     """A Condition for GroupCommit's ``condition=`` seam: it counts its waits and names
@@ -34,7 +60,7 @@ class InThread(threading.Thread):
 
     def __init__(self, call) -> None:
         super().__init__(daemon=True)
-        self.call = call
+        self.call = in_request_environment(call)
         self._outcome = None
 
     def run(self) -> None:
