@@ -747,76 +747,78 @@ def test_stats_take_one_cache_call(make_queue, cache):
 
 
 # -- errors: each says what went wrong and carries the key, slot or value involved --
+# Each is made inside the test: an error made when the module is imported is made
+# before mutmut switches a mutant on, so a mutant of its message would go unseen.
 
 CAUSE = CacheUnavailableError("cq:q:m:0:7", "add_multi")
 
 ERRORS = {
     "invalid-argument": (
-        InvalidArgumentError("shards", 65, "use 1 to 64"),
+        lambda: InvalidArgumentError("shards", 65, "use 1 to 64"),
         "invalid shards 65: use 1 to 64",
         {"argument": "shards", "value": 65},
     ),
     "invalid-argument-80-characters-shown-whole": (
-        InvalidArgumentError("name", "n" * 78, "shorter"),
+        lambda: InvalidArgumentError("name", "n" * 78, "shorter"),
         f"invalid name '{'n' * 78}': shorter",
         {"value": "n" * 78},
     ),
     "invalid-argument-cut-after-80-characters": (
-        InvalidArgumentError("name", "n" * 79, "shorter"),
+        lambda: InvalidArgumentError("name", "n" * 79, "shorter"),
         f"invalid name '{'n' * 79}...: shorter",
         {"value": "n" * 79},
     ),
     "message-encoding": (
-        MessageEncodingError({1}, "set is not JSON"),
+        lambda: MessageEncodingError({1}, "set is not JSON"),
         "message is not storable JSON: set is not JSON",
         {"message": {1}},
     ),
     "message-too-large": (
-        MessageTooLargeError(2_000_000, 998_976),
+        lambda: MessageTooLargeError(2_000_000, 998_976),
         "message is 2000000 bytes encoded; the limit is 998976",
         {"size_bytes": 2_000_000, "limit_bytes": 998_976},
     ),
     "batch-too-large": (
-        BatchTooLargeError("messages", 10_001, 10_000),
+        lambda: BatchTooLargeError("messages", 10_001, 10_000),
         "batch has 10001 messages; one write_multi takes at most 10000: split it",
         {"size": 10_001, "limit": 10_000},
     ),
-    "cache-unavailable": (CAUSE, "cache add_multi of 'cq:q:m:0:7' failed", {"key": "cq:q:m:0:7", "operation": "add_multi"}),
+    "cache-unavailable": (lambda: CacheUnavailableError("cq:q:m:0:7", "add_multi"), "cache add_multi of 'cq:q:m:0:7' failed", {"key": "cq:q:m:0:7", "operation": "add_multi"}),
     "write-incomplete": (
-        WriteIncompleteError("cq:q:m:0:9", [0], [1], 3),
+        lambda: WriteIncompleteError("cq:q:m:0:9", [0], [1], 3),
         "write_multi stored 1 of 3 messages (1 unknown): the cache failed mid-batch; last key 'cq:q:m:0:9'",
         {"key": "cq:q:m:0:9", "stored": [0], "unknown": [1], "total": 3},
     ),
     "write-failed": (
-        WriteFailedError("cq:q:m:0:9", 100, [0], 2),
+        lambda: WriteFailedError("cq:q:m:0:9", 100, [0], 2),
         "write_multi stored 1 of 2 messages (0 unknown): gave up after 100 attempts found their slots taken; "
         "last key 'cq:q:m:0:9'",
         {"key": "cq:q:m:0:9", "attempts": 100, "stored": [0], "unknown": [], "total": 2},
     ),
     "shard-mismatch": (
-        ShardMismatchError("cq:q:state", 4, 2),
+        lambda: ShardMismatchError("cq:q:state", 4, 2),
         "'cq:q:state' holds a queue of 4 shards; this Queue has 2",
         {"key": "cq:q:state", "stored_shards": 4, "shards": 2},
     ),
-    "corrupt-state": (CorruptStateError("cq:q:state"), "'cq:q:state' does not hold a clickqueue state", {"key": "cq:q:state"}),
+    "corrupt-state": (lambda: CorruptStateError("cq:q:state"), "'cq:q:state' does not hold a clickqueue state", {"key": "cq:q:state"}),
     "too-many-leases": (
-        TooManyLeasesError("cq:q:state", 1000),
+        lambda: TooManyLeasesError("cq:q:state", 1000),
         "'cq:q:state' holds 1000 outstanding leases, as many as it can carry; ack or release some",
         {"key": "cq:q:state", "limit": 1000},
     ),
     "contention": (
-        ContentionError("cq:q:state", 100),
+        lambda: ContentionError("cq:q:state", 100),
         "gave up on 'cq:q:state' after 100 attempts: it kept changing under this call",
         {"key": "cq:q:state", "attempts": 100},
     ),
     "group-write": (
-        GroupWriteError(CAUSE, [], [0, 1], 2, 3),
+        lambda: GroupWriteError(CAUSE, [], [0, 1], 2, 3),
         "write_multi stored 0 of 2 messages (2 unknown): its write_multi, for 3 callers, raised "
         "CacheUnavailableError(\"cache add_multi of 'cq:q:m:0:7' failed\"); last key 'cq:q:m:0:7'",
         {"key": "cq:q:m:0:7", "stored": [], "unknown": [0, 1], "total": 2, "cause": CAUSE, "callers": 3},
     ),
     "group-write-of-an-error-without-a-key": (
-        GroupWriteError(RuntimeError("bug"), [], [0], 1, 1),
+        lambda: GroupWriteError(RuntimeError("bug"), [], [0], 1, 1),
         "write_multi stored 0 of 1 messages (1 unknown): its write_multi, for 1 callers, raised "
         "RuntimeError('bug'); last key ''",
         {"key": ""},
@@ -824,7 +826,8 @@ ERRORS = {
 }
 
 
-@pytest.mark.parametrize(("error", "message", "attributes"), ERRORS.values(), ids=ERRORS.keys())
-def test_an_error_says_what_went_wrong_and_carries_what_was_involved(error, message, attributes):
+@pytest.mark.parametrize(("make_error", "message", "attributes"), ERRORS.values(), ids=ERRORS.keys())
+def test_an_error_says_what_went_wrong_and_carries_what_was_involved(make_error, message, attributes):
+    error = make_error()
     assert str(error) == message
     assert {name: getattr(error, name) for name in attributes} == attributes
