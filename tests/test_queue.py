@@ -26,6 +26,7 @@ from clickqueue import (
     WriteIncompleteError,
 )
 from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE, frame_payload, taken_value
+from clickqueue.leases import MAX_LEASE_SECONDS
 
 
 # -- writing and reading ---------------------------------------------------------------------
@@ -546,6 +547,18 @@ def test_with_block_releases_on_exception_and_reraises(make_queue):
         raise RuntimeError("processing failed")
     again = queue.lease(10, seconds=30)
     assert (again.lease_id, again.messages) == (lease_id, [1, 2])
+
+
+def test_empty_lease_carries_no_id_attempt_or_holder(make_queue):
+    lease = make_queue().lease(10, seconds=30)
+    assert (lease.lease_id, lease.attempt, lease.holder, repr(lease)) == (None, 0, "", "Lease(None, attempt=0, messages=0)")
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1, MAX_LEASE_SECONDS], ids=["half-a-second", "1-second", "a-day"])
+def test_a_lease_may_last_any_time_above_0_up_to_a_day(make_queue, seconds):
+    queue = make_queue()
+    queue.write("m")
+    assert queue.lease(10, seconds=seconds).messages == ["m"]
 
 
 def test_empty_lease_is_falsy_and_its_ack_does_nothing(make_queue, cache):
