@@ -39,6 +39,14 @@ class ProxyFaults:
             else:
                 proxy.forward_request_bytes = 0
 
+    def answer_errors_next(self, keys: list[str], call: str) -> None:
+        """The next ``call`` ("delete", "incr") of ``keys`` is answered with a server
+        error line for each key, in place of the server's answer."""
+        for proxy in self.proxies:
+            on_proxy = [key for key in keys if len(self.proxies) == 1 or self.client._get_client(key).server == proxy.address]
+            if on_proxy:
+                proxy.answer_instead = b"SERVER_ERROR injected\r\n" * len(on_proxy)
+
 
 class RpcFaults:
     """The App Engine side of ``cache_faults``."""
@@ -48,6 +56,9 @@ class RpcFaults:
 
     def fail_next(self, keys: list[str], *, after_applying: bool = False) -> None:
         self.faults.fail_next(after_applying=after_applying)
+
+    def answer_errors_next(self, keys: list[str], call: str) -> None:
+        self.faults.error_statuses_next = {"delete": "Delete", "incr": "BatchIncrement"}[call]
 
 
 @pytest.fixture(params=["appengine", "memcached", "memcached-hash"])
@@ -265,6 +276,22 @@ def test_a_failed_delete_raises(cache, cache_faults):
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}
 
 
+def test_an_incr_answered_with_a_server_error_raises_naming_its_key(cache, cache_faults):
+    cache.add_multi({"contract:counter": b"1"})
+    cache_faults.answer_errors_next(["contract:counter"], "incr")
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.incr("contract:counter", 1)
+    assert (raised.value.key, raised.value.operation) == ("contract:counter", "incr")
+
+
+def test_a_delete_answered_with_a_server_error_raises_naming_its_key(cache, cache_faults):
+    cache.add_multi({"contract:a": b"1"})
+    cache_faults.answer_errors_next(["contract:a"], "delete")
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.delete_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation) == ("contract:a", "delete")
+
+
 # -- backend specifics -----------------------------------------------------------------
 
 
@@ -304,11 +331,66 @@ def test_memcached_key_its_text_protocol_cannot_carry_is_refused_before_anything
     assert cache.get_multi(["contract:a", "contract:kept"]) == {"contract:kept": b"1"}
 
 
-def test_memcached_key_refused_is_the_bad_one_after_a_key_of_250_characters(memcached_client):
-    longest = "contract:" + "k" * 241
+@pytest.mark.parametrize("good", ["k", "contract:" + "k" * 241], ids=["1-character", "250-characters"])
+def test_memcached_key_refused_is_the_bad_one_after_a_key_of_a_limit_length(memcached_client, good):
     with pytest.raises(InvalidArgumentError) as refused:
-        wrap_client(memcached_client).get_multi([longest, "contract:with space"])
+        wrap_client(memcached_client).get_multi([good, "contract:with space"])
     assert refused.value.value == "contract:with space"
+
+
+@pytest.mark.parametrize(("method", "operation"), [("get_multi", "get"), ("gets_multi", "gets")])
+def test_memcached_read_answered_with_a_server_error_raises_naming_its_first_key(
+    memcached_server, method, operation
+):
+    from pymemcache.client.base import Client
+
+    proxy = FaultProxy(memcached_server.address)
+    with closing(Client(proxy.address, timeout=5)) as client:
+        cache = wrap_client(client)
+        cache.add_multi({"contract:a": b"1", "contract:b": b"2"})
+        proxy.answer_instead = b"SERVER_ERROR injected\r\n"
+        with pytest.raises(CacheUnavailableError) as raised:
+            getattr(cache, method)(["contract:a", "contract:b"])
+        assert (raised.value.key, raised.value.operation) == ("contract:a", operation)
+        assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}, "the next call works again"
+    proxy.close()
+
+
+@pytest.mark.parametrize("ignore_exc", [False, True], ids=["raising", "ignoring-errors"])
+def test_hash_client_with_every_server_taken_out_raises_naming_the_key(memcached_server, ignore_exc):
+    """A HashClient takes a server out of its ring at its first failure when it may not
+    retry; with none left, a call fails: it must not pass for a miss."""
+    from pymemcache.client.hash import HashClient
+
+    proxy = FaultProxy(memcached_server.address)
+    client = HashClient([proxy.address], retry_attempts=0, ignore_exc=ignore_exc, timeout=5)
+    cache = wrap_client(client)
+    proxy.forward_request_bytes = 0
+    assert cache.add_multi({"contract:a": b"1"}) == {"contract:a": None}
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.get_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation) == ("contract:a", "route")
+    client.close()
+    proxy.close()
+
+
+def test_hash_client_server_waiting_for_its_retry_fails_the_call_instead_of_missing(memcached_server):
+    """Between a failure and its retry a HashClient skips the server (its retry
+    settings apply to clickqueue's calls too): the call fails, it does not read empty."""
+    from pymemcache.client.hash import HashClient
+
+    proxy = FaultProxy(memcached_server.address)
+    client = HashClient([proxy.address], retry_attempts=2, retry_timeout=3600, timeout=5)
+    cache = wrap_client(client)
+    cache.add_multi({"contract:a": b"1"})
+    proxy.forward_request_bytes = 0
+    with pytest.raises(CacheUnavailableError):
+        cache.get_multi(["contract:a"])
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.get_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation, raised.value.__cause__) == ("contract:a", "get", None)
+    client.close()
+    proxy.close()
 
 
 def test_memcached_key_of_one_character_is_taken(memcached_client):
@@ -434,6 +516,39 @@ def test_app_engine_writes_over_one_call_go_out_in_parts_under_its_limit(memcach
     sets = [size for method, size in memcache_rpc_faults.request_bytes if method == "Set"]
     assert len(sets) == 2 and max(sets) < MAX_CALL_BYTES + 100_000 < 32 * 2**20
     assert cache.get_multi(list(values)) == values
+
+
+def test_app_engine_writes_of_exactly_twice_the_limit_go_out_in_two_full_calls(memcache_rpc_faults):
+    from clickqueue.appengine_cache import MAX_CALL_BYTES
+
+    cache = wrap_client(None)
+    size = MAX_CALL_BYTES // 40
+    values = {f"contract:big:{n}": bytes([n]) * size for n in range(80)}
+    memcache_rpc_faults.request_bytes.clear()
+    assert cache.add_multi(values) == dict.fromkeys(values, True)
+    assert len([method for method, _size in memcache_rpc_faults.request_bytes if method == "Set"]) == 2
+
+
+def test_app_engine_write_part_that_fails_leaves_only_its_own_keys_unknown(memcache_rpc_faults):
+    from clickqueue.appengine_cache import MAX_CALL_BYTES
+
+    cache = wrap_client(None)
+    size = MAX_CALL_BYTES // 40
+    values = {f"contract:big:{n}": bytes([n]) * size for n in range(60)}  # parts of 40 and 20
+    memcache_rpc_faults.fail_next("Set")
+    applied = cache.add_multi(values)
+    assert applied == {key: None if n < 40 else True for n, key in enumerate(values)}
+    assert len(cache.get_multi(list(values))) == 20
+
+
+def test_app_engine_gets_made_again_in_halves_gives_tokens_that_compare_and_set(memcache_rpc_faults):
+    cache = wrap_client(None)
+    values = {f"contract:{n}": b"x" * 900 for n in range(5)}
+    cache.add_multi(values)
+    memcache_rpc_faults.max_response_bytes = 2000  # two values per answer at most
+    found = cache.gets_multi(list(values))
+    memcache_rpc_faults.max_response_bytes = None
+    assert cache.cas_multi({key: (b"y", token) for key, (_value, token) in found.items()}) == dict.fromkeys(values, True)
 
 
 def test_app_engine_read_refused_for_its_answer_size_is_made_again_in_halves(memcache_rpc_faults):

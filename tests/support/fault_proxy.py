@@ -4,7 +4,7 @@ pymemcache talks to the proxy; the proxy forwards bytes both ways. Told to,
 it cuts a connection after the server has received a request but before its
 answer reaches the client (a lost reply: the call was applied, the client saw
 an error), or after forwarding only the first bytes of a request (part of a
-pipelined batch applied). It binds 127.0.0.1 and stops its threads on close.
+pipelined batch applied); or it answers in the server's place (a server error). It binds 127.0.0.1 and stops its threads on close.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class FaultProxy:
         """Connections to cut when the server's next answer arrives."""
         self.forward_request_bytes: int | None = None
         """If set, the next request is cut after this many bytes reach the server."""
+        self.answer_instead: bytes | None = None
+        """If set, the server's next answer is dropped and these bytes sent in its place."""
         self.cut = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -54,6 +56,8 @@ class FaultProxy:
                 if is_request and self.forward_request_bytes is not None:
                     data, self.forward_request_bytes = data[: self.forward_request_bytes], None
                     cut = True
+                elif not is_request and self.answer_instead is not None:
+                    data, self.answer_instead, cut = self.answer_instead, None, False
                 elif not is_request and self.lose_replies:
                     self.lose_replies -= 1
                     data, cut = b"", True
