@@ -485,6 +485,14 @@ def test_lease_is_not_delivered_again_before_its_deadline(make_queue, clock):
     assert not queue.lease(10, seconds=30)
 
 
+def test_lease_is_delivered_again_at_its_deadline(make_queue, clock):
+    queue = make_queue()
+    queue.write("a")
+    first = queue.lease(10, seconds=30)
+    clock.advance(30)
+    assert queue.lease(10, seconds=30).lease_id == first.lease_id
+
+
 def test_expired_leases_go_out_before_new_messages(make_queue, clock):
     queue = make_queue()
     queue.write("old")
@@ -603,6 +611,14 @@ def test_stats_count_written_read_depth_and_leased(make_queue):
         "leased": 3,
         "resets": 0,
     }
+
+
+def test_stats_count_nothing_on_shards_never_written(make_queue):
+    queue = make_queue(shards=4)
+    queue.write_multi(["a", "b"])  # one frame, on one shard: the other counters do not exist yet
+    queue.read_multi(1)
+    stats = queue.stats()
+    assert (stats.depth, stats.written, stats.read) == (1, 2, 1)
 
 
 def test_stats_are_zero_before_the_queue_exists(make_queue):
