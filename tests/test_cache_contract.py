@@ -16,6 +16,7 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.processes import wait_until
 
 from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
+from clickqueue.cache import ObservedCache
 from clickqueue.appengine_cache import FOREIGN_VALUE
 
 KEYS = [f"contract:{n}" for n in range(20)]
@@ -577,3 +578,20 @@ def test_app_engine_values_another_client_stored_come_back_as_bytes(testbed, sto
 def test_app_engine_write_of_nothing_makes_no_rpc(memcache_rpc_faults):
     assert wrap_client(None).add_multi({}) == {}
     assert memcache_rpc_faults.request_bytes == []
+
+
+@pytest.mark.parametrize(
+    ("method", "argument"),
+    [
+        ("get_multi", ["contract:a", "contract:b"]),
+        ("gets_multi", ["contract:a", "contract:b"]),
+        ("add_multi", {"contract:a": b"1", "contract:b": b"2"}),
+        ("incr", "contract:a"),
+        ("delete_multi", ["contract:a", "contract:b"]),
+    ],
+)
+def test_an_observed_cache_reports_each_call_with_its_first_key(testbed, method, argument):
+    seen = []
+    cache = ObservedCache(wrap_client(None), lambda name, key: seen.append((name, key)))
+    getattr(cache, method)(*([argument, 1] if method == "incr" else [argument]))
+    assert seen == [(method, "contract:a")]
