@@ -133,6 +133,25 @@ def test_add_multi_with_expiry_stores(cache):
     assert cache.get_multi(["contract:t"]) == {"contract:t": b"x"}
 
 
+def seconds_to_live(client, key: str) -> int | None:
+    """What the backend itself holds as ``key``'s time to live (None: it never expires)."""
+    if client is None:
+        from google.appengine.api import memcache
+
+        return memcache.Client().peek(key).get_expiration_time_sec() or None
+    node = client._get_client(key) if hasattr(client, "_get_client") else client
+    ttl = int(node.raw_command(f"mg {key} t").split(b" t")[1])  # memcached: "HD t<seconds>", -1 for none
+    return None if ttl == -1 else ttl
+
+
+def test_values_written_without_an_expiry_never_expire(backend):
+    cache, _faults, client = backend
+    cache.add_multi({"contract:a": b"1", "contract:b": b"1"})
+    token = cache.gets_multi(["contract:b"])["contract:b"][1]
+    assert cache.cas_multi({"contract:b": (b"2", token)}) == {"contract:b": True}
+    assert (seconds_to_live(client, "contract:a"), seconds_to_live(client, "contract:b")) == (None, None)
+
+
 def test_binary_values_round_trip(cache):
     value = bytes(range(256)) + b"\r\nMN\r\nEND\r\n"
     assert cache.add_multi({"contract:bin": value}) == {"contract:bin": True}
