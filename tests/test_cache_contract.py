@@ -376,6 +376,18 @@ def test_memcached_read_answered_with_a_server_error_raises_naming_its_first_key
     proxy.close()
 
 
+def test_memcached_connection_closed_mid_reply_fails_the_call_saying_so(memcached_server):
+    from pymemcache.client.base import Client
+
+    proxy = FaultProxy(memcached_server.address)
+    with closing(Client(proxy.address, timeout=5)) as client:
+        proxy.lose_replies = 1
+        with pytest.raises(CacheUnavailableError) as raised:
+            wrap_client(client).get_multi(["contract:a"])
+        assert str(raised.value.__cause__) == "memcached closed the connection mid-reply"
+    proxy.close()
+
+
 @pytest.mark.parametrize("ignore_exc", [False, True], ids=["raising", "ignoring-errors"])
 def test_hash_client_with_every_server_taken_out_raises_naming_the_key(memcached_server, ignore_exc):
     """A HashClient takes a server out of its ring at its first failure when it may not
