@@ -376,6 +376,20 @@ def test_memcached_read_answered_with_a_server_error_raises_naming_its_first_key
     proxy.close()
 
 
+def test_memcached_reply_is_read_whole_wherever_the_network_splits_it(memcached_server):
+    from pymemcache.client.base import Client
+
+    proxy = FaultProxy(memcached_server.address)
+    with closing(Client(proxy.address, timeout=5)) as client:
+        cache = wrap_client(client)
+        cache.add_multi({"contract:a": b"0123456789"})
+        reply = b"VA 10 kcontract:a\r\n0123456789\r\nMN\r\n"
+        for split in range(1, len(reply)):
+            proxy.split_answer_at = split
+            assert cache.get_multi(["contract:a"]) == {"contract:a": b"0123456789"}, split
+    proxy.close()
+
+
 def test_memcached_connection_closed_mid_reply_fails_the_call_saying_so(memcached_server):
     from pymemcache.client.base import Client
 
