@@ -361,8 +361,9 @@ def test_memcached_key_refused_is_the_bad_one_after_a_key_of_a_limit_length(memc
 
 @pytest.mark.parametrize(("method", "operation"), [("get_multi", "get"), ("gets_multi", "gets")])
 def test_memcached_read_answered_with_a_server_error_raises_naming_its_first_key(
-    memcached_server, method, operation
+    memcached_server, memcached_client, method, operation
 ):
+    """(``memcached_client`` flushes the server first.)"""
     from pymemcache.client.base import Client
 
     proxy = FaultProxy(memcached_server.address)
@@ -377,7 +378,8 @@ def test_memcached_read_answered_with_a_server_error_raises_naming_its_first_key
     proxy.close()
 
 
-def test_memcached_reply_is_read_whole_wherever_the_network_splits_it(memcached_server):
+def test_memcached_reply_is_read_whole_wherever_the_network_splits_it(memcached_server, memcached_client):
+    """(``memcached_client`` flushes the server first.)"""
     from pymemcache.client.base import Client
 
     proxy = FaultProxy(memcached_server.address)
