@@ -16,6 +16,7 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.processes import wait_until
 
 from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
+from clickqueue.cache import ObservedCache
 from clickqueue.appengine_cache import FOREIGN_VALUE
 
 KEYS = [f"contract:{n}" for n in range(20)]
@@ -39,6 +40,14 @@ class ProxyFaults:
             else:
                 proxy.forward_request_bytes = 0
 
+    def answer_errors_next(self, keys: list[str], call: str) -> None:
+        """The next ``call`` ("delete", "incr") of ``keys`` is answered with a server
+        error line for each key, in place of the server's answer."""
+        for proxy in self.proxies:
+            on_proxy = [key for key in keys if len(self.proxies) == 1 or self.client._get_client(key).server == proxy.address]
+            if on_proxy:
+                proxy.answer_instead = b"SERVER_ERROR injected\r\n" * len(on_proxy)
+
 
 class RpcFaults:
     """The App Engine side of ``cache_faults``."""
@@ -48,6 +57,9 @@ class RpcFaults:
 
     def fail_next(self, keys: list[str], *, after_applying: bool = False) -> None:
         self.faults.fail_next(after_applying=after_applying)
+
+    def answer_errors_next(self, keys: list[str], call: str) -> None:
+        self.faults.error_statuses_next = {"delete": "Delete", "incr": "BatchIncrement"}[call]
 
 
 @pytest.fixture(params=["appengine", "memcached", "memcached-hash"])
@@ -119,6 +131,26 @@ def test_add_multi_of_many_keys_is_one_call(cache):
 def test_add_multi_with_expiry_stores(cache):
     assert cache.add_multi({"contract:t": b"x"}, expire_seconds=60) == {"contract:t": True}
     assert cache.get_multi(["contract:t"]) == {"contract:t": b"x"}
+
+
+def seconds_to_live(client, key: str) -> int | None:
+    """What the backend itself holds as ``key``'s time to live (None: it never expires)."""
+    if client is None:
+        from google.appengine.api import memcache
+
+        return memcache.Client().peek(key).get_expiration_time_sec() or None
+    node = client._get_client(key) if hasattr(client, "_get_client") else client
+    ttl = int(node.raw_command(f"mg {key} t").split(b" t")[1])  # memcached: "HD t<seconds>", -1 for none
+    return None if ttl == -1 else ttl
+
+
+def test_values_written_without_an_expiry_never_expire(backend):
+    _counting, _faults, client = backend
+    cache = wrap_client(client)  # the adapter itself: a CountingCache passes its own default on
+    cache.add_multi({"contract:a": b"1", "contract:b": b"1"})
+    token = cache.gets_multi(["contract:b"])["contract:b"][1]
+    assert cache.cas_multi({"contract:b": (b"2", token)}) == {"contract:b": True}
+    assert (seconds_to_live(client, "contract:a"), seconds_to_live(client, "contract:b")) == (None, None)
 
 
 def test_binary_values_round_trip(cache):
@@ -265,6 +297,22 @@ def test_a_failed_delete_raises(cache, cache_faults):
     assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}
 
 
+def test_an_incr_answered_with_a_server_error_raises_naming_its_key(cache, cache_faults):
+    cache.add_multi({"contract:counter": b"1"})
+    cache_faults.answer_errors_next(["contract:counter"], "incr")
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.incr("contract:counter", 1)
+    assert (raised.value.key, raised.value.operation) == ("contract:counter", "incr")
+
+
+def test_a_delete_answered_with_a_server_error_raises_naming_its_key(cache, cache_faults):
+    cache.add_multi({"contract:a": b"1"})
+    cache_faults.answer_errors_next(["contract:a"], "delete")
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.delete_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation) == ("contract:a", "delete")
+
+
 # -- backend specifics -----------------------------------------------------------------
 
 
@@ -304,11 +352,94 @@ def test_memcached_key_its_text_protocol_cannot_carry_is_refused_before_anything
     assert cache.get_multi(["contract:a", "contract:kept"]) == {"contract:kept": b"1"}
 
 
-def test_memcached_key_refused_is_the_bad_one_after_a_key_of_250_characters(memcached_client):
-    longest = "contract:" + "k" * 241
+@pytest.mark.parametrize("good", ["k", "contract:" + "k" * 241], ids=["1-character", "250-characters"])
+def test_memcached_key_refused_is_the_bad_one_after_a_key_of_a_limit_length(memcached_client, good):
     with pytest.raises(InvalidArgumentError) as refused:
-        wrap_client(memcached_client).get_multi([longest, "contract:with space"])
+        wrap_client(memcached_client).get_multi([good, "contract:with space"])
     assert refused.value.value == "contract:with space"
+
+
+@pytest.mark.parametrize(("method", "operation"), [("get_multi", "get"), ("gets_multi", "gets")])
+def test_memcached_read_answered_with_a_server_error_raises_naming_its_first_key(
+    memcached_server, memcached_client, method, operation
+):
+    """(``memcached_client`` flushes the server first.)"""
+    from pymemcache.client.base import Client
+
+    proxy = FaultProxy(memcached_server.address)
+    with closing(Client(proxy.address, timeout=5)) as client:
+        cache = wrap_client(client)
+        cache.add_multi({"contract:a": b"1", "contract:b": b"2"})
+        proxy.answer_instead = b"SERVER_ERROR injected\r\n"
+        with pytest.raises(CacheUnavailableError) as raised:
+            getattr(cache, method)(["contract:a", "contract:b"])
+        assert (raised.value.key, raised.value.operation) == ("contract:a", operation)
+        assert cache.get_multi(["contract:a"]) == {"contract:a": b"1"}, "the next call works again"
+    proxy.close()
+
+
+def test_memcached_reply_is_read_whole_wherever_the_network_splits_it(memcached_server, memcached_client):
+    """(``memcached_client`` flushes the server first.)"""
+    from pymemcache.client.base import Client
+
+    proxy = FaultProxy(memcached_server.address)
+    with closing(Client(proxy.address, timeout=5)) as client:
+        cache = wrap_client(client)
+        cache.add_multi({"contract:a": b"0123456789"})
+        reply = b"VA 10 kcontract:a\r\n0123456789\r\nMN\r\n"
+        for split in range(1, len(reply)):
+            proxy.split_answer_at = split
+            assert cache.get_multi(["contract:a"]) == {"contract:a": b"0123456789"}, split
+    proxy.close()
+
+
+def test_memcached_connection_closed_mid_reply_fails_the_call_saying_so(memcached_server):
+    from pymemcache.client.base import Client
+
+    proxy = FaultProxy(memcached_server.address)
+    with closing(Client(proxy.address, timeout=5)) as client:
+        proxy.lose_replies = 1
+        with pytest.raises(CacheUnavailableError) as raised:
+            wrap_client(client).get_multi(["contract:a"])
+        assert str(raised.value.__cause__) == "memcached closed the connection mid-reply"
+    proxy.close()
+
+
+@pytest.mark.parametrize("ignore_exc", [False, True], ids=["raising", "ignoring-errors"])
+def test_hash_client_with_every_server_taken_out_raises_naming_the_key(memcached_server, ignore_exc):
+    """A HashClient takes a server out of its ring at its first failure when it may not
+    retry; with none left, a call fails: it must not pass for a miss."""
+    from pymemcache.client.hash import HashClient
+
+    proxy = FaultProxy(memcached_server.address)
+    client = HashClient([proxy.address], retry_attempts=0, ignore_exc=ignore_exc, timeout=5)
+    cache = wrap_client(client)
+    proxy.forward_request_bytes = 0
+    assert cache.add_multi({"contract:a": b"1"}) == {"contract:a": None}
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.get_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation) == ("contract:a", "route")
+    client.close()
+    proxy.close()
+
+
+def test_hash_client_server_waiting_for_its_retry_fails_the_call_instead_of_missing(memcached_server):
+    """Between a failure and its retry a HashClient skips the server (its retry
+    settings apply to clickqueue's calls too): the call fails, it does not read empty."""
+    from pymemcache.client.hash import HashClient
+
+    proxy = FaultProxy(memcached_server.address)
+    client = HashClient([proxy.address], retry_attempts=2, retry_timeout=3600, timeout=5)
+    cache = wrap_client(client)
+    cache.add_multi({"contract:a": b"1"})
+    proxy.forward_request_bytes = 0
+    with pytest.raises(CacheUnavailableError):
+        cache.get_multi(["contract:a"])
+    with pytest.raises(CacheUnavailableError) as raised:
+        cache.get_multi(["contract:a"])
+    assert (raised.value.key, raised.value.operation, raised.value.__cause__) == ("contract:a", "get", None)
+    client.close()
+    proxy.close()
 
 
 def test_memcached_key_of_one_character_is_taken(memcached_client):
@@ -436,6 +567,39 @@ def test_app_engine_writes_over_one_call_go_out_in_parts_under_its_limit(memcach
     assert cache.get_multi(list(values)) == values
 
 
+def test_app_engine_writes_of_exactly_twice_the_limit_go_out_in_two_full_calls(memcache_rpc_faults):
+    from clickqueue.appengine_cache import MAX_CALL_BYTES
+
+    cache = wrap_client(None)
+    size = MAX_CALL_BYTES // 40
+    values = {f"contract:big:{n}": bytes([n]) * size for n in range(80)}
+    memcache_rpc_faults.request_bytes.clear()
+    assert cache.add_multi(values) == dict.fromkeys(values, True)
+    assert len([method for method, _size in memcache_rpc_faults.request_bytes if method == "Set"]) == 2
+
+
+def test_app_engine_write_part_that_fails_leaves_only_its_own_keys_unknown(memcache_rpc_faults):
+    from clickqueue.appengine_cache import MAX_CALL_BYTES
+
+    cache = wrap_client(None)
+    size = MAX_CALL_BYTES // 40
+    values = {f"contract:big:{n}": bytes([n]) * size for n in range(60)}  # parts of 40 and 20
+    memcache_rpc_faults.fail_next("Set")
+    applied = cache.add_multi(values)
+    assert applied == {key: None if n < 40 else True for n, key in enumerate(values)}
+    assert len(cache.get_multi(list(values))) == 20
+
+
+def test_app_engine_gets_made_again_in_halves_gives_tokens_that_compare_and_set(memcache_rpc_faults):
+    cache = wrap_client(None)
+    values = {f"contract:{n}": b"x" * 900 for n in range(5)}
+    cache.add_multi(values)
+    memcache_rpc_faults.max_response_bytes = 2000  # two values per answer at most
+    found = cache.gets_multi(list(values))
+    memcache_rpc_faults.max_response_bytes = None
+    assert cache.cas_multi({key: (b"y", token) for key, (_value, token) in found.items()}) == dict.fromkeys(values, True)
+
+
 def test_app_engine_read_refused_for_its_answer_size_is_made_again_in_halves(memcache_rpc_faults):
     cache = wrap_client(None)
     values = {f"contract:{n}": b"x" * 900 for n in range(5)}
@@ -462,3 +626,20 @@ def test_app_engine_values_another_client_stored_come_back_as_bytes(testbed, sto
 def test_app_engine_write_of_nothing_makes_no_rpc(memcache_rpc_faults):
     assert wrap_client(None).add_multi({}) == {}
     assert memcache_rpc_faults.request_bytes == []
+
+
+@pytest.mark.parametrize(
+    ("method", "argument"),
+    [
+        ("get_multi", ["contract:a", "contract:b"]),
+        ("gets_multi", ["contract:a", "contract:b"]),
+        ("add_multi", {"contract:a": b"1", "contract:b": b"2"}),
+        ("incr", "contract:a"),
+        ("delete_multi", ["contract:a", "contract:b"]),
+    ],
+)
+def test_an_observed_cache_reports_each_call_with_its_first_key(testbed, method, argument):
+    seen = []
+    cache = ObservedCache(wrap_client(None), lambda name, key: seen.append((name, key)))
+    getattr(cache, method)(*([argument, 1] if method == "incr" else [argument]))
+    assert seen == [(method, "contract:a")]

@@ -329,6 +329,21 @@ def test_of_two_callers_sharing_a_batch_only_the_one_whose_message_is_refused_fa
     assert sorted(m["id"] for m in drain(Queue("q", wrap_client(None)))) == ["first-0", "good-0", "good-1"]
 
 
+def test_a_caller_whose_own_write_fails_after_its_batch_was_refused_learns_none_was_stored(memcache_rpc_faults):
+    gate, condition, group = gated_group(wrap_client(None))
+    first = start_held_write(gate, writing(group, ids("first", 1)))
+    good, bad = arrive_in_order(condition, [writing(group, ids("good", 2)), writing(group, [{"id": float("nan")}])])
+    memcache_rpc_faults.fail_next("BatchIncrement")  # the good caller's own write, after the refusal
+
+    gate.release.set()
+
+    assert first.outcome() is None
+    assert isinstance(bad.outcome(), MessageEncodingError)
+    error = good.outcome()
+    assert isinstance(error, GroupWriteError) and isinstance(error.cause, CacheUnavailableError)
+    assert (error.stored, error.unknown, error.total, error.callers) == ([], [], 2, 1)
+
+
 THREADS = 16
 ROUND_TRIP_SECONDS = 0.001
 """What a cache call costs beyond this machine's loopback: about App Engine memcache's round trip."""

@@ -26,6 +26,7 @@ from clickqueue import (
     WriteIncompleteError,
 )
 from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE, frame_payload, taken_value
+from clickqueue.leases import MAX_LEASE_SECONDS
 
 
 # -- writing and reading ---------------------------------------------------------------------
@@ -484,6 +485,14 @@ def test_lease_is_not_delivered_again_before_its_deadline(make_queue, clock):
     assert not queue.lease(10, seconds=30)
 
 
+def test_lease_is_delivered_again_at_its_deadline(make_queue, clock):
+    queue = make_queue()
+    queue.write("a")
+    first = queue.lease(10, seconds=30)
+    clock.advance(30)
+    assert queue.lease(10, seconds=30).lease_id == first.lease_id
+
+
 def test_expired_leases_go_out_before_new_messages(make_queue, clock):
     queue = make_queue()
     queue.write("old")
@@ -548,6 +557,18 @@ def test_with_block_releases_on_exception_and_reraises(make_queue):
     assert (again.lease_id, again.messages) == (lease_id, [1, 2])
 
 
+def test_empty_lease_carries_no_id_attempt_or_holder(make_queue):
+    lease = make_queue().lease(10, seconds=30)
+    assert (lease.lease_id, lease.attempt, lease.holder, repr(lease)) == (None, 0, "", "Lease(None, attempt=0, messages=0)")
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1, MAX_LEASE_SECONDS], ids=["half-a-second", "1-second", "a-day"])
+def test_a_lease_may_last_any_time_above_0_up_to_a_day(make_queue, seconds):
+    queue = make_queue()
+    queue.write("m")
+    assert queue.lease(10, seconds=seconds).messages == ["m"]
+
+
 def test_empty_lease_is_falsy_and_its_ack_does_nothing(make_queue, cache):
     lease = make_queue().lease(10, seconds=30)
     assert not lease and lease.lease_id is None and len(lease) == 0
@@ -590,6 +611,14 @@ def test_stats_count_written_read_depth_and_leased(make_queue):
         "leased": 3,
         "resets": 0,
     }
+
+
+def test_stats_count_nothing_on_shards_never_written(make_queue):
+    queue = make_queue(shards=4)
+    queue.write_multi(["a", "b"])  # one frame, on one shard: the other counters do not exist yet
+    queue.read_multi(1)
+    stats = queue.stats()
+    assert (stats.depth, stats.written, stats.read) == (1, 2, 1)
 
 
 def test_stats_are_zero_before_the_queue_exists(make_queue):
@@ -747,76 +776,78 @@ def test_stats_take_one_cache_call(make_queue, cache):
 
 
 # -- errors: each says what went wrong and carries the key, slot or value involved --
+# Each is made inside the test: an error made when the module is imported is made
+# before mutmut switches a mutant on, so a mutant of its message would go unseen.
 
 CAUSE = CacheUnavailableError("cq:q:m:0:7", "add_multi")
 
 ERRORS = {
     "invalid-argument": (
-        InvalidArgumentError("shards", 65, "use 1 to 64"),
+        lambda: InvalidArgumentError("shards", 65, "use 1 to 64"),
         "invalid shards 65: use 1 to 64",
         {"argument": "shards", "value": 65},
     ),
     "invalid-argument-80-characters-shown-whole": (
-        InvalidArgumentError("name", "n" * 78, "shorter"),
+        lambda: InvalidArgumentError("name", "n" * 78, "shorter"),
         f"invalid name '{'n' * 78}': shorter",
         {"value": "n" * 78},
     ),
     "invalid-argument-cut-after-80-characters": (
-        InvalidArgumentError("name", "n" * 79, "shorter"),
+        lambda: InvalidArgumentError("name", "n" * 79, "shorter"),
         f"invalid name '{'n' * 79}...: shorter",
         {"value": "n" * 79},
     ),
     "message-encoding": (
-        MessageEncodingError({1}, "set is not JSON"),
+        lambda: MessageEncodingError({1}, "set is not JSON"),
         "message is not storable JSON: set is not JSON",
         {"message": {1}},
     ),
     "message-too-large": (
-        MessageTooLargeError(2_000_000, 998_976),
+        lambda: MessageTooLargeError(2_000_000, 998_976),
         "message is 2000000 bytes encoded; the limit is 998976",
         {"size_bytes": 2_000_000, "limit_bytes": 998_976},
     ),
     "batch-too-large": (
-        BatchTooLargeError("messages", 10_001, 10_000),
+        lambda: BatchTooLargeError("messages", 10_001, 10_000),
         "batch has 10001 messages; one write_multi takes at most 10000: split it",
         {"size": 10_001, "limit": 10_000},
     ),
-    "cache-unavailable": (CAUSE, "cache add_multi of 'cq:q:m:0:7' failed", {"key": "cq:q:m:0:7", "operation": "add_multi"}),
+    "cache-unavailable": (lambda: CacheUnavailableError("cq:q:m:0:7", "add_multi"), "cache add_multi of 'cq:q:m:0:7' failed", {"key": "cq:q:m:0:7", "operation": "add_multi"}),
     "write-incomplete": (
-        WriteIncompleteError("cq:q:m:0:9", [0], [1], 3),
+        lambda: WriteIncompleteError("cq:q:m:0:9", [0], [1], 3),
         "write_multi stored 1 of 3 messages (1 unknown): the cache failed mid-batch; last key 'cq:q:m:0:9'",
         {"key": "cq:q:m:0:9", "stored": [0], "unknown": [1], "total": 3},
     ),
     "write-failed": (
-        WriteFailedError("cq:q:m:0:9", 100, [0], 2),
+        lambda: WriteFailedError("cq:q:m:0:9", 100, [0], 2),
         "write_multi stored 1 of 2 messages (0 unknown): gave up after 100 attempts found their slots taken; "
         "last key 'cq:q:m:0:9'",
         {"key": "cq:q:m:0:9", "attempts": 100, "stored": [0], "unknown": [], "total": 2},
     ),
     "shard-mismatch": (
-        ShardMismatchError("cq:q:state", 4, 2),
+        lambda: ShardMismatchError("cq:q:state", 4, 2),
         "'cq:q:state' holds a queue of 4 shards; this Queue has 2",
         {"key": "cq:q:state", "stored_shards": 4, "shards": 2},
     ),
-    "corrupt-state": (CorruptStateError("cq:q:state"), "'cq:q:state' does not hold a clickqueue state", {"key": "cq:q:state"}),
+    "corrupt-state": (lambda: CorruptStateError("cq:q:state"), "'cq:q:state' does not hold a clickqueue state", {"key": "cq:q:state"}),
     "too-many-leases": (
-        TooManyLeasesError("cq:q:state", 1000),
+        lambda: TooManyLeasesError("cq:q:state", 1000),
         "'cq:q:state' holds 1000 outstanding leases, as many as it can carry; ack or release some",
         {"key": "cq:q:state", "limit": 1000},
     ),
     "contention": (
-        ContentionError("cq:q:state", 100),
+        lambda: ContentionError("cq:q:state", 100),
         "gave up on 'cq:q:state' after 100 attempts: it kept changing under this call",
         {"key": "cq:q:state", "attempts": 100},
     ),
     "group-write": (
-        GroupWriteError(CAUSE, [], [0, 1], 2, 3),
+        lambda: GroupWriteError(CAUSE, [], [0, 1], 2, 3),
         "write_multi stored 0 of 2 messages (2 unknown): its write_multi, for 3 callers, raised "
         "CacheUnavailableError(\"cache add_multi of 'cq:q:m:0:7' failed\"); last key 'cq:q:m:0:7'",
         {"key": "cq:q:m:0:7", "stored": [], "unknown": [0, 1], "total": 2, "cause": CAUSE, "callers": 3},
     ),
     "group-write-of-an-error-without-a-key": (
-        GroupWriteError(RuntimeError("bug"), [], [0], 1, 1),
+        lambda: GroupWriteError(RuntimeError("bug"), [], [0], 1, 1),
         "write_multi stored 0 of 1 messages (1 unknown): its write_multi, for 1 callers, raised "
         "RuntimeError('bug'); last key ''",
         {"key": ""},
@@ -824,7 +855,8 @@ ERRORS = {
 }
 
 
-@pytest.mark.parametrize(("error", "message", "attributes"), ERRORS.values(), ids=ERRORS.keys())
-def test_an_error_says_what_went_wrong_and_carries_what_was_involved(error, message, attributes):
+@pytest.mark.parametrize(("make_error", "message", "attributes"), ERRORS.values(), ids=ERRORS.keys())
+def test_an_error_says_what_went_wrong_and_carries_what_was_involved(make_error, message, attributes):
+    error = make_error()
     assert str(error) == message
     assert {name: getattr(error, name) for name in attributes} == attributes

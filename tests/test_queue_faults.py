@@ -119,6 +119,19 @@ def test_lost_write_counter_is_repaired_above_every_stored_slot_and_nothing_is_l
     assert stats.gapped == REPAIR_MARGIN, "the margin was recorded as a gap, not counted as lost"
 
 
+def test_stats_after_a_lost_state_count_from_its_recovery_window(make_queue, cache):
+    """The new state starts ``RECOVERY_SLOTS`` below the counter: what lies below is
+    not the queue's any more, and the window counts as a gap."""
+    queue = make_queue()
+    queue.write("first")
+    cache.incr(queue.keys.write_counter(0), 1500)  # writers that died after their incr
+    cache.delete_multi([queue.keys.state])
+    queue.write("m")
+    assert queue.read_multi(1) == ["m"]
+    stats = queue.stats()
+    assert (stats.depth, stats.written, stats.read, stats.gapped, stats.lost, stats.resets) == (0, 1, 1, 999, 0, 1)
+
+
 def test_write_counter_repaired_above_a_claim_made_from_its_old_value(make_queue, cache):
     """A reader read the counter at 10 just before it vanished and the state just
     after it was repaired (two servers, read one after the other): its claim up

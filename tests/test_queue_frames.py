@@ -67,12 +67,13 @@ def test_a_write_multi_is_two_cache_calls_whatever_its_frames(make_queue, cache)
 # -- claims end where frames do ----------------------------------------------------------------
 
 
-def test_a_claim_ends_before_a_frame_that_runs_past_it(make_queue):
+@pytest.mark.parametrize("max_items", [15, 19], ids=["by-5-slots", "by-1-slot"])
+def test_a_claim_ends_before_a_frame_that_runs_past_it(make_queue, max_items):
     queue = make_queue()
     queue.write_multi(list(range(10)))
-    queue.write_multi(list(range(10, 20)))
-    assert queue.read_multi(15) == list(range(10))
-    assert queue.read_multi(15) == list(range(10, 20))
+    queue.write_multi(list(range(10, 20)))  # slots 11 to 20
+    assert queue.read_multi(max_items) == list(range(10))
+    assert queue.read_multi(max_items) == list(range(10, 20))
 
 
 def test_a_read_of_fewer_messages_than_a_frame_takes_its_first_part_and_stores_the_rest_in_the_next_slot(

@@ -294,12 +294,18 @@ def test_writers_turned_away_by_a_settled_run_count_retried_as_its_reader_counte
     assert_identity(queue)
 
 
-def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_empty_round(cache, clock):
+def queue_past_slots_of_dead_writers(cache, clock):
+    """Slot 1 read; slots 2 to 1501 handed to writers that died after their incr; "m" in 1502."""
     queue = Queue("q", cache, clock=clock, tombstone_seconds=600)
     queue.write("first")
     assert queue.read() == "first"
-    cache.incr(queue.keys.write_counter(0), 1500)  # writers that died after their incr
+    cache.incr(queue.keys.write_counter(0), 1500)
     queue.write("m")
+    return queue
+
+
+def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_empty_round(cache, clock):
+    queue = queue_past_slots_of_dead_writers(cache, clock)
     cache.calls.clear()
     assert queue.read_multi(1) == []
     assert queue.stats().skipped == 504, "4 rounds: slot 2; 3-502 (1,000 below the counter) in bulk, and 503; 504; 505"
@@ -307,6 +313,13 @@ def test_a_run_of_empty_slots_far_below_the_counter_is_settled_in_bulk_after_an_
     assert 590 < expiry_seconds(queue.keys.slot(0, 3)) <= 600
     assert [message for _read in range(5) for message in queue.read_multi(100)] == ["m"]
     assert stats_of(queue, "skipped", "retried", "lost", "depth") == (1500, 0, 1500, 0)
+
+
+def test_a_lease_settles_a_run_of_empty_slots_in_bulk_only_after_an_empty_round(cache, clock):
+    queue = queue_past_slots_of_dead_writers(cache, clock)
+    assert not queue.lease(1, seconds=30)
+    assert queue.stats().skipped == 504, "4 rounds: slot 2; 3-502 (1,000 below the counter) in bulk, and 503; 504; 505"
+    assert [message for _lease in range(5) for message in queue.lease(100, seconds=30).messages] == ["m"]
 
 
 def test_a_run_settled_in_bulk_tombstones_no_slot_past_its_first_message(cache, clock):

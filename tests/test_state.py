@@ -86,6 +86,11 @@ def test_claim_keeps_a_gap_not_yet_claimed_past():
     assert s.gaps == [SlotRange(0, 3, 5, True)]
 
 
+def test_claim_from_the_last_slot_of_a_gap_counts_that_slot_in_the_gap():
+    s = state([4], gaps=[SlotRange(0, 3, 5, in_gap=True)])
+    assert s.claim([8], max_items=8) == [SlotRange(0, 5, 5, True), SlotRange(0, 6, 8)]
+
+
 def test_used_through_is_the_highest_of_claimed_seen_and_gap_ends():
     s = state([4, 0], gaps=[SlotRange(1, 1, 1000, in_gap=True)], seen=[9, 0])
     assert (s.used_through(0), s.used_through(1)) == (9, 1000)
@@ -110,6 +115,16 @@ def test_unclaimed_gap_slots_count_only_what_lies_above_the_claims():
 def test_runs_to_settle_in_gaps_only_stop_at_the_gap_end():
     s = state([10, 0], gaps=[SlotRange(0, 11, 2000, True)])
     assert s.runs_to_settle([5000, 50], limit=1000, gaps_only=True) == [[SlotRange(0, 11, 1010, True)]]
+
+
+def test_runs_to_settle_in_gaps_only_start_at_the_next_unclaimed_slot_even_a_gap_s_last():
+    s = state([4], gaps=[SlotRange(0, 3, 5, True)])
+    assert s.runs_to_settle([50], limit=1000, gaps_only=True) == [[SlotRange(0, 5, 5, True)]]
+
+
+def test_runs_to_settle_in_gaps_only_take_no_slot_of_a_shard_outside_its_own_gaps():
+    s = state([0, 0], gaps=[SlotRange(1, 1, 5, True)])
+    assert s.runs_to_settle([50, 50], limit=1000, gaps_only=True) == [[SlotRange(1, 1, 5, True)]]
 
 
 def test_runs_to_settle_leave_the_head_of_a_queue_to_its_writers():

@@ -4,13 +4,14 @@ pymemcache talks to the proxy; the proxy forwards bytes both ways. Told to,
 it cuts a connection after the server has received a request but before its
 answer reaches the client (a lost reply: the call was applied, the client saw
 an error), or after forwarding only the first bytes of a request (part of a
-pipelined batch applied). It binds 127.0.0.1 and stops its threads on close.
+pipelined batch applied); or it answers in the server's place (a server error). It binds 127.0.0.1 and stops its threads on close.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class FaultProxy:
@@ -22,6 +23,11 @@ class FaultProxy:
         """Connections to cut when the server's next answer arrives."""
         self.forward_request_bytes: int | None = None
         """If set, the next request is cut after this many bytes reach the server."""
+        self.split_answer_at: int | None = None
+        """If set, the server's next answer goes out in two sends this many bytes apart, a
+        moment between them: a reply the client reads in two pieces."""
+        self.answer_instead: bytes | None = None
+        """If set, the server's next answer is dropped and these bytes sent in its place."""
         self.cut = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -36,6 +42,7 @@ class FaultProxy:
             except OSError:
                 return
             server = socket.create_connection(self.upstream)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
@@ -54,6 +61,13 @@ class FaultProxy:
                 if is_request and self.forward_request_bytes is not None:
                     data, self.forward_request_bytes = data[: self.forward_request_bytes], None
                     cut = True
+                elif not is_request and self.split_answer_at is not None:
+                    split, self.split_answer_at, cut = self.split_answer_at, None, False
+                    target.sendall(data[:split])
+                    time.sleep(0.02)  # the client's recv returns the first piece alone
+                    data = data[split:]
+                elif not is_request and self.answer_instead is not None:
+                    data, self.answer_instead, cut = self.answer_instead, None, False
                 elif not is_request and self.lose_replies:
                     self.lose_replies -= 1
                     data, cut = b"", True

@@ -11,6 +11,10 @@ class MemcacheRpcFaults:
 
     def __init__(self) -> None:
         self.planned: list[list] = []
+        self.error_statuses_next: str | None = None
+        """If set, the next RPC of this method ("Delete", "BatchIncrement") is applied and
+        answers an error status for every key, as production memcache does when a
+        server fails mid-call."""
         self.max_response_bytes: int | None = None
         self.failed: list[str] = []
         self.request_bytes: list[tuple[str, int]] = []
@@ -33,6 +37,9 @@ class MemcacheRpcFaults:
             _method, after_applying, _skip, _key = self.planned.pop(0)
             rpc.stub = _FailingStub(rpc.stub, after_applying, None)
             self.failed.append(call)
+        elif self.error_statuses_next == call:
+            self.error_statuses_next = None
+            rpc.stub = _ErrorStatusStub(rpc.stub)
         elif self.max_response_bytes is not None:
             rpc.stub = _FailingStub(rpc.stub, True, self.max_response_bytes)
 
@@ -57,6 +64,24 @@ class _FailingStub:
             raise apiproxy_errors.DeadlineExceededError(f"injected: {call} failed")
         if response.ByteSize() > self.max_response_bytes:
             raise apiproxy_errors.ResponseTooLargeError(f"injected: {call} answer over {self.max_response_bytes} bytes")
+
+
+class _ErrorStatusStub:
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def MakeSyncCall(self, service, call, request, response):
+        from google.appengine.api.memcache.memcache_service_pb2 import (
+            MemcacheDeleteResponse,
+            MemcacheIncrementResponse,
+        )
+
+        self.real.MakeSyncCall(service, call, request, response)
+        if call == "Delete":
+            response.delete_status[:] = [MemcacheDeleteResponse.OTHER_ERROR] * len(response.delete_status)
+        else:
+            for item in response.item:
+                item.increment_status = MemcacheIncrementResponse.ERROR
 
 
 def rpc_faults(service: str) -> Iterator[MemcacheRpcFaults]:
