@@ -46,6 +46,9 @@ class QueueStats:
     state's lookback) and held nothing: never handed out, or lost with their
     counter, so the true loss is at most ``lost + gapped``. ``resets`` counts
     lost or foreign states and counters: after one, the counts restart from it.
+    While a write counter is gone, ``written`` and ``depth`` leave out what it
+    handed out since the last claim, until a read or write repairs it
+    (docs/protocol.md, "Limits").
     """
 
     depth: int
