@@ -571,8 +571,15 @@ class _LocalWorker(ThreadWorker):
         signal.signal(signal.SIGINT, self.handle_exit)
 
     def handle_exit(self, sig, frame) -> None:
-        if self.app.services is not None:
-            self.app.services.stop_running_tasks()
+        """Stop serving, and have the main loop stop the task runner.
+
+        Nothing here takes a lock: a signal handler runs on the main thread between
+        two of its bytecodes, and Ctrl-C reaches the worker twice (its own SIGINT, then
+        the master's SIGTERM), the second while the first may be inside a lock; stopping
+        the task runner takes the scheduler's, so it is deferred to the main loop
+        (gunicorn's method queue, which a signal handler may use)."""
+        if self.alive and self.app.services is not None:
+            self.method_queue.defer(self.app.services.stop_running_tasks)
         super().handle_exit(sig, frame)
 
     def handle(self, conn):

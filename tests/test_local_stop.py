@@ -12,18 +12,31 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import webtest
 from google.appengine.api import memcache
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
 
 from tests.support.processes import REPO_ROOT, free_port, wait_until
 from tests.support.e2e import EventPlan, HttpRequest, get_json, local_server, send_concurrently, wait_for_counts
 from handlers.settings import Settings
 from local_queue_file import FILE_NAME, SavedQueue, copy_queue_entries
-from local_stubs import FINISH_REQUESTS_SECONDS, HOLD_TASKS_ENV, STOP_DRAIN_ENV, STOP_SECONDS, LocalServices, RequestGate
+from local_stubs import (
+    FINISH_REQUESTS_SECONDS,
+    HOLD_TASKS_ENV,
+    STOP_DRAIN_ENV,
+    STOP_SECONDS,
+    LocalServices,
+    RequestGate,
+    _LocalWorker,
+)
 from tests.support.raw_http import post_head
+from tests.support.threads import InThread
 
 BATCH_EVENTS = 500
 BACKLOG_EVENTS = 20_000
@@ -199,3 +212,51 @@ def test_a_request_reaching_the_app_after_the_stop_closed_it_is_answered_503():
     assert still_inside == 0
     assert refused.json == {"error": "the server is stopping: nothing was recorded; send it again later"}
     assert refused.headers["X-Content-Type-Options"] == "nosniff"
+
+
+class TaskRunnerBehindALock:
+    """Services whose task runner stops only once ``lock`` is free, as the SDK's scheduler
+    does (its event's condition)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stopped = 0
+
+    def stop_running_tasks(self) -> None:
+        with self.lock:
+            self.stopped += 1
+
+
+def a_worker(services: TaskRunnerBehindALock) -> _LocalWorker:
+    config = Config()
+    worker = _LocalWorker(0, os.getpid(), [], SimpleNamespace(services=services), 30, config, Logger(config))
+    worker.method_queue.init()
+    return worker
+
+
+def test_a_stop_signal_arriving_inside_the_task_runners_lock_does_not_hang_the_worker():
+    """Ctrl-C reaches the worker twice; the second signal ran while the first one's handler
+    held the scheduler's lock, and the worker hung until the master killed it."""
+    services = TaskRunnerBehindALock()
+    worker = a_worker(services)
+
+    def signal_inside_the_lock() -> int:
+        with services.lock:  # the first handler, inside the scheduler's lock
+            worker.handle_exit(signal.SIGTERM, None)
+            return services.stopped
+
+    stopped_inside = InThread(signal_inside_the_lock)
+    stopped_inside.start()
+
+    assert (stopped_inside.outcome(), worker.alive) == (0, False)
+
+
+def test_the_main_loop_stops_the_task_runner_once_a_stop_signal_came():
+    services = TaskRunnerBehindALock()
+    worker = a_worker(services)
+
+    worker.handle_exit(signal.SIGINT, None)
+    worker.handle_exit(signal.SIGTERM, None)
+    worker.method_queue.run_callbacks(None)
+
+    assert services.stopped == 1
