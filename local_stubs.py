@@ -59,17 +59,17 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
 
 from clickqueue import Queue
-from handlers import counting
-from handlers.base import NOSNIFF_HEADER
-from handlers.errors import (
+from clicks import counting
+from clicks.http_errors import (
     AdminRequiredError,
     BatchFailedError,
     RequestError,
     ServiceUnavailableError,
     quote_prefix,
 )
-from handlers.processing import FOLD_PATH, PROCESS_PATH, drain
-from handlers.settings import Settings
+from clicks.processing import FOLD_PATH, PROCESS_PATH, drain
+from clicks.settings import Settings
+from handlers.base import NOSNIFF_HEADER
 from local_queue_file import LocalDataError, QueueFile, SavedEntry, SavedQueue, copy_queue_entries, restore
 
 APP_ID = "dev~clickqueue-sample"

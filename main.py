@@ -14,15 +14,15 @@ from wsgiref.types import WSGIApplication
 import webapp2
 from google.appengine.api import wrap_wsgi_app
 
+from clicks.processing import FOLD_PATH, PROCESS_PATH
+from clicks.settings import CONFIG_KEY, Settings
 from handlers.assets import AssetHandler
 from handlers.base import JsonApplication
 from handlers.dashboard import DashboardHandler, HomeHandler
 from handlers.go import GoHandler, SignLinkHandler
 from handlers.pixel import PixelHandler
-from handlers.process import FoldTaskHandler, ProcessCronHandler, ProcessTaskHandler
-from handlers.processing import FOLD_PATH, PROCESS_PATH
-from handlers.settings import CONFIG_KEY, Settings
 from handlers.stats import StatsHandler
+from handlers.tasks import FoldTaskHandler, ProcessCronHandler, ProcessTaskHandler
 from handlers.track import TrackHandler
 
 # Each handler's methods (get, post) are the methods its path answers; any

@@ -207,7 +207,7 @@ def app_on_stubs() -> Iterator[tuple[AppTasks, Any]]:
     from google.appengine.ext import testbed
 
     import main
-    from handlers.settings import Settings, default_queue
+    from clicks.settings import Settings, default_queue
 
     with stubs() as bed:
         clock = SimulatedClock()
@@ -225,7 +225,7 @@ def expected_counts(events: list[dict[str, str]]) -> dict[str, tuple[int, int]]:
 def check_exact(events: list[dict[str, str]]) -> int:
     """Raise ``CountsNotExactError`` unless the count store holds each item's clicks and
     views, and the totals, exactly as in ``events``; the events counted."""
-    from handlers import counters
+    from clicks import counters
 
     expected = expected_counts(events)
     wrong = {}
@@ -347,9 +347,9 @@ def on_processors(workload: Workload, processors: int) -> dict[str, Any]:
     """Fill the queue with ``workload``'s events, then ``processors`` threads drain it as
     processing tasks do, while one more folds once a slot (1 s), as the fold task does,
     until all is folded: how fast the processors recorded it, and how fast it was counted."""
-    from handlers import counting
-    from handlers.processing import drain
-    from handlers.settings import Settings, default_queue
+    from clicks import counting
+    from clicks.processing import drain
+    from clicks.settings import Settings, default_queue
 
     events = workload.make_events()
     with stubs():  # a warm-up without the app, see ``queue_events``
@@ -409,7 +409,7 @@ def on_processors(workload: Workload, processors: int) -> dict[str, Any]:
 def stats_latency(items: int, requests: int) -> dict[str, Any]:
     """``GET /stats`` on ``python main.py`` serving the counts of ``items`` items (one view
     each, queued, drained and folded in this process first): p50 and slowest."""
-    from handlers.settings import Settings
+    from clicks.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="clickqueue-bench-stats-") as directory:
         bed, save = growth.activate_stubs(Path(directory), "local")

@@ -74,8 +74,8 @@ def activate_stubs(data_dir: Path, datastore: str):
 
 def add_items(settings, first: int, count: int) -> DrainRate:
     """Queue one view for each of ``count`` new items, drain and fold them all; the time that took."""
-    from handlers import counting
-    from handlers.processing import drain
+    from clicks import counting
+    from clicks.processing import drain
 
     names = [f"item-{n:06}" for n in range(first, first + count)]
     for start in range(0, count, WRITE_CHUNK):
@@ -97,7 +97,7 @@ def measure_drain(
     gaps = [later - earlier for earlier, later in zip(checkpoints, checkpoints[1:])]
     if gaps and repeats * probe_events > min(gaps):
         raise ValueError("the drains at one checkpoint would reach the next")
-    from handlers.settings import Settings
+    from clicks.settings import Settings
 
     bed, save = activate_stubs(data_dir, datastore)
     settings = Settings(time_budget_seconds=3600)

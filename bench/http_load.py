@@ -19,7 +19,7 @@ from pymemcache.client.base import Client
 from bench import memcached_stats, servers, user_agents
 from bench.workload import median_runs
 from clickqueue import Queue
-from handlers.settings import default_queue
+from clicks.settings import default_queue
 
 MEMCACHED_ENV = "CLICKQUEUE_BENCH_MEMCACHED"
 """Where ``bench.track_app`` finds memcached: ``host:port``."""

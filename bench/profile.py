@@ -50,7 +50,7 @@ TRACK_PARTS = {
     "the app inside wrap_wsgi_app": ("handlers/base.py", "__call__"),
     "GroupCommit.write_multi": ("clickqueue/group_commit.py", "write_multi"),
     "Queue.write_multi": ("clickqueue/queue.py", "write_multi"),
-    "schedule_processing (SDK stub)": ("handlers/processing.py", "schedule_processing"),
+    "schedule_processing (SDK stub)": ("clicks/processing.py", "schedule_processing"),
 }
 """Cumulative times of /track's parts; the rest of the whole is App Engine's ``wrap_wsgi_app``.
 Called one at a time, every request leads its own group commit: 2 cache calls each."""
@@ -220,9 +220,9 @@ def local_server_functions() -> tuple[dict[str, tuple[str, int, str]], dict[str,
     """The local server's parts whose cumulative time is reported, and the calls counted."""
     from gunicorn.workers.gthread import ThreadWorker
 
-    from handlers import counting, processing
+    from clicks import counting, processing
     from handlers.base import JsonApplication
-    from handlers.process import FoldTaskHandler, ProcessTaskHandler
+    from handlers.tasks import FoldTaskHandler, ProcessTaskHandler
     from handlers.stats import StatsHandler
     from handlers.track import TrackHandler
 

@@ -21,7 +21,7 @@ from wsgiref.types import WSGIApplication
 
 import local_stubs
 import main
-from handlers.settings import Settings
+from clicks.settings import Settings
 
 PROFILE_DIR_ENV = "CLICKQUEUE_PROFILE_DIR"
 REQUESTED, WRITTEN = ".requested", ".written"

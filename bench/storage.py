@@ -21,7 +21,7 @@ from bench.memcached_stats import memory
 from bench.workload import make_messages
 from clickqueue import Queue
 from clickqueue.codec import encode_message
-from handlers.settings import default_queue
+from clicks.settings import default_queue
 
 MEASURES = ("bytes", "chunk_bytes", "total_malloced")
 TARGET_MEASURE = "chunk_bytes"

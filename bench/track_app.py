@@ -23,7 +23,7 @@ from pymemcache.client.base import PooledClient
 import main
 from bench.http_load import MEMCACHED_ENV
 from clickqueue import Queue
-from handlers.settings import Settings, default_queue
+from clicks.settings import Settings, default_queue
 
 APP_ID = "dev~clickqueue-bench"
 APP_ROOT = Path(main.__file__).resolve().parent

@@ -1,6 +1,6 @@
 """``/track`` loaded with one ordinary browser User-Agent, then with hostile ones: 8,000
 characters, each request's new, so no verdict is remembered and every request pays the
-bot check (handlers/traffic.py). Their req/s ratio is what a client sending such
+bot check (clicks/traffic.py). Their req/s ratio is what a client sending such
 requests can take from everyone else.
 
 ``python -m bench`` measures it in each of its rounds; ``python -m bench.user_agents``

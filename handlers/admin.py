@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from google.appengine.api import users
 
+from clicks.http_errors import AdminRequiredError
 from handlers.base import JsonHandler
-from handlers.errors import AdminRequiredError
 
 
 class AdminHandler(JsonHandler):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from clicks.http_errors import NotFoundError, quote_prefix
 from handlers.base import JsonHandler
-from handlers.errors import NotFoundError, quote_prefix
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SNIPPET = "t.js"

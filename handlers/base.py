@@ -18,7 +18,7 @@ from webob import exc
 from webob.multidict import MultiDict, NestedMultiDict
 
 from clickqueue import BatchTooLargeError, MessageEncodingError, MessageTooLargeError, QueueError, WriteIncompleteError
-from handlers.errors import (
+from clicks.http_errors import (
     ForbiddenError,
     HttpStatusError,
     InternalError,
@@ -34,7 +34,7 @@ from handlers.errors import (
     UriTooLongError,
     quote_prefix,
 )
-from handlers.settings import CONFIG_KEY, Settings
+from clicks.settings import CONFIG_KEY, Settings
 
 logger = logging.getLogger(__name__)
 

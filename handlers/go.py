@@ -1,15 +1,15 @@
 """``/go``: tracked links that redirect only where the app's admins signed
-(see handlers/links.py); ``/links``: where admins sign them."""
+(see clicks/links.py); ``/links``: where admins sign them."""
 
 from __future__ import annotations
 
 from contextlib import suppress
 
+from clicks.events import Event, parse_item, single_param
+from clicks.http_errors import QueueFullError
+from clicks.links import parse_target
+from clicks.origins import PageCheck
 from handlers.admin import AdminHandler
-from handlers.errors import QueueFullError
-from handlers.events import Event, parse_item, single_param
-from handlers.links import parse_target
-from handlers.origins import PageCheck
 from handlers.recording import RecordingHandler
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from handlers.errors import InvalidRequestError, OriginNotAllowedError, QueueFullError
-from handlers.events import parse_event_params
-from handlers.origins import PageCheck
+from clicks.events import parse_event_params
+from clicks.http_errors import InvalidRequestError, OriginNotAllowedError, QueueFullError
+from clicks.origins import PageCheck
 from handlers.recording import RecordingHandler
 
 logger = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from dataclasses import replace
 
 from google.appengine.api import taskqueue
 
+from clicks.events import Event
+from clicks.origins import PageCheck
+from clicks.processing import schedule_processing
+from clicks.traffic import Sender, sender
 from handlers.base import JsonHandler
-from handlers.events import Event
-from handlers.origins import PageCheck
-from handlers.processing import schedule_processing
-from handlers.traffic import Sender, sender
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class RecordingHandler(JsonHandler):
 
         Returns once they are stored. Raises, recording nothing, ``QueueFullError``
         if they would take the backlog past ``Settings.max_queue_depth`` (checked
-        in memory: see ``handlers.intake.IntakeGate`` for its memcache calls),
+        in memory: see ``clicks.intake.IntakeGate`` for its memcache calls),
         or ``GroupWriteError`` if the write fails (both 503, see ``JsonApplication``),
         and schedules nothing."""
         self.check_origin()

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 from webob.multidict import MultiDict
 
-from handlers import counters
+from clicks import counters
+from clicks.events import parse_item, single_param
+from clicks.http_errors import InvalidRequestError, quote_prefix
+from clicks.settings import Settings
 from handlers.admin import AdminHandler
-from handlers.errors import InvalidRequestError, quote_prefix
-from handlers.events import parse_item, single_param
-from handlers.settings import Settings
 
 MAX_SERIES_BUCKETS = 1000
 """Most buckets one series answers: 41 days of hours, or 2.7 years of days."""

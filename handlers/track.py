@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from webob.multidict import MultiDict
 
-from handlers.errors import InvalidRequestError, quote_prefix
-from handlers.events import parse_event_batch, parse_event_params
+from clicks.events import parse_event_batch, parse_event_params
+from clicks.http_errors import InvalidRequestError, quote_prefix
 from handlers.recording import RecordingHandler
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

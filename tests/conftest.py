@@ -150,7 +150,7 @@ def make_queue(cache, clock):
 def app_settings(testbed, clock):
     """The app's default settings, with the app and its queue on ``clock``
     (which starts at a whole second: the start of a time slot)."""
-    from handlers.settings import Settings, default_queue
+    from clicks.settings import Settings, default_queue
 
     return Settings(queue=default_queue(clock), clock=clock)
 

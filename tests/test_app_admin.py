@@ -12,9 +12,9 @@ from google.appengine.api import users
 
 from tests.support.counting import count_now, keyed
 from tests.support.processes import REPO_ROOT
-from handlers import counters
+from clicks import counters
+from clicks.events import Event
 from handlers.assets import SERVED, STATIC_DIR
-from handlers.events import Event
 
 ADMIN_PATHS = ["/dashboard", "/stats", "/stats?item=a", "/stats?bucket=day", "/links?item=a&to=https://example.com/"]
 

@@ -10,8 +10,8 @@ import pytest
 import webapp2
 import webtest
 
+from clicks.http_errors import QUOTED_PREFIX_CHARACTERS
 from handlers.base import MAX_BODY_BYTES, JsonApplication, JsonHandler
-from handlers.errors import QUOTED_PREFIX_CHARACTERS
 
 
 def queued_messages(settings) -> list:

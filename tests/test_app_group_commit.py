@@ -19,7 +19,7 @@ from tests.support.threads import RecordingCondition, arrive_in_order, run_on_th
 
 from clickqueue import CacheUnavailableError, Queue, wrap_client
 from clickqueue.codec import FRAME_MESSAGES
-from handlers.settings import Settings
+from clicks.settings import Settings
 from tests.support.counting import run_folds
 
 TASK_HEADERS = {"X-AppEngine-QueueName": "process"}

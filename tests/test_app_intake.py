@@ -15,9 +15,9 @@ from tests.support.seams import CacheWrapper
 from tests.support.threads import THREAD_DEADLINE_SECONDS, InThread
 
 from clickqueue import Queue, wrap_client
-from handlers.intake import DEFAULT_MAX_QUEUE_DEPTH, MAX_QUEUE_DEPTH_ENV
+from clicks.intake import DEFAULT_MAX_QUEUE_DEPTH, MAX_QUEUE_DEPTH_ENV
+from clicks.settings import Settings, default_queue
 from handlers.pixel import TRANSPARENT_GIF
-from handlers.settings import Settings, default_queue
 
 LIMIT = 500
 """The smallest max_queue_depth: one /track batch of 500 fills it."""
@@ -156,7 +156,7 @@ def test_a_full_queue_is_logged_once_per_slot_not_once_per_request(full_app, cap
             full_app.get("/track", {"type": "click", "item": "late"}, status=503)
 
     full = f"refusing events: the queue holds {LIMIT} events not yet counted (max_queue_depth {LIMIT})"
-    assert [(record.name, record.getMessage()) for record in caplog.records] == [("handlers.intake", full)]
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [("clicks.intake", full)]
 
 
 def test_a_prefetch_while_full_answers_as_ever_and_counts_no_refusal(full_app):

@@ -10,7 +10,7 @@ import pytest
 from google.appengine.ext import ndb
 
 import main
-from handlers.links import LINK_KEY_ENV, LinkKey, LinkSigner
+from clicks.links import LINK_KEY_ENV, LinkKey, LinkSigner
 
 TARGET = "https://example.com/pricing?plan=pro#top"
 

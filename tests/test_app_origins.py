@@ -12,7 +12,7 @@ import json
 import pytest
 
 import main
-from handlers.origins import ALLOWED_ORIGINS_ENV, AllowedOrigins
+from clicks.origins import ALLOWED_ORIGINS_ENV, AllowedOrigins
 
 BEACON_BODY = json.dumps({"events": [{"type": "view", "item": "page"}]})
 

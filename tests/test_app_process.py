@@ -13,15 +13,15 @@ from google.appengine.api import croninfo, queueinfo
 from google.appengine.ext import ndb
 
 from clickqueue import Queue
-from clickqueue.codec import FRAME_MESSAGES
 from clickqueue import MAX_CLAIM_ITEMS
+from clickqueue.codec import FRAME_MESSAGES
 from tests.support.counting import clicks_and_views, keyed, leased_events
 from tests.support.processes import REPO_ROOT
 from tests.support.seams import FakeClock
-from handlers import counters, counting
-from handlers.events import Event
-from handlers.processing import ProcessorLanes
-from handlers.settings import Settings, default_queue
+from clicks import counters, counting
+from clicks.events import Event
+from clicks.processing import ProcessorLanes
+from clicks.settings import Settings, default_queue
 from tests.support.counting import FOLD_HEADERS, run_folds
 
 TASK_HEADERS = {"X-AppEngine-QueueName": "process"}
@@ -436,7 +436,7 @@ def test_batch_delivered_again_within_the_retention_still_counts_once(make_app, 
 def test_record_retention_is_derived_from_queue_yaml_and_cron_yaml():
     from google.appengine.api import croninfo, queueinfo
 
-    from handlers.settings import Settings, default_queue
+    from clicks.settings import Settings, default_queue
 
     settings = Settings()
     queues = queueinfo.LoadSingleQueue((REPO_ROOT / "queue.yaml").read_text()).queue

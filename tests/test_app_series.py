@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.support.counting import count_now, keyed
-from handlers import counters
-from handlers.events import Event
+from clicks import counters
+from clicks.events import Event
 
 DAY = 86400
 HOUR = 3600

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from tests.support.counting import count_now, keyed
-from handlers import counters
-from handlers.events import Event
+from clicks import counters
+from clicks.events import Event
 
 QUEUE_STATS = {"depth", "written", "read", "requeued", "lost", "leased", "resets"}
 NOTHING = {"click": 0, "view": 0, "bots": 0, "ctr": None}

@@ -30,9 +30,9 @@ import local_stubs
 from tests.support.counting import count_now, keyed
 from tests.support.processes import REPO_ROOT, free_port, skip_or_fail_in_ci, wait_until
 from tests.support.e2e import counted_events, get_json, local_server, wait_until_drained
-from handlers import counters
-from handlers.events import Event
-from handlers.origins import ALLOWED_ORIGINS_ENV
+from clicks import counters
+from clicks.events import Event
+from clicks.origins import ALLOWED_ORIGINS_ENV
 
 pytestmark = pytest.mark.browser
 

@@ -1,4 +1,4 @@
-"""The count store (handlers/counters.py) and the two counting steps (handlers/counting.py):
+"""The count store (clicks/counters.py) and the two counting steps (clicks/counting.py):
 what each step writes, how periods split, where the store stops, and each message counted
 once when a batch comes again or a commit fails."""
 
@@ -8,8 +8,8 @@ import pytest
 from google.appengine.ext import ndb
 
 from bench.datastore_writes import recording
-from handlers import counters, counting
-from handlers.events import Event
+from clicks import counters, counting
+from clicks.events import Event
 from tests.support.counting import fold_all
 
 START = 1_740_787_200  # 2025-03-01T00:00:00Z

@@ -18,8 +18,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 from tests.support.processes import APP_ID, REPO_ROOT
 from tests.support.rpc_faults import MemcacheRpcFaults
-from handlers import counters, counting
-from handlers.events import Event
+from clicks import counters, counting
+from clicks.events import Event
 
 START = 1_740_783_600  # 2025-02-28T23:00:00Z: the hours cross a day
 HOURS = 27

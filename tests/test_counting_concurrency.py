@@ -9,9 +9,9 @@ import threading
 from collections import Counter
 
 from tests.support.threads import InThread, run_on_threads
-from handlers import counters, counting
-from handlers.processing import drain
-from handlers.settings import default_queue
+from clicks import counters, counting
+from clicks.processing import drain
+from clicks.settings import default_queue
 
 WRITERS = 2
 PROCESSORS = 4

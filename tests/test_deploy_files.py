@@ -87,7 +87,7 @@ def test_every_url_goes_to_the_app_the_admin_pages_for_admins_only():
 
 def test_every_url_is_served_over_https_only():
     """Browsers send Sec-Fetch-Site, which tells another site's <img> or fetch of /track,
-    only to HTTPS (handlers/origins.py): a plain-http request is redirected first."""
+    only to HTTPS (clicks/origins.py): a plain-http request is redirected first."""
     handlers = appinfo.LoadSingleAppInfo(read("app.yaml")).handlers
 
     assert [handler.secure for handler in handlers] == [appinfo.SECURE_HTTPS] * len(handlers)
@@ -103,7 +103,7 @@ def test_login_admin_covers_exactly_the_apps_admin_paths():
 
 
 def test_allowed_origins_setting_in_app_yaml_parses():
-    from handlers.origins import ALLOWED_ORIGINS_ENV, AllowedOrigins
+    from clicks.origins import ALLOWED_ORIGINS_ENV, AllowedOrigins
 
     setting = appinfo.LoadSingleAppInfo(read("app.yaml")).env_variables[ALLOWED_ORIGINS_ENV]
     assert AllowedOrigins.parse(setting) == AllowedOrigins(), "the sample allows only its own pages"
@@ -117,7 +117,7 @@ def test_processing_queue_exists_under_the_name_the_app_adds_tasks_to(app_settin
 
 
 def test_processing_queue_runs_as_many_tasks_as_the_app_has_processor_lanes(app_settings):
-    """Each batch is an entity group of its own (handlers/counting.py): processors do not contend."""
+    """Each batch is an entity group of its own (clicks/counting.py): processors do not contend."""
     assert processing_queue(app_settings).max_concurrent_requests == app_settings.processors
 
 

@@ -34,10 +34,10 @@ from tests.support.e2e import (
     wait_for_counts,
     wait_until_drained,
 )
+from clicks.intake import MAX_QUEUE_DEPTH_ENV
+from clicks.links import LINK_KEY_ENV
+from clicks.origins import ALLOWED_ORIGINS_ENV
 from handlers.base import MAX_BODY_BYTES
-from handlers.intake import MAX_QUEUE_DEPTH_ENV
-from handlers.links import LINK_KEY_ENV
-from handlers.origins import ALLOWED_ORIGINS_ENV
 from local_stubs import HOLD_TASKS_ENV, LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV, THREADS
 from tests.support.raw_http import post_head
 

@@ -9,7 +9,7 @@ from google.appengine.ext import testbed as testbed_module
 
 from bench.counting import AppTasks, Workload, expected_counts
 from bench.datastore_writes import recording
-from handlers import counters
+from clicks import counters
 
 EVENTS_PER_SECOND = 1_000
 SECONDS = 30

@@ -18,8 +18,8 @@ from google.appengine.ext import testbed as testbed_module
 
 import local_stubs
 from tests.support.processes import APP_ID, REPO_ROOT
-from handlers import counters, counting, legacy_counters
-from handlers.events import Event
+from clicks import counters, counting, legacy_counters
+from clicks.events import Event
 
 LEGACY = REPO_ROOT / "tests" / "data" / "legacy-layout"
 READS = json.loads((LEGACY / "reads.json").read_text())

@@ -16,8 +16,8 @@ from google.appengine.ext import testbed as testbed_module
 
 import local_stubs
 from tests.support.counting import count_now, keyed
-from handlers import counters
-from handlers.events import Event
+from clicks import counters
+from clicks.events import Event
 
 
 class Tally(ndb.Model):

@@ -24,7 +24,7 @@ from gunicorn.glogging import Logger
 
 from tests.support.processes import REPO_ROOT, free_port, wait_until
 from tests.support.e2e import EventPlan, HttpRequest, get_json, local_server, send_concurrently, wait_for_counts
-from handlers.settings import Settings
+from clicks.settings import Settings
 from local_queue_file import FILE_NAME, SavedQueue, copy_queue_entries
 from local_stubs import (
     FINISH_REQUESTS_SECONDS,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.traffic import (
+from clicks.traffic import (
     GENERIC_HTTP_CLIENT_PATTERNS,
     USER_AGENT_CHARACTERS_EXAMINED,
     USER_AGENTS_REMEMBERED,

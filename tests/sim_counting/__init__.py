@@ -1,4 +1,4 @@
-"""Deterministic simulation of the counting commit protocol (handlers/counting.py), beside the queue's (tests/sim).
+"""Deterministic simulation of the counting commit protocol (clicks/counting.py), beside the queue's (tests/sim).
 
 Several processors each lease batches (``leases``: clickqueue's lease
 contract) and record them with the real ``count_batch``; one or two fold

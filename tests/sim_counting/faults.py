@@ -13,7 +13,7 @@ import enum
 import random
 from dataclasses import dataclass, field
 
-from handlers import counters
+from clicks import counters
 
 
 class FaultKind(enum.Enum):

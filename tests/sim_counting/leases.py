@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from handlers.events import Event
+from clicks.events import Event
 
 
 @dataclass

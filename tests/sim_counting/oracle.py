@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from google.appengine.api import datastore_errors
 
-from handlers import counters
-from handlers.events import Event
+from clicks import counters
+from clicks.events import Event
 from tests.sim.oracle import Violation
 from tests.sim_counting.leases import Delivery
 

@@ -2,7 +2,7 @@
 
 A processor records each leased batch with ``count_batch`` and acks it; fold
 tasks call ``fold``. The simulation takes these two functions as a
-``Protocol``: ``REAL`` is handlers/counting.py as deployed. The variants are
+``Protocol``: ``REAL`` is clicks/counting.py as deployed. The variants are
 built from the same real functions, each missing one thing the protocol
 relies on; tests/test_counting_simulation.py checks that seeded runs catch
 each one (``python -m tests.sim_counting --protocol NAME`` runs one).
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from handlers import counters, counting
-from handlers.events import Event
-from handlers.settings import Aggregate
+from clicks import counters, counting
+from clicks.events import Event
+from clicks.settings import Aggregate
 from tests.sim_counting.faults import FaultKind
 
 

@@ -24,7 +24,7 @@ from google.appengine.datastore import datastore_stub_util
 from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
-from handlers.events import Event
+from clicks.events import Event
 from tests.sim.scheduler import MEAN_STEP_SECONDS, Actor, PartyKilled, Scheduler
 from tests.sim.trace import Trace
 from tests.sim_counting.datastore import SimDatastore, datastore_error, is_conflict

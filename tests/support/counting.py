@@ -1,13 +1,13 @@
 """Counting as the processing and fold tasks do it, and events as the counting side
-(``handlers/counting.py``, ``handlers/counters.py``) takes and answers them."""
+(``clicks/counting.py``, ``clicks/counters.py``) takes and answers them."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
 
-from handlers import counting
-from handlers.events import Event, event_from_message
+from clicks import counting
+from clicks.events import Event, event_from_message
 
 
 def keyed(events) -> dict:

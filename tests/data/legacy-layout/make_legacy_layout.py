@@ -20,8 +20,8 @@ from google.appengine.api import apiproxy_stub_map
 from google.appengine.ext import testbed
 
 import local_stubs
-from handlers import counters
-from handlers.events import Event
+from clicks import counters
+from clicks.events import Event
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@
    stall, a lost reply) finds its record and counts only messages it lacks.
 2. ``fold`` (one fold task a second): one transaction adds up to
    ``MAX_BATCHES_PER_FOLD`` recorded batches to the count store
-   (handlers/counters.py) and marks them folded. Only the fold writes the
+   (clicks/counters.py) and marks them folded. Only the fold writes the
    store, once a second, so no count entity is written more often.
 
 Each message is counted exactly once: its id enters a ``CountedBatch`` in the
@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 
 from google.appengine.ext import ndb
 
-from handlers import counters, legacy_counters
-from handlers.events import Event
+from clicks import counters, legacy_counters
+from clicks.events import Event
 
 MAX_BATCHES_PER_FOLD = 20
 """Batches one fold commits: each is an entity group of its own, and the SDK's stub (as
@@ -59,7 +59,7 @@ def count_batch(batch_id: str, events: Mapping[str, Event], now: float) -> int:
     """Record ``{message id: event}`` under ``batch_id``, each message once however
     often the batch comes; how many this call recorded (0: all were before).
     An event without a time is dated ``now``. One transaction, one entity written
-    (and one get: the old layout's marker of the batch, see handlers/legacy_counters.py)."""
+    (and one get: the old layout's marker of the batch, see clicks/legacy_counters.py)."""
     dated = {
         message_id: event if event.at is not None else replace(event, at=int(now))
         for message_id, event in events.items()

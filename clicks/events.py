@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from webob.multidict import MultiDict
 
-from handlers.errors import InvalidRequestError, quote_prefix
+from clicks.http_errors import InvalidRequestError, quote_prefix
 
 EVENT_TYPES = ("click", "view")
 ITEM_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")

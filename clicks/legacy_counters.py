@@ -1,7 +1,7 @@
 """The counters as the app stored them before the count store: one entity per item and
 per item's hour and day, and a marker per counted batch, all under ``EventTotals``.
 
-Nothing writes them any more. ``handlers.counting.migrate_legacy_page`` copies
+Nothing writes them any more. ``clicks.counting.migrate_legacy_page`` copies
 them into the count store a page at a time (``read_page``); ``count_batch``
 consults the old markers (``counted_message_ids``), so a batch the old layout
 counted just before a deploy is not counted again; the cron job
@@ -15,7 +15,7 @@ from __future__ import annotations
 from google.appengine.datastore.datastore_query import Cursor
 from google.appengine.ext import ndb
 
-from handlers import counters
+from clicks import counters
 
 PAGE_ENTITIES = 100
 """Old counters copied per page: one batch, whose fold writes at most a shard and a

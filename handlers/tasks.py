@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from handlers import counting, legacy_counters
-from handlers.base import JsonHandler
-from handlers.processing import (
+from clicks import counting, legacy_counters
+from clicks.processing import (
     DrainReport,
     ProcessorLanes,
     drain,
@@ -12,6 +11,7 @@ from handlers.processing import (
     schedule_fold,
     schedule_processing,
 )
+from handlers.base import JsonHandler
 
 
 class ProcessTaskHandler(JsonHandler):

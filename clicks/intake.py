@@ -22,7 +22,7 @@ from collections.abc import Callable
 from google.appengine.api import memcache
 
 from clickqueue import Queue, QueueError
-from handlers.errors import QueueFullError
+from clicks.http_errors import QueueFullError
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from handlers.errors import OriginNotAllowedError
+from clicks.http_errors import OriginNotAllowedError
 
 ALLOWED_ORIGINS_ENV = "CLICKQUEUE_ALLOWED_ORIGINS"
 ANY_ORIGIN = "*"

@@ -1,4 +1,4 @@
-"""The handlers' settings, handed to them through the webapp2 app config.
+"""The app's settings, handed to the handlers through the webapp2 app config.
 
 Tests build an app with other settings (a failing ``aggregate``, a fixed
 ``clock``, a short time budget) instead of patching modules.
@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from clickqueue import MAX_CLAIM_ITEMS, GroupCommit, Queue
-from handlers import counting
-from handlers.events import MAX_BATCH_EVENTS, Event
-from handlers.intake import MAX_QUEUE_DEPTH_ENV, IntakeGate, max_queue_depth_from_environment
-from handlers.links import LinkSigner
-from handlers.origins import AllowedOrigins
+from clicks import counting
+from clicks.events import MAX_BATCH_EVENTS, Event
+from clicks.intake import MAX_QUEUE_DEPTH_ENV, IntakeGate, max_queue_depth_from_environment
+from clicks.links import LinkSigner
+from clicks.origins import AllowedOrigins
 
 CONFIG_KEY = "clickqueue.settings"
 TASK_NAME_PART = re.compile(r"[A-Za-z0-9_-]+")
@@ -64,7 +64,7 @@ class Settings:
     fold_queue_name: str = "fold"
     processors: int = 4
     """queue.yaml's ``max_concurrent_requests`` for the process queue: how many processing
-    tasks run at once (each holds a lane, see ``handlers.processing.ProcessorLanes``)."""
+    tasks run at once (each holds a lane, see ``clicks.processing.ProcessorLanes``)."""
     batch_size: int = 500
     """Events one lease takes: one counted batch, one Datastore entity written."""
     lease_seconds: float = 60
@@ -90,7 +90,7 @@ class Settings:
     max_queue_depth: int = field(default_factory=max_queue_depth_from_environment)
     """Most events the queue may hold not yet counted (its depth plus its leased events);
     recording requests whose events would pass it are refused (env CLICKQUEUE_MAX_QUEUE_DEPTH,
-    else ``handlers.intake.DEFAULT_MAX_QUEUE_DEPTH``; at least /track's largest batch)."""
+    else ``clicks.intake.DEFAULT_MAX_QUEUE_DEPTH``; at least /track's largest batch)."""
     group_commit: GroupCommit = field(init=False, repr=False, compare=False)
     """This process's writer of ``queue`` for the recording handlers, made from
     the three ``group_commit_*`` settings (``dataclasses.replace`` makes another)."""

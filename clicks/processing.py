@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 
 from google.appengine.api import memcache, taskqueue
 
-from handlers.errors import BatchFailedError
-from handlers.events import event_from_message
-from handlers.settings import ScheduledSlot, Settings, app_memcache_key
+from clicks.events import event_from_message
+from clicks.http_errors import BatchFailedError
+from clicks.settings import ScheduledSlot, Settings, app_memcache_key
 
 PROCESS_PATH = "/process"
 FOLD_PATH = "/fold"

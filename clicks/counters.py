@@ -12,7 +12,7 @@ The count store (docs/counting.md draws it):
   commit is one entity group), a day's and its hours' in the entity of that day.
 * ``RankedItems`` holds the top items by clicks and views.
 
-Only the fold (handlers/counting.py) writes them, in one commit at a time,
+Only the fold (clicks/counting.py) writes them, in one commit at a time,
 paced to one a second: so no entity is written more than once a second, and
 a commit writes one entity per shard it changes, however many events it adds.
 Reads never need more than two round trips: a header, then the shards it names.
@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from google.appengine.ext import ndb
 
-from handlers.events import Event
+from clicks.events import Event
 
 COUNTS = ("click", "view", "bots")
 """What each count holds: clicks and views by people, and events of known bots."""

@@ -1,4 +1,4 @@
-"""Errors that are HTTP answers: each knows its status, JSON body and headers."""
+"""Errors that are HTTP answers, raised by the domain and the handlers: each knows its status, body, headers."""
 
 from __future__ import annotations
 

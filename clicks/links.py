@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urlsplit
 
 from google.appengine.ext import ndb
 
-from handlers.errors import InvalidRequestError, quote_prefix
+from clicks.http_errors import InvalidRequestError, quote_prefix
 
 LINK_KEY_ENV = "CLICKQUEUE_LINK_KEY"
 MIN_KEY_CHARACTERS = 32
