@@ -2,7 +2,7 @@
 
 On App Engine, gunicorn serves ``main:app`` (see app.yaml). ``python main.py``
 serves it on http://127.0.0.1:$PORT (default 8080) with the SDK's stubs for
-memcache, task queue and datastore (see local_stubs.py).
+memcache, task queue and datastore (see devserver/).
 """
 
 from __future__ import annotations
@@ -55,17 +55,15 @@ def create_app(settings: Settings | None = None) -> WSGIApplication:
 
 
 if __name__ == "__main__":
-    import local_stubs
+    from devserver import server
 
-    local_stubs.serve(
+    server.serve(
         create_app,
-        port=local_stubs.parse_port(os.environ.get("PORT", "8080")),
+        port=server.parse_port(os.environ.get("PORT", "8080")),
         data_dir=Path(os.environ.get("CLICKQUEUE_DATA_DIR", Path(__file__).resolve().parent / ".local-data")),
         admin_paths=ADMIN_PATHS,
-        drain_seconds=local_stubs.parse_drain_seconds(
-            os.environ.get(local_stubs.STOP_DRAIN_ENV, str(local_stubs.DRAIN_SECONDS))
-        ),
-        run_tasks=not local_stubs.parse_hold_tasks(os.environ.get(local_stubs.HOLD_TASKS_ENV, "0")),
+        drain_seconds=server.parse_drain_seconds(os.environ.get(server.STOP_DRAIN_ENV, str(server.DRAIN_SECONDS))),
+        run_tasks=not server.parse_hold_tasks(os.environ.get(server.HOLD_TASKS_ENV, "0")),
     )
 else:
     app = create_app()

@@ -1,7 +1,7 @@
 """End to end through ``python main.py``: events/s from HTTP until counted in Datastore, and
 the lag from a ``/track`` answer to the event showing in ``/stats``, at two load levels.
 
-The local server (local_stubs.py: gunicorn, one worker of 8 threads, on the SDK's
+The local server (devserver/: gunicorn, one worker of 8 threads, on the SDK's
 stubs) counts events as App Engine would: each time slot's processing task is
 sent back to it over HTTP when the slot ends, and drains the queue into
 Datastore. One server serves both levels, one after the other; each level

@@ -56,16 +56,17 @@ def activate_stubs(data_dir: Path, datastore: str):
     from google.appengine.api import apiproxy_stub_map
     from google.appengine.ext import testbed
 
-    import local_stubs
+    import devserver
+    from devserver.datastore import LocalDatastoreStub
 
     bed = testbed.Testbed()
     bed.activate()
-    bed.setup_env(app_id=local_stubs.APP_ID, overwrite=True)
+    bed.setup_env(app_id=devserver.APP_ID, overwrite=True)
     bed.init_memcache_stub()
     bed.init_taskqueue_stub(root_path=str(REPO_ROOT))
     data_file = data_dir / "datastore.db"
     if datastore == "local":
-        stub = local_stubs.LocalDatastoreStub(local_stubs.APP_ID, data_file)
+        stub = LocalDatastoreStub(devserver.APP_ID, data_file)
         apiproxy_stub_map.apiproxy.RegisterStub("datastore_v3", stub)
         return bed, stub.save
     bed.init_datastore_v3_stub(datastore_file=str(data_file), save_changes=True)

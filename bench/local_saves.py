@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench import servers
-from local_stubs import SAVE_INTERVAL_SECONDS
+from devserver.services import SAVE_INTERVAL_SECONDS
 
 SAVE_LINE = re.compile(r"saved in ([\d.]+) s \((\d+) events not yet counted\)")
 BATCH_EVENTS = 500

@@ -1,7 +1,7 @@
 """``python main.py`` with every thread its worker starts under cProfile (CPU time), for
 ``python -m bench.profile --local-server``.
 
-It serves as main.py does (``local_stubs.serve``), through main.py's own seam: the
+It serves as main.py does (``devserver.server.serve``), through main.py's own seam: the
 ``create_app`` it passes builds the app, then has each thread started afterwards
 (gunicorn's request threads, the task queue's) profile itself from its first call.
 Each time a file ``<name>.requested`` appears in ``$CLICKQUEUE_PROFILE_DIR``, a
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from wsgiref.types import WSGIApplication
 
-import local_stubs
+import devserver.server
 import main
 from clicks.settings import Settings
 
@@ -70,8 +70,8 @@ def create_profiled_app(settings: Settings) -> WSGIApplication:
 
 
 if __name__ == "__main__":
-    local_stubs.serve(
+    devserver.server.serve(
         create_profiled_app,
-        port=local_stubs.parse_port(os.environ["PORT"]),
+        port=devserver.server.parse_port(os.environ["PORT"]),
         data_dir=Path(os.environ["CLICKQUEUE_DATA_DIR"]),
     )

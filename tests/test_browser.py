@@ -26,13 +26,14 @@ from google.appengine.api import apiproxy_stub_map
 from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
-import local_stubs
+import devserver
 from tests.support.counting import count_now, keyed
 from tests.support.processes import REPO_ROOT, free_port, skip_or_fail_in_ci, wait_until
 from tests.support.e2e import counted_events, get_json, local_server, wait_until_drained
 from clicks import counters
 from clicks.events import Event
 from clicks.origins import ALLOWED_ORIGINS_ENV
+from devserver.datastore import LocalDatastoreStub
 
 pytestmark = pytest.mark.browser
 
@@ -175,9 +176,9 @@ def seed_history(data_dir: Path, now: float) -> None:
     bed = testbed_module.Testbed()
     bed.activate()
     try:
-        bed.setup_env(app_id=local_stubs.APP_ID, overwrite=True)
+        bed.setup_env(app_id=devserver.APP_ID, overwrite=True)
         bed.init_memcache_stub()  # ndb's
-        stub = local_stubs.LocalDatastoreStub(local_stubs.APP_ID, data_dir / "datastore.db")
+        stub = LocalDatastoreStub(devserver.APP_ID, data_dir / "datastore.db")
         apiproxy_stub_map.apiproxy.RegisterStub("datastore_v3", stub)
         ndb.get_context().clear_cache()
         count_now("history", keyed(events))

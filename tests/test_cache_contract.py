@@ -16,8 +16,8 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.processes import wait_until
 
 from clickqueue import CacheUnavailableError, CountingCache, InvalidArgumentError, wrap_client
-from clickqueue.cache import ObservedCache
 from clickqueue.appengine_cache import FOREIGN_VALUE
+from clickqueue.cache import ObservedCache
 
 KEYS = [f"contract:{n}" for n in range(20)]
 

@@ -37,8 +37,9 @@ from tests.support.e2e import (
 from clicks.intake import MAX_QUEUE_DEPTH_ENV
 from clicks.links import LINK_KEY_ENV
 from clicks.origins import ALLOWED_ORIGINS_ENV
+from devserver.server import LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, THREADS
+from devserver.services import HOLD_TASKS_ENV, STOP_DRAIN_ENV
 from handlers.base import MAX_BODY_BYTES
-from local_stubs import HOLD_TASKS_ENV, LOCAL_HOSTS_ENV, REQUEST_READ_SECONDS, STOP_DRAIN_ENV, THREADS
 from tests.support.raw_http import post_head
 
 pytestmark = pytest.mark.processes

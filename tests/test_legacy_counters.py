@@ -16,10 +16,10 @@ from google.appengine.api import apiproxy_stub_map
 from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
-import local_stubs
 from tests.support.processes import APP_ID, REPO_ROOT
 from clicks import counters, counting, legacy_counters
 from clicks.events import Event
+from devserver.datastore import LocalDatastoreStub
 
 LEGACY = REPO_ROOT / "tests" / "data" / "legacy-layout"
 READS = json.loads((LEGACY / "reads.json").read_text())
@@ -37,7 +37,7 @@ def legacy_datastore(tmp_path) -> Iterator[Path]:
     bed.activate()
     bed.setup_env(app_id=APP_ID, overwrite=True)
     bed.init_memcache_stub()
-    apiproxy_stub_map.apiproxy.RegisterStub("datastore_v3", local_stubs.LocalDatastoreStub(APP_ID, path))
+    apiproxy_stub_map.apiproxy.RegisterStub("datastore_v3", LocalDatastoreStub(APP_ID, path))
     ndb.get_context().clear_cache()
     yield path
     bed.deactivate()

@@ -14,10 +14,11 @@ from google.appengine.api import apiproxy_stub_map, datastore_errors
 from google.appengine.ext import ndb
 from google.appengine.ext import testbed as testbed_module
 
-import local_stubs
+import devserver
 from tests.support.counting import count_now, keyed
 from clicks import counters
 from clicks.events import Event
+from devserver.datastore import LocalDatastoreStub
 
 
 class Tally(ndb.Model):
@@ -30,14 +31,14 @@ def open_datastore() -> Iterator:
     (in place of the one opened before: a restart)."""
     beds = []
 
-    def open_at(path: Path) -> local_stubs.LocalDatastoreStub:
+    def open_at(path: Path) -> LocalDatastoreStub:
         if beds:
             beds.pop().deactivate()
         bed = testbed_module.Testbed()
         bed.activate()
-        bed.setup_env(app_id=local_stubs.APP_ID, overwrite=True)
+        bed.setup_env(app_id=devserver.APP_ID, overwrite=True)
         bed.init_memcache_stub()
-        stub = local_stubs.LocalDatastoreStub(local_stubs.APP_ID, path)
+        stub = LocalDatastoreStub(devserver.APP_ID, path)
         apiproxy_stub_map.apiproxy.RegisterStub("datastore_v3", stub)
         ndb.get_context().clear_cache()
         beds.append(bed)

@@ -9,7 +9,7 @@ import pytest
 from google.appengine.api import memcache
 from google.appengine.ext import testbed as testbed_module
 
-from local_queue_file import LocalDataError, QueueFile, SavedEntry, SavedQueue, copy_queue_entries, restore
+from devserver.queue_file import LocalDataError, QueueFile, SavedEntry, SavedQueue, copy_queue_entries, restore
 
 NOW = 2_000_000_000.0
 ENTRIES = [

@@ -25,16 +25,10 @@ from gunicorn.glogging import Logger
 from tests.support.processes import REPO_ROOT, free_port, wait_until
 from tests.support.e2e import EventPlan, HttpRequest, get_json, local_server, send_concurrently, wait_for_counts
 from clicks.settings import Settings
-from local_queue_file import FILE_NAME, SavedQueue, copy_queue_entries
-from local_stubs import (
-    FINISH_REQUESTS_SECONDS,
-    HOLD_TASKS_ENV,
-    STOP_DRAIN_ENV,
-    STOP_SECONDS,
-    LocalServices,
-    RequestGate,
-    _LocalWorker,
-)
+from devserver.gate import RequestGate
+from devserver.queue_file import FILE_NAME, SavedQueue, copy_queue_entries
+from devserver.server import FINISH_REQUESTS_SECONDS, STOP_SECONDS, _LocalWorker
+from devserver.services import HOLD_TASKS_ENV, STOP_DRAIN_ENV, LocalServices
 from tests.support.raw_http import post_head
 from tests.support.threads import InThread
 
@@ -124,7 +118,7 @@ def test_a_stop_whose_save_fails_exits_non_zero_and_says_what_it_lost(tmp_path, 
 
     log = server_log.read_text()
     assert first_status != 0
-    assert "ERROR local_stubs: could not save to" in log
+    assert "ERROR devserver.services: could not save to" in log
     assert "events not yet counted, and what was counted since the last save, are lost" in log
 
 
@@ -192,7 +186,7 @@ def test_a_queue_saved_with_another_datastore_stops_the_start(tmp_path, server_l
     )
 
     assert started.returncode != 0
-    assert f"ERROR local_stubs: {data_dir / FILE_NAME} was saved with another datastore.db than the one beside it" in (
+    assert f"ERROR devserver.server: {data_dir / FILE_NAME} was saved with another datastore.db than the one beside it" in (
         started.stderr
     )
 

@@ -33,9 +33,9 @@ from clickqueue import (
 )
 from clickqueue.codec import FRAME_MESSAGES, TAKEN
 from clickqueue.context import MAX_CACHE_CALLS_PER_CALL
-from clickqueue.taking import MAX_EMPTY_ROUNDS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_LEASES, ReadState
+from clickqueue.taking import MAX_EMPTY_ROUNDS
 
 WRITERS, READERS, PER_WRITER = 4, 3, 3000
 

@@ -17,9 +17,9 @@ from clickqueue.codec import (
     frame_payload,
     leased_value,
 )
-from clickqueue.writing import MAX_WRITE_ATTEMPTS, holds
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import ReadState
+from clickqueue.writing import MAX_WRITE_ATTEMPTS, holds
 
 
 def frame_of(*messages) -> bytes:

@@ -21,10 +21,10 @@ from clickqueue import (
     wrap_client,
 )
 from clickqueue.codec import FRAME_BYTES, GAP_TOMBSTONE, TAKEN, TOMBSTONE, encode_message
-from clickqueue.taking import TAKEN_SECONDS
-from clickqueue.writing import MAX_WRITE_ATTEMPTS
 from clickqueue.recovery import REPAIR_MARGIN
 from clickqueue.state import MAX_CAS_ATTEMPTS, MAX_LEASES, MAX_STATE_BYTES, ReadState, SlotRange
+from clickqueue.taking import TAKEN_SECONDS
+from clickqueue.writing import MAX_WRITE_ATTEMPTS
 
 
 @pytest.fixture

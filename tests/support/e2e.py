@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tests.support.processes import REPO_ROOT, free_port, stop_process, wait_until
 
-from local_stubs import STOP_SECONDS
+from devserver.server import STOP_SECONDS
 
 JSON_BATCH_SIZE = 50
 SERVER_STOP_SECONDS = STOP_SECONDS + 10

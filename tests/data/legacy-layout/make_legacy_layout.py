@@ -19,9 +19,10 @@ from pathlib import Path
 from google.appengine.api import apiproxy_stub_map
 from google.appengine.ext import testbed
 
-import local_stubs
+import devserver
 from clicks import counters
 from clicks.events import Event
+from devserver.datastore import LocalDatastoreStub
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
@@ -29,9 +30,9 @@ path = out / "datastore.db"
 path.unlink(missing_ok=True)
 bed = testbed.Testbed()
 bed.activate()
-bed.setup_env(app_id=local_stubs.APP_ID, overwrite=True)
+bed.setup_env(app_id=devserver.APP_ID, overwrite=True)
 bed.init_memcache_stub()
-stub = local_stubs.LocalDatastoreStub(local_stubs.APP_ID, path)
+stub = LocalDatastoreStub(devserver.APP_ID, path)
 apiproxy_stub_map.apiproxy.RegisterStub("datastore_v3", stub)
 
 rng = random.Random(2025)

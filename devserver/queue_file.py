@@ -1,4 +1,4 @@
-"""The local server's queue, kept beside its Datastore: ``<data_dir>/queue.json``.
+"""The development server's queue, kept beside its Datastore: ``<data_dir>/queue.json``.
 
 ``python main.py`` holds memcache, and with it the queue of events accepted but
 not yet counted, in its one worker process. So that a stop or a crash does not
@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from google.appengine.api import memcache
+
+from devserver import sdk
 
 FORMAT = "clickqueue local queue 1"
 FILE_NAME = "queue.json"
@@ -77,9 +79,9 @@ def copy_queue_entries(memcache_stub: Any, prefix: str, *, hold: bool = False) -
     process is about to end, and nothing may be stored that this copy missed)."""
     entries, foreign = [], 0
     encoded_prefix = prefix.encode()
-    memcache_stub._mutex.acquire()
+    sdk.memcache_lock(memcache_stub).acquire()
     try:
-        for key, entry in memcache_stub._the_cache.get("", {}).items():
+        for key, entry in sdk.memcache_table(memcache_stub).items():
             if not key.startswith(encoded_prefix) or entry.CheckExpired() or entry.CheckLocked():
                 continue
             kind = KEPT_FLAGS.get(entry.flags)
@@ -90,7 +92,7 @@ def copy_queue_entries(memcache_stub: Any, prefix: str, *, hold: bool = False) -
             entries.append(SavedEntry(key.decode(), bytes(entry.value), kind, expires_at))
     finally:
         if not hold:
-            memcache_stub._mutex.release()
+            sdk.memcache_lock(memcache_stub).release()
     return entries, foreign
 
 
