@@ -1,5 +1,4 @@
-"""The sample app's domain: what a click or view event is, and how events go from a
-request, through the queue, into counts in Datastore.
+"""The sample app's domain: click and view events, from a request through the queue into counts.
 
 It holds the rules a request's events must pass (``events``), who sent them
 (``traffic``), which pages may send them (``origins``), signed links (``links``),

@@ -1,7 +1,8 @@
-"""Backpressure on intake: the recording handlers (``/track``, ``/p.gif``, ``/go``)
-refuse events that would take the queue's backlog past ``Settings.max_queue_depth``,
-so events wait in memcache only as long as processing keeps up, never until
-memcache evicts them.
+"""Backpressure on intake: events that would take the queue's backlog past its limit are refused.
+
+The recording handlers (``/track``, ``/p.gif``, ``/go``) refuse events that
+would take the backlog past ``Settings.max_queue_depth``, so events wait in
+memcache only as long as processing keeps up, never until memcache evicts them.
 
 The backlog is what memcache holds and processing has not recorded yet: the
 queue's ``depth`` (waiting) plus its ``leased`` (in batches being recorded), as

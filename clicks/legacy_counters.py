@@ -1,5 +1,7 @@
-"""The counters as the app stored them before the count store: one entity per item and
-per item's hour and day, and a marker per counted batch, all under ``EventTotals``.
+"""The counters as stored before the count store, read only to be copied into it and pruned.
+
+One entity per item and per item's hour and day, and a marker per counted
+batch, all under ``EventTotals``.
 
 Nothing writes them any more. ``clicks.counting.migrate_legacy_page`` copies
 them into the count store a page at a time (``read_page``); ``count_batch``

@@ -1,6 +1,7 @@
-"""Tracked links: ``/go?item=ID&to=URL&sig=SIG`` counts a click and redirects to
-URL only if SIG is the HMAC-SHA256 of (item, URL) under the app's link key, so
-the app never redirects where its admins did not sign (no open redirect).
+"""Signed tracked links: the app redirects only to URLs its admins signed (no open redirect).
+
+``/go?item=ID&to=URL&sig=SIG`` counts a click and redirects to URL only if SIG
+is the HMAC-SHA256 of (item, URL) under the app's link key.
 
 The key is ``CLICKQUEUE_LINK_KEY`` if set (at least 32 characters: set it where
 the deployment keeps secrets, never in the repository), else 32 random bytes

@@ -1,6 +1,9 @@
-"""Recording a request's events: dated, marked as a bot's or dropped as a prefetch, refused
-while the queue is full, queued (through the process's group commit: one write shared
-by the requests in flight), and their processing scheduled."""
+"""Recording a request's events: dated, marked, admitted, queued, and their processing scheduled.
+
+Marked as a bot's or dropped as a prefetch, refused while the queue is full,
+queued through the process's group commit (one write shared by the requests in
+flight).
+"""
 
 from __future__ import annotations
 

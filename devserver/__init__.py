@@ -1,5 +1,7 @@
-"""The development server (``python main.py``): gunicorn, as app.yaml runs it, with one worker process
-holding the App Engine SDK's stubs for memcache, the task queue and Datastore.
+"""The development server (``python main.py``): the app on gunicorn and the App Engine SDK's stubs.
+
+gunicorn, as app.yaml runs it, with one worker process holding the SDK's stubs
+for memcache, the task queue and Datastore.
 
 Why gunicorn and not wsgiref: it is the server App Engine runs, so chunked
 bodies, keep-alive, idle timeouts (a connection sending nothing is dropped

@@ -1,5 +1,8 @@
-"""The development server's gunicorn: one worker holding the stubs, bound to 127.0.0.1,
-its requests the local admin's, Ctrl-C a graceful stop; and ``serve``, which ``main.py`` runs."""
+"""The development server's gunicorn, and ``serve``, which ``main.py`` runs.
+
+One worker holding the stubs, bound to 127.0.0.1, its requests the local
+admin's, Ctrl-C a graceful stop.
+"""
 
 from __future__ import annotations
 

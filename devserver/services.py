@@ -1,5 +1,4 @@
-"""The stubs of the development server's worker: set up, restored, saved on a timer,
-and drained and saved at the stop."""
+"""The stubs of the development server's worker: set up, restored, saved, drained at the stop."""
 
 from __future__ import annotations
 

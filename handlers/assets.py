@@ -1,5 +1,7 @@
-"""``/t.js`` and ``/static/...``: the page snippet, the dashboard's script and
-style, and the vendored chart library, served from ``static/`` with an ETag.
+"""``/t.js`` and ``/static/...``: the page snippet and the dashboard's files, served with an ETag.
+
+The snippet, the dashboard's script and style and the vendored chart library,
+from ``static/``.
 
 A fixed set of files, read once: no path from a request ever reaches the file
 system. Browsers revalidate with ``If-None-Match`` (a 304 when unchanged) once

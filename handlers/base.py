@@ -1,5 +1,6 @@
-"""The app and the base of every handler: request limits, JSON answers, and every
-error turned into its HTTP answer here, in one place.
+"""The app and the base of every handler: request limits, JSON answers, every error's HTTP answer.
+
+Every error is turned into its HTTP answer here, in one place.
 
 webapp2 answers its own errors with HTML pages: the router's 404 and 405, the
 handler's 405 (``RequestHandler.dispatch``), the 501 for a method it does not

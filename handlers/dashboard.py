@@ -1,6 +1,9 @@
-"""``/dashboard`` (admins): totals, a chart over time, top items, queue health,
-the link signer and the snippet, on one server-rendered page; its script
-(static/dashboard.js) draws the chart from ``/stats``. ``/`` leads to it."""
+"""``/dashboard`` (admins): the counts, queue health, the link signer and the snippet on one page.
+
+Totals, a chart over time, top items, queue health, the link signer and the
+snippet, server-rendered; its script (static/dashboard.js) draws the chart from
+``/stats``. ``/`` leads to it.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""``/go``: tracked links that redirect only where the app's admins signed
-(see clicks/links.py); ``/links``: where admins sign them."""
+"""``/go``: a signed tracked link, counted and redirected; ``/links``: where admins sign them.
+
+See clicks/links.py.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The base of the handlers that record events (``/track``, ``/p.gif``, ``/go``): the
-request's page checked against the allowed origins, its sender told, its events recorded."""
+"""The base of the handlers that record events (``/track``, ``/p.gif``, ``/go``).
+
+The request's page is checked against the allowed origins, its sender told, and
+its events recorded (``clicks.recording``).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""``/stats`` (admins): counts from Datastore and the queue's own counters, and
-counts over time."""
+"""``/stats`` (admins): counts from Datastore and the queue's own counters, now and over time."""
 
 from __future__ import annotations
 
