@@ -1,8 +1,8 @@
 """Faults from the fault model (see docs/protocol.md), each on real backends.
 
 The rule throughout: no message delivered twice (but under its own lease id),
-no stall, and whatever is lost is counted. The tests named for a confirmed bug
-of the fault-model work failed on the code before it (commit 7ef977f).
+no stall, and whatever is lost is counted. The regression tests below failed
+on the code before the fault-model work (commit 7ef977f).
 """
 
 import json
@@ -276,10 +276,10 @@ def test_a_counter_pushed_far_ahead_costs_each_call_a_bounded_number_of_cache_ca
     assert queue.stats().skipped <= MAX_EMPTY_ROUNDS * (100 + MAX_CLAIM_ITEMS)
 
 
-# -- the confirmed bugs of the fault-model work, one regression test each ---------------------
+# -- regressions of the fault-model work, one test each -----------------------------------------
 
 
-def test_bug1_state_and_counter_lost_together_never_lease_a_message_again_under_a_new_id(make_queue, cache):
+def test_state_and_counter_lost_together_never_lease_a_message_again_under_a_new_id(make_queue, cache):
     """A server holding both the state and the write counter restarted, while the
     slots on another server survived, one batch leased."""
     queue = make_queue()
@@ -294,7 +294,7 @@ def test_bug1_state_and_counter_lost_together_never_lease_a_message_again_under_
     assert newcomer.stats().resets >= 1
 
 
-def test_bug2_a_counter_lost_with_its_newest_slots_is_never_set_back_under_a_waiting_reader(make_queue, cache):
+def test_a_counter_lost_with_its_newest_slots_is_never_set_back_under_a_waiting_reader(make_queue, cache):
     """The write counter and the three slots it had just handed out vanished
     together, while a reader had read the state and counter but not yet claimed."""
     queue = make_queue()
@@ -314,7 +314,7 @@ def test_bug2_a_counter_lost_with_its_newest_slots_is_never_set_back_under_a_wai
     assert stats.lost + stats.gapped >= 3, "the three lost messages are within the bound the counts give"
 
 
-def test_bug3_reader_tombstone_lost_to_an_rpc_error_never_strands_a_message(testbed, memcache_rpc_faults, clock):
+def test_reader_tombstone_lost_to_an_rpc_error_never_strands_a_message(testbed, memcache_rpc_faults, clock):
     reader = Queue("q", clock=clock)
     reader.write("first")
 
@@ -330,7 +330,7 @@ def test_bug3_reader_tombstone_lost_to_an_rpc_error_never_strands_a_message(test
     assert (stats.lost, stats.read, stats.written) == (0, 2, 2)
 
 
-def test_bug3_slot_read_failing_with_an_rpc_error_leaves_every_message_for_the_next_lease(
+def test_slot_read_failing_with_an_rpc_error_leaves_every_message_for_the_next_lease(
     testbed, memcache_rpc_faults, clock
 ):
     """App Engine answers a failed get with {}: read as "all empty", the lease came
@@ -345,7 +345,7 @@ def test_bug3_slot_read_failing_with_an_rpc_error_leaves_every_message_for_the_n
     assert queue.lease(10, seconds=30).messages == ["a", "b", "c"]
 
 
-def test_bug3_add_whose_reply_was_lost_is_stored_once_on_app_engine(testbed, memcache_rpc_faults):
+def test_add_whose_reply_was_lost_is_stored_once_on_app_engine(testbed, memcache_rpc_faults):
     queue = Queue("q")
     queue.write("warm up")
     assert queue.read() == "warm up"
@@ -357,7 +357,7 @@ def test_bug3_add_whose_reply_was_lost_is_stored_once_on_app_engine(testbed, mem
     assert (stats.written, stats.read, stats.lost) == (2, 2, 0)
 
 
-def test_bug3_add_whose_reply_was_lost_is_stored_once_on_memcached(memcached_server, memcached_client):
+def test_add_whose_reply_was_lost_is_stored_once_on_memcached(memcached_server, memcached_client):
     from pymemcache.client.base import Client
 
     proxy = FaultProxy(memcached_server.address)
@@ -409,7 +409,7 @@ def test_a_call_gives_up_with_contention_error_once_it_spent_its_cache_call_budg
     assert raised.value.key == queue.keys.state, "it tripped in the counter's repair"
 
 
-def test_bug4_a_counter_repair_that_lost_its_race_records_no_gap(make_queue, cache, clock):
+def test_a_counter_repair_that_lost_its_race_records_no_gap(make_queue, cache, clock):
     """Two writers repair a lost counter; the one whose add loses must not leave its
     margin as a gap: 1,030 messages written meanwhile lie there, and an eviction
     among them must count as lost, not as a gap."""
@@ -457,7 +457,7 @@ def test_a_takeover_whose_reply_was_lost_never_passes_another_holders_takeover_f
     assert not mine, "the batch went to one holder of attempt 2 only"
 
 
-def test_bug5_stale_ack_after_a_flush_deletes_nothing_written_after_it(make_queue, cache, cache_client):
+def test_stale_ack_after_a_flush_deletes_nothing_written_after_it(make_queue, cache, cache_client):
     queue = make_queue()
     queue.write("before the flush")
     stale = queue.lease(10, seconds=300)
@@ -468,7 +468,7 @@ def test_bug5_stale_ack_after_a_flush_deletes_nothing_written_after_it(make_queu
 
 
 @pytest.mark.slow
-def test_bug6_leases_on_64_shards_end_in_too_many_leases_before_the_state_outgrows_a_value(memcached_client):
+def test_leases_on_64_shards_end_in_too_many_leases_before_the_state_outgrows_a_value(memcached_client):
     queue = Queue("q", memcached_client, shards=64)
     for _shard in range(64):
         queue.write_multi(range(300))  # a batch per shard, in turn: 19,200 messages
@@ -482,7 +482,7 @@ def test_bug6_leases_on_64_shards_end_in_too_many_leases_before_the_state_outgro
     assert len(queue.lease(64, seconds=300)) == 64, "the queue works on once leases are settled"
 
 
-def test_bug8_memcached_batch_cut_mid_write_is_stored_once(memcached_server, memcached_client):
+def test_memcached_batch_cut_mid_write_is_stored_once(memcached_server, memcached_client):
     from pymemcache.client.base import Client
 
     proxy = FaultProxy(memcached_server.address)
@@ -509,7 +509,7 @@ def test_bug8_memcached_batch_cut_mid_write_is_stored_once(memcached_server, mem
     proxy.close()
 
 
-def test_bug9_pickled_dict_in_a_leased_slot_neither_crashes_nor_blocks_its_batch(testbed):
+def test_pickled_dict_in_a_leased_slot_neither_crashes_nor_blocks_its_batch(testbed):
     from google.appengine.api import memcache
 
     queue = Queue("q")

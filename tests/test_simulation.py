@@ -1,9 +1,9 @@
 """The deterministic simulation (tests/sim) in CI: a fixed seed set under the whole
-fault model, the scenario of each confirmed bug of the fault-model work, and reproducibility.
+fault model, each preset's scenario, and reproducibility.
 
 ``python3 dev.py soak --minutes 30`` runs seeds until the time is up;
 ``python -m tests.sim --trace SEED`` replays one with its full trace;
-docs/simulation.md says how the simulator found each bug before the fix.
+docs/simulation.md says how the simulator works and what each preset exercises.
 """
 
 import pytest
@@ -15,10 +15,10 @@ SWARM_SEEDS = range(12)
 """The full swarm: every fault kind in the model, a random subset per seed (~2 s a seed)."""
 
 PRESET_SEEDS = range(4)
-"""Each bug's scenario (a fraction of a second a seed)."""
+"""Each preset's scenario (a fraction of a second a seed)."""
 
-CI_PRESETS = sorted(name for name in PRESETS if name not in ("swarm", "bug6"))
-"""bug6's scenario (hundreds of outstanding leases on 64 shards) needs ~300,000 steps: soak only."""
+CI_PRESETS = sorted(name for name in PRESETS if name not in ("swarm", "many-outstanding-leases"))
+"""Hundreds of outstanding leases on 64 shards need ~300,000 steps: soak only."""
 
 
 def failures(specs):
@@ -36,13 +36,13 @@ def test_fixed_seed_set_keeps_every_guarantee_under_the_fault_model():
 
 
 @pytest.mark.parametrize("preset", CI_PRESETS)
-def test_every_guarantee_holds_in_the_scenario_of_a_confirmed_bug(preset):
+def test_every_guarantee_holds_in_each_presets_scenario(preset):
     reports = failures(RunSpec(seed, preset) for seed in PRESET_SEEDS)
     assert not reports, "\n\n".join(reports)
 
 
 def test_one_seed_replays_the_same_run_bit_for_bit():
-    spec = RunSpec(7, "bug3")
+    spec = RunSpec(7, "appengine-rpc-errors")
     first, second = run(spec, keep_trace=True), run(spec, keep_trace=True)
     assert first.trace.format(first.trace.entries) == second.trace.format(second.trace.entries)
     assert (first.steps, first.injected, first.violations) == (second.steps, second.injected, second.violations)
@@ -50,7 +50,7 @@ def test_one_seed_replays_the_same_run_bit_for_bit():
 
 def test_a_replay_of_the_injected_faults_is_the_same_run():
     """Shrinking rests on this: replaying exactly the faults a seed injected changes nothing."""
-    original = run(RunSpec(2, "bug3"), keep_trace=True)
-    replay = run(RunSpec(2, "bug3", faults=tuple(original.injected)), keep_trace=True)
+    original = run(RunSpec(2, "appengine-rpc-errors"), keep_trace=True)
+    replay = run(RunSpec(2, "appengine-rpc-errors", faults=tuple(original.injected)), keep_trace=True)
     assert original.injected, "the run had faults to replay"
     assert replay.trace.format(replay.trace.entries) == original.trace.format(original.trace.entries)

@@ -11,6 +11,6 @@ each seed uses; the ``oracle`` checks G1-G5 against its own log after every
 step; the ``runner`` runs the chaos and liveness phases, reports and shrinks
 failures. Same seed, same run, bit for bit.
 
-    python -m tests.sim --seeds 0-199 --preset bug3
+    python -m tests.sim --seeds 0-199 --preset appengine-rpc-errors
     python -m tests.sim --trace 17
 """

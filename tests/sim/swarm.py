@@ -5,7 +5,7 @@ it draws which fault kinds are on (and how often), which operations the
 parties make, how many parties of each role, and the queue's configuration.
 Some bugs only show when another fault is absent.
 
-A preset biases the draw towards a scenario (a bug the fault-model work confirmed, for example)
+A preset biases the draw towards a scenario (one that once broke a guarantee, for example)
 without scripting it: the seed still decides every interleaving and fault,
 and the oracle still decides what failed.
 """
@@ -155,8 +155,8 @@ _OP_CHANCES = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A bias of the swarm towards a scenario (the one where a confirmed bug of the fault-model work
-    showed), and the backend whose semantics it needs (None: either)."""
+    """A bias of the swarm towards a scenario, named for what it exercises, and the backend whose
+    semantics it needs (None: either)."""
 
     about: str
     backend: Backend | None
@@ -193,7 +193,7 @@ PRESETS: dict[str, Preset] = {
             node_capacity_bytes=64 * 2**20,
         ),
     ),
-    "bug1": Preset(
+    "state-and-counter-lost": Preset(
         "node restarts (several nodes) while batches are leased",
         MEMCACHED,
         lambda swarm, rng: replace(
@@ -205,7 +205,7 @@ PRESETS: dict[str, Preset] = {
             shards=rng.choice([1, 2]),
         ),
     ),
-    "bug2": Preset(
+    "counter-evicted-mid-write": Preset(
         "write counters evicted early, while shards are new and writers are mid-write",
         APPENGINE,
         lambda swarm, rng: replace(
@@ -220,7 +220,7 @@ PRESETS: dict[str, Preset] = {
             chaos_steps=300,
         ),
     ),
-    "bug3": Preset(
+    "appengine-rpc-errors": Preset(
         "RPC errors (before or after applying) on App Engine memcache's adds and gets",
         APPENGINE,
         lambda swarm, rng: replace(
@@ -242,7 +242,7 @@ PRESETS: dict[str, Preset] = {
             lease_seconds=(30.0,),
         ),
     ),
-    "bug4": Preset(
+    "concurrent-counter-repair": Preset(
         "write counters and slots evicted, several writers reseeding at once",
         APPENGINE,
         lambda swarm, rng: replace(
@@ -256,7 +256,7 @@ PRESETS: dict[str, Preset] = {
             read_sizes=(1000,),
         ),
     ),
-    "bug5": Preset(
+    "lease-takeovers": Preset(
         "leases of every size taken over, released, acked late, across flushes",
         APPENGINE,
         lambda swarm, rng: replace(
@@ -269,7 +269,7 @@ PRESETS: dict[str, Preset] = {
             lease_sizes=(1, 2, 5, 100),
         ),
     ),
-    "bug6": Preset(
+    "many-outstanding-leases": Preset(
         "many outstanding leases on 64 shards of a long-used queue",
         APPENGINE,
         lambda swarm, rng: replace(
@@ -285,7 +285,7 @@ PRESETS: dict[str, Preset] = {
             chaos_steps=300_000,
         ),
     ),
-    "bug7": Preset(
+    "long-tombstones": Preset(
         "tombstone_seconds over 30 days, no faults",
         APPENGINE,
         lambda swarm, rng: replace(
@@ -295,7 +295,7 @@ PRESETS: dict[str, Preset] = {
             max_write_seconds=60.0,
         ),
     ),
-    "bug8": Preset(
+    "partial-batch-adds": Preset(
         "server errors cutting pymemcache's batched adds short",
         MEMCACHED,
         lambda swarm, rng: replace(
@@ -307,7 +307,7 @@ PRESETS: dict[str, Preset] = {
             lease_seconds=(30.0,),
         ),
     ),
-    "bug9": Preset(
+    "foreign-values": Preset(
         "foreign values in slots, and messages nested near json's limit",
         APPENGINE,
         lambda swarm, rng: replace(
@@ -324,7 +324,7 @@ PRESETS: dict[str, Preset] = {
             parties=_parties(rng.randint(1, 3), rng.randint(1, 2), rng.randint(1, 2)),
         ),
     ),
-    "bug10": Preset(
+    "concurrent-queue-creation": Preset(
         "no faults, many writers creating a queue at once on App Engine (incr keeps the CAS id)",
         APPENGINE,
         lambda swarm, rng: replace(
