@@ -4,7 +4,7 @@ and clicks, and the dashboard charts what /stats answers, with no console errors
 
 The app is ``python main.py`` (open to its local admin); the test pages come from a
 server of their own on another port, another origin, which the app allows. The
-dashboard's screenshot is saved in artifacts/screenshots/ (README: docs/dashboard.png).
+dashboard's screenshot is saved in artifacts/screenshots/ (docs/dashboard.md shows docs/dashboard.png).
 Skipped where Chromium or its driver is missing, except under CI=true.
 """
 

@@ -2,9 +2,9 @@
 (gunicorn, the bundled services, real push tasks) counts events exactly, and every
 Datastore query it makes is served by an index in index.yaml.
 
-The server is started by the README's own dev_appserver command, run by bash as
-it is written there, with only free ports, a fresh storage folder and a fresh
-virtualenv folder added. That command passes --require_indexes=yes, so a query
+The server is started by the dev_appserver command of docs/local-development.md,
+run by bash as it is written there, with only free ports, a fresh storage folder and
+a fresh virtualenv folder added. That command passes --require_indexes=yes, so a query
 whose index is missing from index.yaml fails here instead of in production.
 Skipped when the Cloud SDK is absent, except under CI=true where it must run.
 """
@@ -55,17 +55,17 @@ batches not yet folded runs in every /fold task, which
 test_dev_appserver_counts_events_exactly exercises."""
 
 
-def readme_command() -> str:
-    """The shell lines of the README's dev_appserver section, exactly as written."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("## Under the Cloud SDK: dev_appserver.py", 1)[1]
+def documented_command() -> str:
+    """The shell lines of the dev_appserver section of docs/local-development.md, exactly as written."""
+    page = (REPO_ROOT / "docs" / "local-development.md").read_text()
+    section = page.split("## Under the Cloud SDK: dev_appserver.py", 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert block is not None, "the README's dev_appserver section has no sh block"
+    assert block is not None, "the dev_appserver section of docs/local-development.md has no sh block"
     return block.group(1).rstrip("\n")
 
 
 class DevAppserver:
-    """The README's dev_appserver command, serving a copy of the app on free loopback ports."""
+    """The documented dev_appserver command, serving a copy of the app on free loopback ports."""
 
     def __init__(self, work_dir: Path) -> None:
         self.app_dir = work_dir / "app"
@@ -80,9 +80,9 @@ class DevAppserver:
             f"--storage_path={work_dir / 'storage'}",
             f"--python_virtualenv_path={work_dir / 'venv'}",
         ]
-        command = readme_command()
+        command = documented_command()
         assert "dev_appserver.py app.yaml" in command and "--require_indexes=yes" in command, command
-        # `python3` in the README's command is the interpreter running these tests.
+        # `python3` in the documented command is the interpreter running these tests.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
         environment = {**os.environ, "PATH": path}
         environment.pop("APPENGINE_USE_CLOUDTASK_PUSH_QUEUE", None)
@@ -188,7 +188,7 @@ def test_gunicorn_listens_on_loopback_only(dev_appserver):
     assert all(address.startswith("http://127.0.0.1:") for address in listening), listening
 
 
-# -- what dev_appserver strips from outside requests, as the README's admin section states -------
+# -- what dev_appserver strips from outside requests, as docs/dashboard.md states ----------------
 
 SPOOFED_ADMIN = {"X-Appengine-User-Email": ADMIN_EMAIL, "X-Appengine-User-Id": "1", "X-Appengine-User-Is-Admin": "1"}
 

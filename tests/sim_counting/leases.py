@@ -4,7 +4,7 @@ Messages arrive over time (each at its own simulated time) and wait until a
 processor leases up to ``batch_size`` of them under a new lease id. A lease
 not acked by its deadline, or released after a failure, goes whole to the
 next ``lease()`` under the same id with ``attempt + 1``; the first ack of a
-lease id settles it, whichever attempt's holder makes it (README.md, "Leases"). The queue itself is simulated elsewhere (tests/sim):
+lease id settles it, whichever attempt's holder makes it (docs/library.md, "Leases"). The queue itself is simulated elsewhere (tests/sim):
 here it is only the source of deliveries and redeliveries.
 """
 
