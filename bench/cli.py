@@ -54,7 +54,7 @@ QUICK_DEFAULTS = {
     "counting_stats_items": 1000,
     "counting_stats_requests": 5,
 }
-"""``--quick``: a smoke run of every part in well under a minute; explicit options still win."""
+"""``--quick``: a smoke run of every part in under a minute on 2 cores; explicit options still win."""
 
 
 def int_list(text: str) -> list[int]:
@@ -68,7 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=bench.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: a smoke run of under a minute, not a measurement"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout (table on stderr)")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "results.json", help="JSON results file")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "throughput.png", help="PNG plot file")
