@@ -9,7 +9,7 @@ both backends' adapters do, faults included: per-key ``Applied`` answers
 ``CacheUnavailableError`` where a call cannot answer. A value stored with
 App Engine's pickle flag comes back as its raw bytes, never unpickled.
 (The views of the library before the fault-model work, with its adapters' failure
-behaviour, are in git history: docs/simulation.md.)
+behaviour, are in git history, at df9db96.)
 """
 
 from __future__ import annotations
