@@ -6,18 +6,21 @@ same modules), and the settings the code relies on are checked against the
 code's own values. Those validators skip the cron schedule's grammar (groc)
 when it is not importable, as in appengine-python-standard; the Cloud SDK's
 dev_appserver has it, so the schedule is parsed there, with the SDK's Python.
+What `gcloud app deploy` uploads (.gcloudignore) is listed by gcloud itself.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from tests.support.cloud_sdk import cloud_sdk
+from tests.support.cloud_sdk import cloud_sdk, copy_upload, files_for_upload
 from tests.support.processes import REPO_ROOT
 from google.appengine.api import appinfo, croninfo, queueinfo, yaml_errors
 from google.appengine.datastore import datastore_index
@@ -278,3 +281,81 @@ def test_bad_edit_fails_the_app_engine_parser(file_name, original, broken, error
     PARSERS[file_name](text)  # the file as it is parses
     with pytest.raises(yaml_errors.EventError, match=re.escape(error)):
         PARSERS[file_name](text.replace(original, broken, 1))
+
+
+# -- .gcloudignore: what `gcloud app deploy` uploads ----------------------------------------------
+
+APP_FILES = frozenset({"main.py", "requirements.txt", "app.yaml", "queue.yaml", "cron.yaml", "index.yaml"})
+APP_DIRECTORIES = frozenset({"clickqueue", "clicks", "handlers", "static", "templates"})
+"""main.py imports the three packages; handlers read static/ and templates/."""
+
+LEFTOVERS = [
+    ".venv/bin/python",
+    ".venv-3.13/bin/python",
+    "artifacts/screenshots/dashboard.png",
+    "mutants/main.py",
+    ".local-data/datastore.db",
+    "bench/results/run.json",
+    "handlers/__pycache__/base.cpython-311.pyc",
+    ".pytest_cache/README.md",
+    ".hypothesis/examples/0",
+    "dist/clickqueue-0.2.0-py3-none-any.whl",
+    "notes.txt",
+]
+"""Files a checkout gathers that git does not track: a fresh CI clone has .venv/ and artifacts/."""
+
+
+def tracked_files() -> list[str]:
+    """The checkout's files that git tracks and that exist in the working tree."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    return [name for name in listed.stdout.split("\0") if name and (REPO_ROOT / name).is_file()]
+
+
+def is_deployed(name: str) -> bool:
+    return (name in APP_FILES or name.split("/", 1)[0] in APP_DIRECTORIES) and not name.endswith(".md")
+
+
+@pytest.fixture
+def checkout_copy(tmp_path):
+    """The tracked files as they are in the working tree, plus the leftovers, in a folder of
+    their own: what gcloud uploads from a checkout, whatever else lies in this one."""
+    copy = tmp_path / "checkout"
+    for name in tracked_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, copy / name)
+    for name in LEFTOVERS:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_text("a leftover\n")
+    return copy
+
+
+def test_deploy_uploads_the_app_files_and_nothing_else(checkout_copy):
+    expected = {name for name in tracked_files() if is_deployed(name)}
+
+    assert files_for_upload(checkout_copy) == expected
+    assert {"main.py", "app.yaml", "handlers/base.py", "static/t.js", "templates/dashboard.html"} <= expected
+
+
+# Run in a copy of the upload: loads the app as gunicorn does, reads every file it serves,
+# and prints the top-level modules it loaded from that copy.
+LOAD_THE_APP = """
+import os, sys, gunicorn.util
+gunicorn.util.import_app("main:app")
+from handlers import assets
+for name in assets.SERVED:
+    assets.asset(name)
+here = os.getcwd() + os.sep
+loaded = {name: getattr(module, "__file__", None) or "" for name, module in sys.modules.items()}
+print(sorted({name.split(".")[0] for name, path in loaded.items() if path.startswith(here)}))
+"""
+
+
+def test_uploaded_files_alone_load_the_app_and_everything_it_serves(checkout_copy, tmp_path):
+    """The deployed app imports only what is uploaded (not devserver/, not dev.py) and
+    reads its template and every static file it serves from there."""
+    upload = tmp_path / "upload"
+    copy_upload(checkout_copy, upload)
+    done = subprocess.run([sys.executable, "-E", "-s", "-c", LOAD_THE_APP], cwd=upload, capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "['clickqueue', 'clicks', 'handlers', 'main']\n"

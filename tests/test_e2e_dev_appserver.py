@@ -24,17 +24,12 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from tests.support.cloud_sdk import cloud_sdk
+from tests.support.cloud_sdk import cloud_sdk, copy_upload
 from tests.support.processes import REPO_ROOT, free_port, wait_until
 from tests.support.e2e import EventPlan, HttpRequest, send, send_concurrently, send_raw, wait_for_counts, wait_until_serving
 
 pytestmark = pytest.mark.dev_appserver
 
-# The app runs from a copy of what `gcloud app deploy` uploads, so dev_appserver
-# neither watches nor writes anything in the checkout.
-NOT_DEPLOYED = shutil.ignore_patterns(
-    ".git", ".ci", "tests", "bench", ".local-data", "artifacts", "__pycache__", ".pytest_cache", ".hypothesis", ".venv*"
-)
 EVENT_COUNT = 300
 FIRST_START_SECONDS = 300  # the first start pip-installs requirements.txt into a fresh virtualenv
 
@@ -71,7 +66,9 @@ class DevAppserver:
         self.app_dir = work_dir / "app"
         self.log_path = work_dir / "dev_appserver.log"
         self.port = free_port()
-        shutil.copytree(REPO_ROOT, self.app_dir, ignore=NOT_DEPLOYED)
+        # What `gcloud app deploy` uploads, copied: the deployed files alone run here, and
+        # dev_appserver neither watches nor writes anything in the checkout.
+        copy_upload(REPO_ROOT, self.app_dir)
         (work_dir / "venv").mkdir()
         overrides = [
             f"--port={self.port}",

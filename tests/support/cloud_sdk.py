@@ -1,5 +1,5 @@
-"""The Cloud SDK's App Engine tools, for the tests that need them (dev_appserver.py,
-and the cron schedule grammar, which only the SDK's Python can load).
+"""The Cloud SDK's tools, for the tests that need them (dev_appserver.py, the cron
+schedule grammar, which only the SDK's Python can load, and gcloud's upload list).
 
 Absent on a user's machine: those tests skip; under CI=true they fail.
 """
@@ -49,3 +49,27 @@ def cloud_sdk() -> CloudSdk:
     if isinstance(found, str):
         skip_or_fail_in_ci(found)
     return found
+
+
+def gcloud() -> str:
+    """The installed gcloud command; skips (fails under CI) without one."""
+    found = shutil.which("gcloud")
+    if found is None:
+        skip_or_fail_in_ci("the Cloud SDK's gcloud is not installed")
+    return found
+
+
+def files_for_upload(app_dir: Path) -> set[str]:
+    """The files under ``app_dir`` that `gcloud app deploy` would upload (its .gcloudignore
+    applied), relative to it; listed offline."""
+    listed = subprocess.run(
+        [gcloud(), "meta", "list-files-for-upload", str(app_dir)], capture_output=True, text=True, check=True
+    )
+    return set(listed.stdout.splitlines())
+
+
+def copy_upload(app_dir: Path, destination: Path) -> None:
+    """Copy what `gcloud app deploy` would upload from ``app_dir`` into ``destination``."""
+    for name in files_for_upload(app_dir):
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(app_dir / name, destination / name)
