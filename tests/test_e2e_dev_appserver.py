@@ -144,10 +144,10 @@ def test_dev_appserver_counts_events_exactly(dev_appserver):
     plan = EventPlan.random(EVENT_COUNT, item_count=25, seed=11)
 
     statuses = send_concurrently(dev_appserver.base_url, plan.requests(), clients=4)
+    assert set(statuses) <= {202, 204}, f"answers to the {EVENT_COUNT} events: {dict(statuses)}"
     stats = wait_for_counts(dev_appserver.base_url, plan, timeout_seconds=120, headers=ADMIN)
 
     print(f"sent {EVENT_COUNT} events: {dict(statuses)}; /stats totals {stats['totals']}, queue {stats['queue']}")
-    assert set(statuses) <= {202, 204}
     assert (stats["queue"]["depth"], stats["queue"]["lost"]) == (0, 0)
 
 

@@ -221,12 +221,18 @@ def wait_until_drained(base_url: str, timeout_seconds: float, counted_before: in
 def wait_for_counts(base_url: str, plan: EventPlan, timeout_seconds: float, headers: Headers = ()) -> dict:
     """Poll /stats until it shows exactly the plan's counts; return those stats."""
 
+    last_seen: dict = {}
+
     def counts_are_exact():
         stats = get_json(base_url, "/stats", headers)
+        last_seen.update(totals=stats.get("totals"), queue=stats.get("queue"))
         if people_counts(stats) == (plan.expected_totals(), plan.expected_items()):
             return stats
         return None
 
-    return wait_until(
-        counts_are_exact, timeout_seconds, interval_seconds=0.2, message=f"/stats to show {plan.expected_totals()}"
-    )
+    try:
+        return wait_until(
+            counts_are_exact, timeout_seconds, interval_seconds=0.2, message=f"/stats to show {plan.expected_totals()}"
+        )
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; last seen: {last_seen}") from None
