@@ -32,8 +32,8 @@ from tests.sim_counting.faults import COMMIT_CALLS, FaultKind, FaultPlan, Planne
 from tests.sim_counting.leases import LeaseBook
 from tests.sim_counting.oracle import DATASTORE_ERRORS, ERRORS, Oracle
 from tests.sim_counting.protocol import Protocol
+from tests.support.processes import APP_ID
 
-APP_ID = "dev~clickqueue-sample"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Where index.yaml is: the stub, as App Engine, refuses a query without its index."""
 START_TIME = 1_750_000_000.0
