@@ -1,4 +1,4 @@
-"""Cache calls per queue operation, counted by ``CountingCache`` on memcached."""
+"""Cache calls and round trips per queue operation, counted by ``CountingCache`` on memcached."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ REPEATS = 20
 
 
 def count_calls(memcached: Client) -> dict[str, Any]:
-    """Average cache calls of each operation over ``REPEATS`` runs on an emptied memcached.
+    """Average cache calls of each operation over ``REPEATS`` runs on an emptied memcached,
+    and under ``round_trips`` the round trips of each (one per call and server touched).
 
     The queue is written and read once before counting, so its state exists
     (a new queue's first claim also creates the state: one ``add_multi`` more).
@@ -26,27 +27,35 @@ def count_calls(memcached: Client) -> dict[str, Any]:
     one, batch = make_messages(1, 100)[0], make_messages(BATCH, 100)
     queue.write(one)
     queue.read_multi()
+    counts: dict[str, Any] = {}
+    round_trips: dict[str, float] = {}
 
-    def per_run(operation: Callable[[], object], method: str | None = None) -> float:
-        before = cache.calls[method] if method else cache.total()
+    def per_run(operation: Callable[[], object], method: str | None = None) -> tuple[float, float]:
+        """(calls, round trips) per run of ``operation``; calls only of ``method`` if given."""
+        before, trips_before = (cache.calls[method] if method else cache.total()), cache.round_trips
         for _ in range(REPEATS):
             operation()
-        return ((cache.calls[method] if method else cache.total()) - before) / REPEATS
+        after = cache.calls[method] if method else cache.total()
+        return (after - before) / REPEATS, (cache.round_trips - trips_before) / REPEATS
+
+    def measure(name: str, operation: Callable[[], object]) -> None:
+        counts[name], round_trips[name] = per_run(operation)
 
     def lease_and_ack() -> None:
         queue.lease(BATCH).ack()
 
-    counts: dict[str, Any] = {"write": per_run(lambda: queue.write(one))}
+    measure("write", lambda: queue.write(one))
     queue.read_multi(REPEATS)
-    counts["write_multi_100"] = per_run(lambda: queue.write_multi(batch))
-    counts["read_multi_100"] = per_run(lambda: queue.read_multi(BATCH))
-    counts["read_multi_empty"] = per_run(lambda: queue.read_multi(BATCH))
+    measure("write_multi_100", lambda: queue.write_multi(batch))
+    measure("read_multi_100", lambda: queue.read_multi(BATCH))
+    measure("read_multi_empty", lambda: queue.read_multi(BATCH))
     for _ in range(REPEATS):
         queue.write_multi(batch)
-    counts["lease_ack_100"] = per_run(lease_and_ack)
+    measure("lease_ack_100", lease_and_ack)
     before = cache.calls.copy()
-    counts["cycle_100"] = per_run(lambda: (queue.write_multi(batch), queue.read_multi(BATCH)))
+    measure("cycle_100", lambda: (queue.write_multi(batch), queue.read_multi(BATCH)))
     counts["cycle_100_by_method"] = {method: (cache.calls[method] - before[method]) / REPEATS for method in cache.calls}
-    counts["incr_per_message_batch_1"] = per_run(lambda: queue.write(one), "incr")
-    counts["incr_per_message_batch_100"] = per_run(lambda: queue.write_multi(batch), "incr") / BATCH
+    counts["incr_per_message_batch_1"] = per_run(lambda: queue.write(one), "incr")[0]
+    counts["incr_per_message_batch_100"] = per_run(lambda: queue.write_multi(batch), "incr")[0] / BATCH
+    counts["round_trips"] = round_trips
     return counts

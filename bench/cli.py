@@ -240,7 +240,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         stack.callback(clients[1].close)
         results = measure_single_process(args, clients, progress)
         calls = count_calls(clients[0])
-        progress.step(f"cache calls: {calls['write']:g} per write, {calls['cycle_100']:g} per cycle of 100")
+        progress.step(
+            f"cache calls: {calls['write']:g} per write, {calls['cycle_100']:g} per cycle of 100 "
+            f"({calls['round_trips']['cycle_100']:g} round trips)"
+        )
         storage = bytes_per_message(args.storage_messages, args.storage_message_bytes, args.storage_batch)
         progress.step(
             f"memcache bytes per message: queue {storage['queue']['chunk_bytes_per_message']:g}, "

@@ -62,7 +62,7 @@ def targets(
     storage: dict[str, Any],
 ) -> list[Target]:
     """The throughput targets (ratios for each message size measured), the bot check's bound on
-    /track, then the first cache-call targets."""
+    /track, then the cache-call and round-trip targets."""
     sizes = sorted({run.message_bytes for run in results})
 
     def cycle_versus(reference: str, label: str, batch: int, limit: float) -> list[Target]:
@@ -111,6 +111,9 @@ def targets(
         Target("cache calls per write", calls["write"], 2, at_least=False),
         Target("cache calls per read_multi(100)", calls["read_multi_100"], 4, at_least=False),
         Target("cache calls per write_multi+read_multi of 100", calls["cycle_100"], 6, at_least=False),
+        Target("round trips per write", calls["round_trips"]["write"], 2, at_least=False),
+        Target("round trips per write_multi+read_multi of 100", calls["round_trips"]["cycle_100"], 4, at_least=False),
+        Target("round trips per lease(100)+ack", calls["round_trips"]["lease_ack_100"], 4, at_least=False),
     ]
 
 
@@ -190,8 +193,12 @@ def render_text(document: dict[str, Any]) -> str:
     calls = document["cache_calls"]
     sections.append(
         _format_table(
-            ["cache calls (CountingCache)", "per operation"],
-            [[name, f"{value:g}"] for name, value in calls.items() if isinstance(value, (int, float))],
+            ["cache calls (CountingCache)", "per operation", "round trips"],
+            [
+                [name, f"{value:g}", f"{calls['round_trips'][name]:g}" if name in calls.get("round_trips", {}) else "-"]
+                for name, value in calls.items()
+                if isinstance(value, (int, float))
+            ],
         )
         + "\ncycle_100 by method: "
         + ", ".join(f"{method} {count:g}" for method, count in calls["cycle_100_by_method"].items())

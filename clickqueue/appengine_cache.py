@@ -13,7 +13,8 @@ Runs against production memcache on App Engine and against the SDK's
 * CAS ids live on a ``memcache.Client`` object: every ``gets_multi`` uses a
   fresh Client and hands it out as the token.
 * One call carries at most 32 MB: writes are sent in parts under that, at
-  once; a read that fails is retried in halves, down to one key, in case it
+  once (a ``cas_multi`` with the tokens of several reads sends one RPC per
+  Client, all at once too: one round trip); a read that fails is retried in halves, down to one key, in case it
   was its size that failed it.
 * Counters (stored as ints) read back as their decimal bytes, like memcached.
 """
@@ -120,7 +121,8 @@ class AppEngineMemcache:
 
     def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
         client = _client()
-        return self._store(values, lambda part, rpc: client.add_multi_async(part, time=expire_seconds, rpc=rpc))
+        start = _add_with(client, expire_seconds)
+        return self._store([(part, start) for part in _parts(values)] if values else [])
 
     def cas_multi(
         self, values: Mapping[str, tuple[bytes, memcache.Client]], expire_seconds: int = 0
@@ -128,16 +130,20 @@ class AppEngineMemcache:
         by_client: dict[memcache.Client, dict[str, bytes]] = defaultdict(dict)
         for key, (value, client) in values.items():
             by_client[client][key] = value
-        applied: dict[str, Applied] = {}
-        for client, client_values in by_client.items():
-            applied.update(self._store(client_values, _cas_with(client, expire_seconds)))
-        return applied
+        return self._store(
+            [
+                (part, _cas_with(client, expire_seconds))
+                for client, client_values in by_client.items()
+                for part in _parts(client_values)
+            ]
+        )
 
-    def _store(self, values: Mapping[str, bytes], start: Callable[[dict[str, bytes], Any], Any]) -> dict[str, Applied]:
-        """Send each part as its own RPC, all in flight at once; map statuses to Applied."""
+    def _store(self, parts: list[tuple[dict[str, bytes], Callable[[dict[str, bytes], Any], Any]]]) -> dict[str, Applied]:
+        """Send each part by its own ``start``, all RPCs in flight at once (one round
+        trip: the tokens of several ``gets_multi`` cost no more); map statuses to Applied."""
         applied: dict[str, Applied] = {}
         rpcs = []
-        for part in _parts(values) if values else []:
+        for part, start in parts:
             rpc = memcache.create_rpc()
             start(part, rpc)
             rpcs.append((part, rpc))
@@ -177,6 +183,11 @@ class AppEngineMemcache:
         statuses = _call("delete", keys[0], lambda rpc: _client().delete_multi_async(keys, rpc=rpc))
         if statuses is None:  # what the API answers when any key's status is an error
             raise CacheUnavailableError(keys[0], "delete")
+
+
+def _add_with(client: memcache.Client, expire_seconds: int) -> Callable[[dict[str, bytes], Any], Any]:
+    """Starts the add of a part through ``client``."""
+    return lambda part, rpc: client.add_multi_async(part, time=expire_seconds, rpc=rpc)
 
 
 def _cas_with(client: memcache.Client, expire_seconds: int) -> Callable[[dict[str, bytes], Any], Any]:

@@ -13,7 +13,9 @@ the same way:
   the value changed or is gone) or ``None`` (unknown: an error, or a reply lost
   after it was applied).
 
-Each call is one round trip per cache server it touches.
+Each call is one round trip per cache server it touches (a pipelined batch of
+commands, or RPCs in flight at once, is one trip); an adapter whose keys can
+live on several servers says how many a call touches (``RoutedCache``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from clickqueue.errors import ContentionError
 
@@ -82,29 +84,48 @@ class ObservedCache:
         self.inner = inner
         self.observe = observe
 
+    def _seen(self, method_name: str, keys: Sequence[str]) -> None:
+        self.observe(method_name, _first(keys))
+
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
-        self.observe("get_multi", _first(keys))
+        self._seen("get_multi", keys)
         return self.inner.get_multi(keys)
 
     def gets_multi(self, keys: Sequence[str]) -> dict[str, tuple[bytes, CasToken]]:
-        self.observe("gets_multi", _first(keys))
+        self._seen("gets_multi", keys)
         return self.inner.gets_multi(keys)
 
     def add_multi(self, values: Mapping[str, bytes], expire_seconds: int = 0) -> dict[str, Applied]:
-        self.observe("add_multi", _first(values))
+        self._seen("add_multi", list(values))
         return self.inner.add_multi(values, expire_seconds)
 
     def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
-        self.observe("cas_multi", _first(values))
+        self._seen("cas_multi", list(values))
         return self.inner.cas_multi(values, expire_seconds)
 
     def incr(self, key: str, delta: int) -> int | None:
-        self.observe("incr", key)
+        self._seen("incr", [key])
         return self.inner.incr(key, delta)
 
     def delete_multi(self, keys: Sequence[str]) -> None:
-        self.observe("delete_multi", _first(keys))
+        self._seen("delete_multi", keys)
         self.inner.delete_multi(keys)
+
+
+@runtime_checkable
+class RoutedCache(Protocol):
+    """A Cache whose keys can live on several servers (memcached through a
+    ``HashClient``): a call is one round trip per server it touches."""
+
+    def servers_touched(self, keys: Sequence[str]) -> int:
+        """How many servers a call naming ``keys`` sends to."""
+        ...
+
+
+def round_trips(cache: object, keys: Sequence[str]) -> int:
+    """The round trips of one call naming ``keys``: one per server it touches, and
+    one for a cache that is one server (or answers every call in one RPC)."""
+    return cache.servers_touched(keys) if isinstance(cache, RoutedCache) else 1
 
 
 def _first(keys: Iterable[str]) -> str:
@@ -112,20 +133,28 @@ def _first(keys: Iterable[str]) -> str:
 
 
 class CountingCache(ObservedCache):
-    """A Cache that counts the calls made through it, by method name.
+    """A Cache that counts the calls made through it, by method name, and their
+    round trips (``round_trips``: one per call and server it touches).
 
     The round-trip tests and the benchmark use it to show calls per operation.
     """
 
     def __init__(self, inner: Cache) -> None:
-        super().__init__(inner, self._count)
+        super().__init__(inner, lambda _method_name, _key: None)
         self.calls: Counter[str] = Counter()
+        self.round_trips = 0
 
-    def _count(self, method_name: str, _key: str) -> None:
+    def _seen(self, method_name: str, keys: Sequence[str]) -> None:
         self.calls[method_name] += 1
+        self.round_trips += round_trips(self.inner, keys)
 
     def total(self) -> int:
         return sum(self.calls.values())
+
+    def clear(self) -> None:
+        """Start counting again from zero."""
+        self.calls.clear()
+        self.round_trips = 0
 
 
 class CallBudget:

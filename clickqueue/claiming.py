@@ -1,9 +1,11 @@
 """Claiming: move the read state forward over the next slots, or take over an
 expired lease, by one compare-and-set on the state.
 
-How it works: one ``gets_multi`` reads the state and every write counter
-(recovery repairs what is missing or went back); the claim plans at most
-``max_items`` slots below the counters, reads them, ends where a frame does,
+How it works: one ``gets_multi`` reads the state, every write counter
+(recovery repairs what is missing or went back) and the slots after where this
+process last saw the claims end (read ahead); the claim plans at most
+``max_items`` slots below the counters, reads those not read ahead (none when
+no one claimed since), ends where a frame does,
 counts the slots without a message, and compare-and-sets the state with it
 (for a lease, with its record). Runs of slots that hold nothing (gaps, mass
 eviction) are tombstoned and claimed in bulk in the same CAS. Claiming never
@@ -28,6 +30,23 @@ logger = logging.getLogger(__name__)
 
 MAX_CLAIM_ITEMS = 1000
 """Most slots one claim takes."""
+
+READ_AHEAD_FACTOR = 2
+"""The first read of a claim reads ahead, in all, this many times what the process's last
+claim took (at most ``max_items``), shared evenly over the shards, up to ``max_items`` per
+shard: a claim like the last is read ahead whole when it shares evenly, or when it gives one
+shard everything on up to 2 shards."""
+
+MIN_READ_AHEAD_PER_SHARD = 4
+"""Slots read ahead per shard after a claim that took fewer: an empty poll stays small."""
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """Slots read with the state, past where this process last saw the claims end."""
+
+    keys: frozenset[str]
+    found: dict[str, tuple[bytes, object]]
 
 
 @dataclass
@@ -57,13 +76,16 @@ def check_max_items(max_items: int) -> None:
 
 def claim(context: QueueContext, max_items: int, lease_seconds: float | None, settle_empty_runs: bool) -> Claim:
     """Move the state forward over the next slots (or take over an expired lease),
-    reading them first: 3 cache calls (``gets_multi`` of the state and counters, of
-    the slots, ``cas_multi``), plus repairs of whatever the first finds missing,
+    reading them first: 2 cache calls (``gets_multi`` of the state, the counters
+    and the slots read ahead; ``cas_multi``) when the claim's slots were read
+    ahead, 3 when not (another reader claimed since this process last did: they
+    are read on their own), plus repairs of whatever the first finds missing,
     plus 2 to settle runs of slots without messages (``settle_runs``)."""
     keys = context.keys
     for attempt in range(1, MAX_CAS_ATTEMPTS + 1):
         context.budget.check()
-        found = context.cache.gets_multi([keys.state, *context.counter_keys])
+        ahead = read_ahead_keys(context, max_items)
+        found = context.cache.gets_multi([keys.state, *context.counter_keys, *ahead])
         if keys.state not in found:
             context.recovery.recreate_state(found)
             continue
@@ -80,7 +102,10 @@ def claim(context: QueueContext, max_items: int, lease_seconds: float | None, se
             context.recovery.repair_counters(dict.fromkeys(broken, 0))
             continue
         context.seen_queue = True
-        planned = plan_claim(context, state, cast(list[int], counters), max_items, lease_seconds, settle_empty_runs)
+        read_ahead = ReadAhead(frozenset(ahead), {key: found[key] for key in ahead if key in found})
+        planned = plan_claim(context, state, cast(list[int], counters), max_items, lease_seconds, settle_empty_runs, read_ahead)
+        context.last_claimed = list(state.claimed)  # this claim's end; if its CAS loses, a guess at the winner's
+        context.last_claim_slots = len(planned.table)
         if not planned.ranges and not planned.settled_slots:
             return planned
         count_claimed(planned, state)
@@ -101,6 +126,7 @@ def plan_claim(
     max_items: int,
     lease_seconds: float | None,
     settle_empty_runs: bool,
+    read_ahead: ReadAhead,
 ) -> Claim:
     """The claim to make on ``state`` (changed in place, for the claim's CAS)."""
     now = context.clock()
@@ -108,12 +134,12 @@ def plan_claim(
         record = state.leases[expired_id]
         record.deadline, record.attempt, record.holder = now + lease_seconds, record.attempt + 1, context.nonce()
         taken_over = Claim(record.ranges, SlotTable(context.keys, record.ranges), expired_id, record.attempt, record.holder)
-        taken_over.slots, taken_over.views = read_slots(context, taken_over.table, expired_id)
+        taken_over.slots, taken_over.views = read_slots(context, taken_over.table, expired_id, read_ahead)
         return taken_over
     settled = settle_runs(context, state, counters, gaps_only=not settle_empty_runs)
     ends = state.plan_claim(counters, max_items)
     planned = SlotTable(context.keys, [SlotRange(shard, state.claimed[shard] + 1, last) for shard, last in ends.items()])
-    slots, views = read_slots(context, planned, None)
+    slots, views = read_slots(context, planned, None, read_ahead)
     ranges = state.claim(counters, max_items, fit_frames(planned, views, ends))
     table = planned.claimed_as(context.keys, ranges)
     if not ranges or lease_seconds is None:
@@ -130,11 +156,34 @@ def plan_claim(
     return made
 
 
+def read_ahead_keys(context: QueueContext, max_items: int) -> list[str]:
+    """The slots to read with the state: per shard, those after where this process
+    last saw the claims end, as many as ``READ_AHEAD_FACTOR`` and
+    ``MIN_READ_AHEAD_PER_SHARD`` say. They are the claim's own when no one claimed
+    since and it takes about what the last one did; none before this process's first claim."""
+    if context.last_claimed is None:
+        return []
+    wanted = READ_AHEAD_FACTOR * min(max_items, context.last_claim_slots)
+    per_shard = min(max_items, max(MIN_READ_AHEAD_PER_SHARD, wanted // context.shards))
+    return [
+        key
+        for shard, last in enumerate(context.last_claimed)
+        for key in context.keys.slots(shard, range(last + 1, last + 1 + per_shard))
+    ]
+
+
 def read_slots(
-    context: QueueContext, slots: SlotTable, lease_id: str | None
+    context: QueueContext, slots: SlotTable, lease_id: str | None, read_ahead: ReadAhead
 ) -> tuple[dict[str, tuple[bytes, object]], Views]:
-    """Read ``slots`` (1 call): each present one's value and token, and what it holds for ``lease_id``."""
-    found = context.cache.gets_multi(slots.keys()) if len(slots) else {}
+    """Read ``slots``: each present one's value and token, and what it holds for
+    ``lease_id``. Those read ahead are taken from there; the rest cost 1 call. A value
+    read ahead is as good as one read now: a slot seen empty is settled by the
+    ``add`` race of its tombstone, one seen holding a message by the CAS of its take."""
+    wanted = slots.keys()
+    found = {key: read_ahead.found[key] for key in wanted if key in read_ahead.found}
+    unread = [key for key in wanted if key not in read_ahead.keys]
+    if unread:
+        found.update(context.cache.gets_multi(unread))
     return found, Views((key, read_slot(value, lease_id)) for key, (value, _token) in found.items())
 
 

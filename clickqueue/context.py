@@ -50,6 +50,11 @@ class QueueContext:
     recovery: Recovery = field(init=False)
     seen_queue: bool = False
     """Whether this process has used the queue (then a missing state is a reset)."""
+    last_claimed: list[int] | None = None
+    """Where this process last saw the claims end, per shard: a hint of which slots
+    the next claim takes, read with the state (``claiming.read_ahead_keys``)."""
+    last_claim_slots: int = 0
+    """How many slots this process's last claim planned: how many to read ahead next."""
 
     def __post_init__(self) -> None:
         self.keys = QueueKeys(self.name)

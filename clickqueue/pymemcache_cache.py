@@ -170,6 +170,13 @@ class PymemcacheCache:
             batches[server].append(key)
         return batches
 
+    def servers_touched(self, keys: Sequence[str]) -> int:
+        """How many servers a call naming ``keys`` goes to: its round trips (``RoutedCache``)."""
+        try:
+            return len(self._by_server(keys)) if keys else 1
+        except (CacheUnavailableError, InvalidArgumentError):
+            return 1  # the call itself fails the same way, after trying one server at most
+
     def _run(self, server: Any, operation: str, key: str, function: Callable[..., Any], *args: Any) -> Any:
         """Run one server's part of a call; any failure becomes ``CacheUnavailableError``."""
         try:

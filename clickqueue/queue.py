@@ -149,9 +149,13 @@ class Queue:
 
     @one_call
     def read_multi(self, max_items: int = 100) -> list[Any]:
-        """Take up to ``max_items`` messages: 4 cache calls (``gets_multi`` and
-        ``cas_multi`` of the state, ``gets_multi`` and ``cas_multi`` of the slots);
-        1 when the queue is empty. Empty slots cost up to 5 more.
+        """Take up to ``max_items`` messages: 3 cache calls (``gets_multi`` of the
+        state, the counters and the slots read ahead; ``cas_multi`` of the state, of
+        the slots), one round trip each on one server; 4 when the claim's slots were
+        not read ahead (this object's first claim, another reader claimed since, or
+        the claim is over twice this object's last: they are read on their own);
+        1 when the queue is empty. Empty slots cost up
+        to 5 more.
 
         Messages are gone once returned: a reader that dies holding them loses
         them. Use ``lease`` when processing must survive the reader.
@@ -160,8 +164,9 @@ class Queue:
 
     @one_call
     def lease(self, max_items: int = 100, seconds: float = 60) -> Lease:
-        """Take up to ``max_items`` messages that stay stored until ``ack``: 4 cache
-        calls, 3 to take over an expired lease; ``ack`` 3 more.
+        """Take up to ``max_items`` messages that stay stored until ``ack``: 3 cache
+        calls, 4 when its slots were not read ahead (as ``read_multi``), 3 to take
+        over an expired lease; ``ack`` 3 more.
 
         A lease not acked within ``seconds`` (its reader died or stalled) is
         delivered again, whole and with the same ``lease_id``, to a later

@@ -93,6 +93,8 @@ def test_quick_run_reports_every_part(tmp_path):
     ):
         assert calls[name] > 0, name
     assert sum(calls["cycle_100_by_method"].values()) == calls["cycle_100"]
+    assert set(calls["round_trips"]) == {"write", "write_multi_100", "read_multi_100", "read_multi_empty", "lease_ack_100", "cycle_100"}
+    assert calls["round_trips"]["cycle_100"] == calls["cycle_100"]  # one memcached: one round trip per call
 
     assert [run["shards"] for run in document["multiprocess"]] == [1, 2]
     for run in document["multiprocess"]:
@@ -150,6 +152,8 @@ def test_quick_run_reports_every_part(tmp_path):
         "/track req/s, new 8000-character User-Agents / a browser's",
         "cache calls per write",
         "cache calls per read_multi(100)",
+        "round trips per write_multi+read_multi of 100",
+        "round trips per lease(100)+ack",
     } <= set(targets)
     assert any(name.startswith("cache calls per /track event") for name in targets)
     assert any(name.startswith("memcache bytes per stored 100 B message") for name in targets)

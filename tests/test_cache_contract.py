@@ -219,6 +219,29 @@ def test_cas_multi_answers_each_key_with_tokens_from_different_reads(cache):
     assert cache.get_multi(KEYS[:2]) == {KEYS[0]: b"changed", KEYS[1]: b"1"}
 
 
+def servers_holding(client, keys: list[str]) -> int:
+    """How many servers ``keys`` map to: every key is on the one server but with a HashClient."""
+    return len({client._get_client(key).server for key in keys}) if hasattr(client, "_get_client") else 1
+
+
+def test_a_call_is_one_round_trip_per_server_its_keys_map_to(backend):
+    cache, _faults, client = backend
+    cache.add_multi({key: b"0" for key in KEYS})
+    cache.get_multi(KEYS)
+    cache.gets_multi(KEYS[:1])
+    assert servers_holding(client, KEYS) == (2 if hasattr(client, "_get_client") else 1)
+    assert cache.round_trips == 2 * servers_holding(client, KEYS) + 1
+
+
+def test_cas_multi_with_tokens_from_different_reads_is_one_round_trip_per_server(backend):
+    cache, _faults, client = backend
+    cache.add_multi({key: b"0" for key in KEYS})
+    tokens = {**cache.gets_multi(KEYS[:10]), **cache.gets_multi(KEYS[10:])}
+    cache.clear()
+    assert cache.cas_multi({key: (b"1", token) for key, (_value, token) in tokens.items()}) == dict.fromkeys(KEYS, True)
+    assert (cache.calls, cache.round_trips) == ({"cas_multi": 1}, servers_holding(client, KEYS))
+
+
 def test_delete_multi_deletes_and_ignores_missing_keys(cache):
     cache.add_multi({"contract:a": b"1", "contract:b": b"2"})
     cache.delete_multi(["contract:a", "contract:missing", "contract:b"])
@@ -553,6 +576,37 @@ def test_an_object_with_the_cache_methods_is_used_as_it_is(testbed):
 def test_unsupported_client_is_refused_naming_what_it_lacks(client, missing):
     with pytest.raises(TypeError, match=f"unsupported cache client.*{missing}"):
         wrap_client(client)
+
+
+def test_app_engine_cas_multi_with_tokens_of_two_reads_has_both_rpcs_in_flight_at_once(testbed):
+    """One round trip: the RPC of the second read's keys is made before the first is waited on."""
+    from google.appengine.api import apiproxy_stub_map
+
+    events = []
+
+    class Recording:
+        def __init__(self, real) -> None:
+            self.real = real
+
+        def MakeSyncCall(self, service, call, request, response):  # runs when the RPC is waited on
+            events.append(("ran", call))
+            self.real.MakeSyncCall(service, call, request, response)
+
+    def made(service, call, request, response, rpc) -> None:
+        events.append(("made", call))
+        rpc.stub = Recording(rpc.stub)
+
+    cache = wrap_client(None)
+    cache.add_multi({key: b"0" for key in KEYS})
+    tokens = {**cache.gets_multi(KEYS[:10]), **cache.gets_multi(KEYS[10:])}
+    hooks = apiproxy_stub_map.apiproxy.GetPreCallHooks()
+    hooks.Append("clickqueue-test-in-flight", made, "memcache")
+    try:
+        applied = cache.cas_multi({key: (b"1", token) for key, (_value, token) in tokens.items()})
+    finally:
+        hooks.Clear()
+    assert applied == dict.fromkeys(KEYS, True)
+    assert events == [("made", "Set"), ("made", "Set"), ("ran", "Set"), ("ran", "Set")]
 
 
 def test_app_engine_writes_over_one_call_go_out_in_parts_under_its_limit(memcache_rpc_faults):

@@ -4,7 +4,7 @@ import json
 import pickle
 
 import pytest
-from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import CacheWrapper, PauseAfterIncr, RecordReads, drain
 
 from clickqueue import (
     MAX_BATCH_MESSAGES,
@@ -26,6 +26,7 @@ from clickqueue import (
     WriteIncompleteError,
 )
 from clickqueue.codec import FRAME_MESSAGES, FRAME_PREFIX, LEASE_PREFIX, MAX_MESSAGE_DEPTH, TAKEN, TOMBSTONE, frame_payload, taken_value
+from clickqueue.claiming import MIN_READ_AHEAD_PER_SHARD
 from clickqueue.leases import MAX_LEASE_SECONDS
 
 
@@ -671,31 +672,68 @@ def test_writer_stalled_past_max_write_seconds_takes_a_fresh_slot(make_queue, ca
     assert (stats.skipped, stats.retried, stats.lost) == (1, 1, 0)
 
 
-def test_message_stored_after_the_reader_got_an_empty_slot_wins_the_add_race(make_queue, cache):
-    """The reader sees slot 1 empty, the writer stores, then the reader's tombstone add loses."""
+class StoreBeforeTombstone(CacheWrapper):
+    """A writer between ``incr`` and ``add``: the slot the last write stored is emptied,
+    and its value stored again just before a reader's tombstone ``add`` for it."""
+
+    def __init__(self, inner, slot: str) -> None:
+        super().__init__(inner)
+        self.slot = slot
+        self.value = inner.get_multi([slot])[slot]
+        inner.delete_multi([slot])
+
+    def add_multi(self, values, expire_seconds=0):
+        if self.slot in values:
+            self.inner.add_multi({self.slot: self.value})
+        return self.inner.add_multi(values, expire_seconds)
+
+
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["slots read on their own", "slots read ahead"])
+def test_message_stored_after_the_reader_got_an_empty_slot_wins_the_add_race(make_queue, cache, read_ahead):
+    """The reader sees slot 2 empty (read ahead with the state, after a claim of slot 1,
+    or on its own), the writer stores, then the reader's tombstone add loses."""
     queue = make_queue()
+    queue.write("first")
     queue.write("placeholder")
-    slot = queue.keys.slot(0, 1)
-    value = cache.get_multi([slot])[slot]
-    cache.delete_multi([slot])
-
-    class StoreBeforeTombstone(CacheWrapper):
-        def add_multi(self, values, expire_seconds=0):
-            if slot in values:
-                self.inner.add_multi({slot: value})
-            return self.inner.add_multi(values, expire_seconds)
-
-    reader = Queue("q", StoreBeforeTombstone(cache))
-    assert reader.read_multi() == ["placeholder"]
+    reader = Queue("q", StoreBeforeTombstone(cache, queue.keys.slot(0, 2)))
+    if read_ahead:
+        assert reader.read_multi(1) == ["first"]
+    read = []
+    calls = calls_of(cache, lambda: read.extend(reader.read_multi()))
+    assert read == ["placeholder"] if read_ahead else ["first", "placeholder"]
+    # claim (+ its slots), take, the tombstone (and the message before it), the slot read again, counts corrected
+    assert calls == {"gets_multi": 3 if read_ahead else 4, "cas_multi": 3, "add_multi": 2}
     stats = reader.stats()
-    assert (stats.skipped, stats.read, stats.lost) == (0, 1, 0)
+    assert (stats.skipped, stats.read, stats.lost) == (0, 2, 0)
+
+
+def test_a_message_read_ahead_but_taken_by_another_party_first_is_not_delivered(make_queue, cache):
+    """The take's compare-and-set uses the token read ahead: a slot changed since refuses it."""
+    queue = make_queue()
+    queue.write("first")
+    queue.write("second")
+    slot = queue.keys.slot(0, 2)
+
+    class TakenAfterTheClaim(CacheWrapper):
+        def cas_multi(self, values, expire_seconds=0):
+            applied = self.inner.cas_multi(values, expire_seconds)
+            if queue.keys.state in values:
+                token = self.inner.gets_multi([slot])[slot][1]
+                self.inner.cas_multi({slot: (TAKEN, token)}, 1)  # as a reader of a state claimed twice would
+            return applied
+
+    reader = Queue("q", TakenAfterTheClaim(cache))
+    assert reader.read_multi(1) == ["first"]
+    assert reader.read_multi(1) == []
+    stats = reader.stats()
+    assert (stats.skipped, stats.read, stats.lost) == (1, 1, 1)
 
 
 # -- round trips -----------------------------------------------------------------------------
 
 
 def calls_of(cache, operation):
-    cache.calls.clear()
+    cache.clear()
     operation()
     return dict(cache.calls)
 
@@ -712,10 +750,81 @@ def test_write_multi_of_a_hundred_takes_two_cache_calls(make_queue, cache):
     assert calls_of(cache, lambda: queue.write_multi(range(100))) == {"incr": 1, "add_multi": 1}
 
 
-def test_read_multi_takes_four_cache_calls(make_queue, cache):
+def claim_a_hundred(queue: Queue) -> None:
+    """Make the queue object's last claim one of 100 slots, 25 in each of up to 4 shards:
+    the next claim's first read reads ahead twice that."""
+    for quarter in range(4):
+        queue.write_multi(range(quarter * 25, quarter * 25 + 25))
+    assert sorted(queue.read_multi(100)) == list(range(100))
+
+
+def test_a_claim_reads_ahead_twice_what_the_last_claim_took_shared_over_the_shards(cache, clock):
+    reads = RecordReads(cache)
+    queue = Queue("q", reads, clock=clock, shards=4)
+    claim_a_hundred(queue)
+    reads.keys.clear()
+    queue.read_multi(100)
+    assert slot_keys(reads.keys[0], queue) == 4 * 50
+
+
+def test_a_poll_after_an_empty_claim_reads_ahead_only_a_few_slots_per_shard(cache, clock):
+    reads = RecordReads(cache)
+    queue = Queue("q", reads, clock=clock, shards=4)
+    claim_a_hundred(queue)
+    assert queue.read_multi(500) == []  # the empty claim
+    reads.keys.clear()
+    queue.read_multi(500)
+    assert slot_keys(reads.keys[0], queue) == 4 * MIN_READ_AHEAD_PER_SHARD
+
+
+def slot_keys(keys: list[str], queue: Queue) -> int:
+    not_slots = {queue.keys.state, *(queue.keys.write_counter(shard) for shard in range(4))}
+    return sum(1 for key in keys if key not in not_slots)
+
+
+def test_read_multi_takes_three_cache_calls_when_its_slots_were_read_ahead(make_queue, cache):
+    queue = make_queue(shards=4)
+    claim_a_hundred(queue)
+    for quarter in range(4):  # 25 in each shard, in turn: the claim takes all
+        queue.write_multi(range(quarter * 25, quarter * 25 + 25))
+    assert calls_of(cache, lambda: queue.read_multi(100)) == {"gets_multi": 1, "cas_multi": 2}
+
+
+def test_first_read_multi_of_a_queue_object_reads_its_slots_on_their_own(make_queue, cache):
     queue = make_queue(shards=4)
     queue.write_multi(range(400))
     assert calls_of(cache, lambda: queue.read_multi(100)) == {"gets_multi": 2, "cas_multi": 2}
+
+
+def test_read_multi_after_another_reader_claimed_reads_its_slots_on_their_own(make_queue, cache):
+    queue, other = make_queue(), make_queue()
+    for fifty in range(5):  # frames end every 50 slots: no claim below cuts one
+        queue.write_multi(range(fifty * 50, fifty * 50 + 50))
+    assert queue.read_multi(100) == list(range(100))
+    assert other.read_multi(50) == list(range(100, 150))
+    read = []
+    assert calls_of(cache, lambda: read.extend(queue.read_multi(100))) == {"gets_multi": 2, "cas_multi": 2}
+    assert read == list(range(150, 250))  # read ahead: 101 to 200
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_claim_of_one_shard_is_read_ahead_whole_on_up_to_two_shards(make_queue, cache, shards):
+    queue = make_queue(shards=shards)
+    queue.write_multi(["warm up"] * 100)  # a claim of 100, all in one shard
+    queue.read_multi(100)
+    queue.write_multi(range(100))  # in the next shard
+    read = []
+    assert calls_of(cache, lambda: read.extend(queue.read_multi(100))) == {"gets_multi": 1, "cas_multi": 2}
+    assert read == list(range(100))
+
+
+def test_a_claim_of_one_shard_of_four_reads_past_what_was_read_ahead_on_its_own(make_queue, cache):
+    queue = make_queue(shards=4)
+    claim_a_hundred(queue)
+    queue.write_multi(range(100))  # all in one shard: read ahead, 50 per shard
+    read = []
+    assert calls_of(cache, lambda: read.extend(queue.read_multi(100))) == {"gets_multi": 2, "cas_multi": 2}
+    assert read == list(range(100))
 
 
 def test_read_of_an_empty_queue_takes_one_cache_call(make_queue, cache):
@@ -725,22 +834,28 @@ def test_read_of_an_empty_queue_takes_one_cache_call(make_queue, cache):
     assert calls_of(cache, queue.read_multi) == {"gets_multi": 1}
 
 
-def test_write_and_read_cycle_of_a_hundred_takes_six_cache_calls(make_queue, cache):
+def test_write_and_read_cycle_of_a_hundred_takes_five_cache_calls(make_queue, cache):
     queue = make_queue()
-    queue.write("warm up")
-    queue.read()
-    cache.calls.clear()
+    claim_a_hundred(queue)
+    cache.clear()
     queue.write_multi(range(100))
     assert queue.read_multi(100) == list(range(100))
-    assert cache.total() == 6
+    assert cache.total() == 5
 
 
-def test_lease_takes_four_cache_calls_and_ack_three(make_queue, cache):
+def test_lease_takes_three_cache_calls_and_ack_three(make_queue, cache):
     queue = make_queue()
+    claim_a_hundred(queue)
     queue.write_multi(range(100))
     leases = []
-    assert calls_of(cache, lambda: leases.append(queue.lease(100, seconds=30))) == {"gets_multi": 2, "cas_multi": 2}
+    assert calls_of(cache, lambda: leases.append(queue.lease(100, seconds=30))) == {"gets_multi": 1, "cas_multi": 2}
     assert calls_of(cache, leases[0].ack) == {"gets_multi": 1, "cas_multi": 1, "delete_multi": 1}
+
+
+def test_first_lease_of_a_queue_object_takes_four_cache_calls(make_queue, cache):
+    queue = make_queue()
+    queue.write_multi(range(100))
+    assert calls_of(cache, lambda: queue.lease(100, seconds=30)) == {"gets_multi": 2, "cas_multi": 2}
 
 
 def test_takeover_of_an_expired_lease_takes_three_cache_calls(make_queue, cache, clock):
@@ -773,6 +888,51 @@ def test_stats_take_one_cache_call(make_queue, cache):
     queue = make_queue(shards=4)
     queue.write("x")
     assert calls_of(cache, queue.stats) == {"get_multi": 1}
+
+
+ONE_SERVER = pytest.mark.parametrize("cache_client", ["appengine", "memcached"], indirect=True)
+"""Backends where every key lives on one server, so round trips per operation are fixed
+(through a ``HashClient`` a call makes one per server its keys map to)."""
+
+
+def round_trips_of(cache, operation) -> int:
+    cache.clear()
+    operation()
+    return cache.round_trips
+
+
+@ONE_SERVER
+def test_write_takes_two_round_trips(make_queue, cache):
+    queue = make_queue(shards=4)
+    queue.write("warm up")
+    assert round_trips_of(cache, lambda: queue.write("x")) == 2
+    assert round_trips_of(cache, lambda: queue.write_multi(range(100))) == 2
+
+
+@ONE_SERVER
+def test_read_multi_of_a_hundred_takes_three_round_trips(make_queue, cache):
+    queue = make_queue(shards=4)
+    claim_a_hundred(queue)
+    for quarter in range(4):
+        queue.write_multi(range(quarter * 25, quarter * 25 + 25))
+    assert round_trips_of(cache, lambda: queue.read_multi(100)) == 3
+
+
+@ONE_SERVER
+def test_cycle_of_a_hundred_takes_five_round_trips(make_queue, cache):
+    queue = make_queue()
+    claim_a_hundred(queue)
+    assert round_trips_of(cache, lambda: (queue.write_multi(range(100)), queue.read_multi(100))) == 5
+
+
+@ONE_SERVER
+def test_lease_of_a_hundred_takes_three_round_trips_and_ack_three(make_queue, cache):
+    queue = make_queue()
+    claim_a_hundred(queue)
+    queue.write_multi(range(100))
+    leases = []
+    assert round_trips_of(cache, lambda: leases.append(queue.lease(100, seconds=30))) == 3
+    assert round_trips_of(cache, leases[0].ack) == 3
 
 
 # -- errors: each says what went wrong and carries the key, slot or value involved --

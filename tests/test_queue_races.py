@@ -281,7 +281,7 @@ def test_a_run_of_empty_slots_is_settled_in_bulk_only_after_a_round_that_found_o
     got = []
     writers_paused_on_two_slots_then(cache, clock, lambda: got.extend(Queue("q", reading, clock=clock).read_multi(1)))
     assert got == ["c"]
-    assert reading.calls == {"gets_multi": 6, "cas_multi": 4, "add_multi": 2}
+    assert reading.calls == {"gets_multi": 4, "cas_multi": 4, "add_multi": 2}  # rounds after the first read ahead
 
 
 def test_writers_turned_away_by_a_settled_run_count_retried_as_its_reader_counted_skipped(cache, clock):
@@ -346,7 +346,7 @@ def test_a_run_already_tombstoned_is_settled_in_bulk_without_a_tombstone_call(ca
     cache.calls.clear()
     assert queue.read_multi(1) == []
     assert queue.stats().skipped == 504, "4 rounds: slot 2; 3-502 in bulk, and 503; 504; 505"
-    assert cache.calls == {"gets_multi": 8, "get_multi": 2, "cas_multi": 4}
+    assert cache.calls == {"gets_multi": 5, "get_multi": 2, "cas_multi": 4}  # rounds after the first read ahead
 
 
 # -- takes ----------------------------------------------------------------------------------------

@@ -18,6 +18,18 @@ class CacheWrapper:
         return getattr(self.inner, name)
 
 
+class RecordReads(CacheWrapper):
+    """A Cache that records the keys of each ``gets_multi``, in order (``keys``)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.keys: list[list[str]] = []
+
+    def gets_multi(self, keys):
+        self.keys.append(list(keys))
+        return self.inner.gets_multi(keys)
+
+
 class PauseAfterIncr(CacheWrapper):
     """A Cache that runs ``between`` once, right after the next ``incr`` that hands out slots.
 
