@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from pymemcache.client.base import Client
@@ -73,15 +73,10 @@ def _reads_raw_bytes(node: Any) -> bool:
     )
 
 
-@contextmanager
-def _connection(server: Any) -> Iterator[Client]:
+def _connection(server: Any) -> AbstractContextManager[Client]:
     """The plain ``Client`` behind ``server``, borrowed from its pool if it has one."""
     pool = getattr(server, "client_pool", None)
-    if pool is None:
-        yield server
-    else:
-        with pool.get_and_release(destroy_on_fail=True) as client:
-            yield client
+    return nullcontext(server) if pool is None else pool.get_and_release(destroy_on_fail=True)
 
 
 class _Replies:

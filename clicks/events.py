@@ -31,10 +31,15 @@ class Event:
     bot: bool = False
 
     def to_message(self) -> dict[str, object]:
+        return self.message_at(self.at, self.bot)
+
+    def message_at(self, at: int | None, bot: bool) -> dict[str, object]:
+        """The message of this event as accepted at ``at``, by a bot or not (the app's
+        stamp, without building a stamped copy)."""
         message: dict[str, object] = {"type": self.type, "item": self.item}
-        if self.at is not None:
-            message["at"] = self.at
-        if self.bot:
+        if at is not None:
+            message["at"] = at
+        if bot:
             message["bot"] = True
         return message
 

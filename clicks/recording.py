@@ -8,7 +8,6 @@ flight).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from google.appengine.api import taskqueue
 
@@ -32,7 +31,8 @@ def record(settings: Settings, events: list[Event], sent_by: Sender) -> int:
         return 0
     settings.intake.admit(len(events))
     at = int(settings.clock())
-    stamped = [replace(event, at=at, bot=sent_by is Sender.BOT).to_message() for event in events]
+    bot = sent_by is Sender.BOT
+    stamped = [event.message_at(at, bot) for event in events]
     settings.group_commit.write_multi(stamped)  # shared with the requests writing now
     _schedule_processing(settings)
     return len(stamped)

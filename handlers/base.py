@@ -69,17 +69,21 @@ class JsonHandler(webapp2.RequestHandler):
     ``JsonApplication.handle_exception``.
     """
 
+    _allowed_methods: list[str] = []
+    """The HTTP methods a handler class serves, found once per class."""
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if hasattr(cls, "get") and not hasattr(cls, "head"):
             cls.head = cls.get
+        cls._allowed_methods = [method for method in HTTP_METHODS if callable(getattr(cls, method.lower(), None))]
 
     @classmethod
     def allowed_methods(cls) -> list[str]:
-        return [method for method in HTTP_METHODS if callable(getattr(cls, method.lower(), None))]
+        return cls._allowed_methods
 
     def dispatch(self) -> None:
-        allowed = self.allowed_methods()
+        allowed = self._allowed_methods
         if self.request.method not in allowed:
             raise MethodNotAllowedError(self.request.method, allowed)
         self._normalize_media_type()
