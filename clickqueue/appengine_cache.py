@@ -13,8 +13,9 @@ Runs against production memcache on App Engine and against the SDK's
 * CAS ids live on a ``memcache.Client`` object: every ``gets_multi`` uses a
   fresh Client and hands it out as the token.
 * One call carries at most 32 MB: writes are sent in parts under that, at
-  once (a ``cas_multi`` with the tokens of several reads sends one RPC per
-  Client, all at once too: one round trip); a read that fails is retried in halves, down to one key, in case it
+  once (a ``cas_multi`` with the tokens of several reads, or with several
+  expiries, sends one RPC per Client and expiry, all at once too: one round
+  trip); a read that fails is retried in halves, down to one key, in case it
   was its size that failed it.
 * Counters (stored as ints) read back as their decimal bytes, like memcached.
 """
@@ -29,7 +30,7 @@ from google.appengine.api import memcache
 from google.appengine.api.memcache.memcache_service_pb2 import MemcacheIncrementResponse
 from google.appengine.runtime import apiproxy_errors
 
-from clickqueue.cache import Applied
+from clickqueue.cache import Applied, Expiry, expiry_of
 from clickqueue.errors import CacheUnavailableError
 
 MAX_CALL_BYTES = 30_000_000
@@ -125,15 +126,15 @@ class AppEngineMemcache:
         return self._store([(part, start) for part in _parts(values)] if values else [])
 
     def cas_multi(
-        self, values: Mapping[str, tuple[bytes, memcache.Client]], expire_seconds: int = 0
+        self, values: Mapping[str, tuple[bytes, memcache.Client]], expire_seconds: Expiry = 0
     ) -> dict[str, Applied]:
-        by_client: dict[memcache.Client, dict[str, bytes]] = defaultdict(dict)
+        by_client: dict[tuple[memcache.Client, int], dict[str, bytes]] = defaultdict(dict)
         for key, (value, client) in values.items():
-            by_client[client][key] = value
+            by_client[client, expiry_of(expire_seconds, key)][key] = value
         return self._store(
             [
-                (part, _cas_with(client, expire_seconds))
-                for client, client_values in by_client.items()
+                (part, _cas_with(client, expiry))
+                for (client, expiry), client_values in by_client.items()
                 for part in _parts(client_values)
             ]
         )

@@ -34,6 +34,15 @@ CasToken = Any
 Applied = bool | None
 """True: applied; False: refused; None: unknown (may or may not have been applied)."""
 
+Expiry = int | Mapping[str, int]
+"""Seconds until stored values expire (0: never): one number for every value, or
+one per key (a key it does not name: 0)."""
+
+
+def expiry_of(expire_seconds: Expiry, key: str) -> int:
+    """The seconds ``expire_seconds`` gives the value of ``key``."""
+    return expire_seconds if isinstance(expire_seconds, int) else expire_seconds.get(key, 0)
+
 
 class Cache(Protocol):
     """The six calls the queue makes. Each is one round trip per server it touches.
@@ -58,10 +67,11 @@ class Cache(Protocol):
         server for a key); a failure once sent is None for the keys it touched."""
         ...
 
-    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
+    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: Expiry = 0) -> dict[str, Applied]:
         """Stores each value if its key is unchanged since the ``gets_multi`` that gave
-        its token. Returns, per key, True (stored), False (changed or gone) or None
-        (unknown). Raises as ``add_multi`` does."""
+        its token, to expire after ``expire_seconds`` (one number for all, or one per
+        key: ``expiry_of``). Returns, per key, True (stored), False (changed or gone)
+        or None (unknown). Raises as ``add_multi`` does."""
         ...
 
     def incr(self, key: str, delta: int) -> int | None:
@@ -99,7 +109,7 @@ class ObservedCache:
         self._seen("add_multi", list(values))
         return self.inner.add_multi(values, expire_seconds)
 
-    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
+    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: Expiry = 0) -> dict[str, Applied]:
         self._seen("cas_multi", list(values))
         return self.inner.cas_multi(values, expire_seconds)
 

@@ -7,7 +7,8 @@ process last saw the claims end (read ahead); the claim plans at most
 ``max_items`` slots below the counters, reads those not read ahead (none when
 no one claimed since), ends where a frame does,
 counts the slots without a message, and compare-and-sets the state with it
-(for a lease, with its record). Runs of slots that hold nothing (gaps, mass
+(for a lease, with its record; for a ``read_multi`` whose slots all hold
+messages, with the takes of them). Runs of slots that hold nothing (gaps, mass
 eviction) are tombstoned and claimed in bulk in the same CAS. Claiming never
 delivers: taking does, slot by slot. The protocol: docs/protocol.md.
 """
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from clickqueue.cache import Applied
 from clickqueue.codec import GAP_TOMBSTONE, TOMBSTONE, SlotKind, read_slot
 from clickqueue.context import QueueContext
 from clickqueue.errors import ContentionError, CorruptStateError, InvalidArgumentError, TooManyLeasesError
@@ -67,6 +70,16 @@ class Claim:
     """What each claimed slot held then, as this claim's reader sees it (decoded once)."""
     counted: tuple[int, int] = (0, 0)
     """(skipped, gapped): the claimed slots without a message, counted in that CAS."""
+    taken_with_claim: dict[str, Applied] | None = None
+    """For a ``read_multi`` whose takes went in its claim's CAS: each slot's answer."""
+    landed: bool = True
+    """False when that CAS lost on the state while some of the takes sent with it won:
+    the reader delivers what it took, and the claim that does land counts those slots."""
+
+
+TakesWithClaim = Callable[[Claim], tuple[dict[str, tuple[bytes, object]], int]]
+"""The takes (compare-and-sets of slots, and their expiry) a reader sends in its claim's
+CAS, planned from the claim; none when they must wait for it (``taking.takes_with_claim``)."""
 
 
 def check_max_items(max_items: int) -> None:
@@ -74,13 +87,24 @@ def check_max_items(max_items: int) -> None:
         raise InvalidArgumentError("max_items", max_items, f"use 1 to {MAX_CLAIM_ITEMS}")
 
 
-def claim(context: QueueContext, max_items: int, lease_seconds: float | None, settle_empty_runs: bool) -> Claim:
+def claim(
+    context: QueueContext,
+    max_items: int,
+    lease_seconds: float | None,
+    settle_empty_runs: bool,
+    takes_with: TakesWithClaim | None = None,
+) -> Claim:
     """Move the state forward over the next slots (or take over an expired lease),
     reading them first: 2 cache calls (``gets_multi`` of the state, the counters
     and the slots read ahead; ``cas_multi``) when the claim's slots were read
     ahead, 3 when not (another reader claimed since this process last did: they
     are read on their own), plus repairs of whatever the first finds missing,
-    plus 2 to settle runs of slots without messages (``settle_runs``)."""
+    plus 2 to settle runs of slots without messages (``settle_runs``).
+
+    ``takes_with`` plans takes to send in the same ``cas_multi`` as the claim. If
+    the state's CAS loses while some of them win, the claim is returned with
+    ``landed`` False: those messages are this reader's all the same (the slot's
+    CAS decides delivery), and the claim that lands counts their slots."""
     keys = context.keys
     for attempt in range(1, MAX_CAS_ATTEMPTS + 1):
         context.budget.check()
@@ -112,8 +136,17 @@ def claim(context: QueueContext, max_items: int, lease_seconds: float | None, se
         encoded = context.store.encode(state)
         if planned.lease_id is not None and len(encoded) > MAX_STATE_BYTES:
             raise TooManyLeasesError(keys.state, len(state.leases))
-        applied = context.cache.cas_multi({keys.state: (encoded, token)})[keys.state]
+        takes, takes_expire_seconds = takes_with(planned) if takes_with is not None else ({}, 0)
+        answers = context.cache.cas_multi(
+            {keys.state: (encoded, token), **takes}, dict.fromkeys(takes, takes_expire_seconds) if takes else 0
+        )
+        if takes:
+            planned.taken_with_claim = {key: answers.get(key) for key in takes}
+        applied = answers.get(keys.state)
         if applied or (applied is None and claim_landed(context, planned)):
+            return planned
+        if any(answer is True for answer in (planned.taken_with_claim or {}).values()):
+            planned.landed = False
             return planned
         context.pause_after_failed_cas(attempt)
     raise ContentionError(keys.state, MAX_CAS_ATTEMPTS)

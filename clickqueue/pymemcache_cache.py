@@ -50,7 +50,7 @@ from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheError
 from pymemcache.serde import LegacyWrappingSerde
 
-from clickqueue.cache import Applied, CasToken
+from clickqueue.cache import Applied, CasToken, Expiry, expiry_of
 from clickqueue.errors import CacheUnavailableError, InvalidArgumentError
 
 _NOT_RUN = object()
@@ -231,10 +231,10 @@ class PymemcacheCache:
             "add", {key: b" T%d ME" % expire_seconds for key in values}, values, {_STORED: True, _NOT_STORED: False}
         )
 
-    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: int = 0) -> dict[str, Applied]:
+    def cas_multi(self, values: Mapping[str, tuple[bytes, CasToken]], expire_seconds: Expiry = 0) -> dict[str, Applied]:
         return self._store(
             "cas",
-            {key: b" T%d C%s" % (expire_seconds, token) for key, (_value, token) in values.items()},
+            {key: b" T%d C%s" % (expiry_of(expire_seconds, key), token) for key, (_value, token) in values.items()},
             {key: value for key, (value, _token) in values.items()},
             {_STORED: True, _EXISTS: False, _NOT_FOUND: False},
         )

@@ -11,10 +11,11 @@ rest stored again in the next slot. The protocol: docs/protocol.md.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from clickqueue.claiming import Claim, check_max_items, claim
+from clickqueue.claiming import MAX_CLAIM_ITEMS, Claim, check_max_items, claim
 from clickqueue.codec import GAP_TOMBSTONE, TOMBSTONE, SlotKind, SlotValue, frame_payload, leased_value, read_slot, taken_value
 from clickqueue.context import QueueContext
 from clickqueue.errors import CacheUnavailableError, ContentionError
@@ -50,10 +51,13 @@ NOTHING_FETCHED = Fetched([], [], [], 0, 0)
 
 def read_messages(context: QueueContext, max_items: int) -> list[Any]:
     """``Queue.read_multi``: claim and take, up to ``MAX_EMPTY_ROUNDS`` claims that
-    yield nothing (each after the first settles runs of empty slots in bulk)."""
+    yield nothing (each after the first settles runs of empty slots in bulk). The
+    takes go in the claim's CAS when they can (``takes_with_claim``)."""
     check_max_items(max_items)
     for round_number in range(MAX_EMPTY_ROUNDS):
-        made = claim(context, max_items, lease_seconds=None, settle_empty_runs=round_number > 0)
+        made = claim(
+            context, max_items, lease_seconds=None, settle_empty_runs=round_number > 0, takes_with=takes_with_claim
+        )
         if not made.ranges and not made.settled_slots:
             return []
         if made.ranges and (fetched := fetch(context, made)).messages:
@@ -61,19 +65,40 @@ def read_messages(context: QueueContext, max_items: int) -> list[Any]:
     return []
 
 
+def takes_with_claim(made: Claim) -> tuple[dict[str, tuple[bytes, object]], int]:
+    """The takes a ``read_multi`` sends in its claim's CAS, and their expiry: every
+    claimed message or frame, to TAKEN. None (they follow the claim, as a lease's
+    do) when a claimed slot is empty (its tombstone's ``add`` race comes first),
+    a frame is cut at the claim's end (its rest belongs after the claim that
+    lands), or a frame does not fit."""
+    views = made.views
+    if made.lease_id is not None or any(
+        views[slot.key].kind is SlotKind.EMPTY for slot in made.table.uncovered(views, PRESENT)
+    ):
+        return {}, TAKEN_SECONDS
+    plan = plan_takes(made, views)
+    if plan.overflow or plan.rests:
+        return {}, TAKEN_SECONDS
+    return {key: (taken_value(count), made.slots[key][1]) for key, count in plan.counts.items()}, TAKEN_SECONDS
+
+
 def fetch(context: QueueContext, made: Claim) -> Fetched:
     """Tombstone the claimed slots found empty (and not inside a frame), then take
-    the messages: 1 cache call (``cas_multi``); empty slots cost their tombstones
-    (1, see ``tombstone``); a frame the claim ends inside costs the store of its
-    rest (2, see ``take``). ``read_multi`` corrects its counts (2) only if a
-    slot changed after the claim read it (a writer stored into it first)."""
+    the messages: 1 cache call (``cas_multi``), none if they were taken with the
+    claim; empty slots cost their tombstones (1, see ``tombstone``); a frame the
+    claim ends inside costs the store of its rest (2, see ``take``).
+    ``read_multi`` corrects its counts (2) only if a slot changed after the claim
+    read it (a writer stored into it first), or if its claim did not land."""
     table = made.table
     found = dict(made.slots)
     views = Views(made.views)
-    empty = [slot for slot in table.uncovered(views, PRESENT) if views[slot.key].kind is SlotKind.EMPTY]
-    if empty:
-        tombstone(context, empty, views, found, made.lease_id)
-    taken = take(context, made, views, found)
+    if made.taken_with_claim is not None:
+        taken = {key: views[key].span for key, answer in made.taken_with_claim.items() if answer is True}
+    else:
+        empty = [slot for slot in table.uncovered(views, PRESENT) if views[slot.key].kind is SlotKind.EMPTY]
+        if empty:
+            tombstone(context, empty, views, found, made.lease_id)
+        taken = take(context, made, views, found)
     delivered = {key: SlotValue(SlotKind.MESSAGE, span=span) for key, span in taken.items()}
     undelivered = [slot.in_gap for slot in table.uncovered(delivered, (SlotKind.MESSAGE,))]
     held = table.held({key: views[key] for key in taken}, PRESENT)
@@ -88,18 +113,57 @@ def fetch(context: QueueContext, made: Claim) -> Fetched:
         skipped=len(undelivered) - sum(undelivered),
         gapped=sum(undelivered),
     )
-    if made.lease_id is None and (fetched.skipped, fetched.gapped) != made.counted:
+    if not made.landed:
+        claim_delivered(context, made, taken)
+    elif made.lease_id is None and (fetched.skipped, fetched.gapped) != made.counted:
         skipped, gapped = fetched.skipped - made.counted[0], fetched.gapped - made.counted[1]
 
         def correct(state: ReadState) -> bool:
             state.counts.add(skipped, gapped)
             return True
 
-        try:
-            context.store.change(correct)
-        except (CacheUnavailableError, ContentionError) as error:  # never at the cost of the messages
-            logger.warning("queue %s: could not correct counts after a read: %s", context.name, error)
+        change_counts(context, correct)
     return fetched
+
+
+def change_counts(context: QueueContext, change: Callable[[ReadState], bool]) -> None:
+    """Correct the state's counts after a read (2 calls), never at the cost of its messages."""
+    try:
+        context.store.change(change)
+    except (CacheUnavailableError, ContentionError) as error:
+        logger.warning("queue %s: could not correct counts after a read: %s", context.name, error)
+
+
+def claim_delivered(context: QueueContext, made: Claim, taken: dict[str, int]) -> None:
+    """After a ``read_multi`` whose claim lost while takes sent with it won (2 calls):
+    claim the slots it delivered that run on from where the claims now end (as
+    read: no other claim may count them), and take off ``skipped`` (``gapped``)
+    each other slot it delivered, which the claim that covers it counts as
+    giving no message. A slot is only claimed here if a frame this reader won
+    spans it, so nothing another reader stored (a frame's rest) is passed over."""
+    delivered: dict[int, set[int]] = {}
+    for key, count in taken.items():
+        slot = made.table.slots[made.table.position[key]]
+        delivered.setdefault(slot.shard, set()).update(range(slot.number, slot.number + count))
+
+    def count_as_read(state: ReadState) -> bool:
+        ends = {}
+        skipped = gapped = 0
+        for shard, numbers in delivered.items():
+            end = state.claimed[shard]
+            while end + 1 in numbers:
+                end += 1
+            if end > state.claimed[shard]:
+                ends[shard] = end
+            for number in numbers:
+                if number <= state.claimed[shard] or number > end:
+                    in_gap = state.in_gap(shard, number)
+                    skipped, gapped = skipped - (not in_gap), gapped - in_gap
+        state.claim(state.seen, MAX_CLAIM_ITEMS, ends)
+        state.counts.add(skipped, gapped)
+        return True
+
+    change_counts(context, count_as_read)
 
 
 def tombstone(
@@ -141,19 +205,8 @@ def take(
     counter went back and handed a writer slots inside an older frame. One that
     does not fit is moved: taken (1 call) and written again (``store_again``)."""
     taken = {key: view.span for key, view in views.items() if view.kind is SlotKind.LEASED_TO_US}
-    last_of_shard = {r.shard: r.last for r in made.ranges}
-    room = len(made.table) - sum(taken.values())
-    cut: dict[str, int] = {}
-    overflow: list[str] = []
-    first_parts: dict[str, tuple[int, int]] = {}
-    for slot, view in made.table.held(views, (SlotKind.MESSAGE,)):
-        count = min(view.span, last_of_shard[slot.shard] - slot.number + 1)
-        if count > room:
-            overflow.append(slot.key)
-            continue
-        cut[slot.key], room = count, room - count
-        if count < view.span:
-            first_parts[slot.key] = (slot.shard, slot.number + count)
+    plan = plan_takes(made, views)
+    cut, overflow, first_parts = plan.counts, plan.overflow, plan.rests
     if overflow:
         move(context, overflow, views, found)
     if not cut:
@@ -178,6 +231,35 @@ def take(
         if key in won:
             store_again(context, views[key].messages[cut[key] :], placed=rest_at)
     return taken
+
+
+@dataclass(frozen=True)
+class TakePlan:
+    """Which messages a claim takes, from what it read."""
+
+    counts: dict[str, int]
+    """Each message's or frame's slot, with how many of its messages are the claim's."""
+    overflow: list[str]
+    """Frames that do not fit (two overlapping: a counter went back): moved."""
+    rests: dict[str, tuple[int, int]]
+    """Frames cut at the claim's end: where their rest is stored (shard, slot)."""
+
+
+def plan_takes(made: Claim, views: dict[str, SlotValue]) -> TakePlan:
+    """Every claimed message or frame, cut at the claim's last slot of its shard,
+    as long as the claim has room for it (slots already LEASED to it take room)."""
+    last_of_shard = {r.shard: r.last for r in made.ranges}
+    room = len(made.table) - sum(view.span for view in views.values() if view.kind is SlotKind.LEASED_TO_US)
+    plan = TakePlan({}, [], {})
+    for slot, view in made.table.held(views, (SlotKind.MESSAGE,)):
+        count = min(view.span, last_of_shard[slot.shard] - slot.number + 1)
+        if count > room:
+            plan.overflow.append(slot.key)
+            continue
+        plan.counts[slot.key], room = count, room - count
+        if count < view.span:
+            plan.rests[slot.key] = (slot.shard, slot.number + count)
+    return plan
 
 
 def move(context: QueueContext, keys: list[str], views: dict[str, SlotValue], found: dict[str, tuple[bytes, object]]) -> None:

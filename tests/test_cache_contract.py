@@ -8,6 +8,7 @@ memcached: a TCP proxy that cuts the connection).
 """
 
 import pickle
+import time
 from contextlib import closing
 
 import pytest
@@ -138,7 +139,8 @@ def seconds_to_live(client, key: str) -> int | None:
     if client is None:
         from google.appengine.api import memcache
 
-        return memcache.Client().peek(key).get_expiration_time_sec() or None
+        expires_at = memcache.Client().peek(key).get_expiration_time_sec()  # a Unix time
+        return round(expires_at - time.time()) if expires_at else None
     node = client._get_client(key) if hasattr(client, "_get_client") else client
     ttl = int(node.raw_command(f"mg {key} t").split(b" t")[1])  # memcached: "HD t<seconds>", -1 for none
     return None if ttl == -1 else ttl
@@ -151,6 +153,18 @@ def test_values_written_without_an_expiry_never_expire(backend):
     token = cache.gets_multi(["contract:b"])["contract:b"][1]
     assert cache.cas_multi({"contract:b": (b"2", token)}) == {"contract:b": True}
     assert (seconds_to_live(client, "contract:a"), seconds_to_live(client, "contract:b")) == (None, None)
+
+
+def test_cas_multi_gives_each_key_the_expiry_named_for_it(backend):
+    cache, _faults, client = backend
+    cache.add_multi({"contract:a": b"1", "contract:b": b"1"})
+    tokens = cache.gets_multi(["contract:a", "contract:b"])
+    cache.clear()
+    values = {key: (b"2", token) for key, (_value, token) in tokens.items()}
+    assert cache.cas_multi(values, {"contract:b": 60}) == {"contract:a": True, "contract:b": True}
+    assert seconds_to_live(client, "contract:a") is None
+    assert 0 < seconds_to_live(client, "contract:b") <= 60
+    assert (cache.calls, cache.round_trips) == ({"cas_multi": 1}, servers_holding(client, ["contract:a", "contract:b"]))
 
 
 def test_binary_values_round_trip(cache):

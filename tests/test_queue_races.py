@@ -5,9 +5,12 @@ stub: what each party ends up with, the counts it leaves (``skipped``, ``retried
 import copy
 import logging
 import random
+import threading
 
 import pytest
-from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
+
+from tests.support.seams import BeforeCas, CacheWrapper, PauseAfterIncr, drain
+from tests.support.threads import THREAD_DEADLINE_SECONDS, InThread
 from test_queue_faults import expiry_seconds
 
 from clickqueue import (
@@ -281,7 +284,8 @@ def test_a_run_of_empty_slots_is_settled_in_bulk_only_after_a_round_that_found_o
     got = []
     writers_paused_on_two_slots_then(cache, clock, lambda: got.extend(Queue("q", reading, clock=clock).read_multi(1)))
     assert got == ["c"]
-    assert reading.calls == {"gets_multi": 4, "cas_multi": 4, "add_multi": 2}  # rounds after the first read ahead
+    # rounds after the first read ahead; the last one's take of "c" goes with its claim
+    assert reading.calls == {"gets_multi": 4, "cas_multi": 3, "add_multi": 2}
 
 
 def test_writers_turned_away_by_a_settled_run_count_retried_as_its_reader_counted_skipped(cache, clock):
@@ -969,4 +973,52 @@ def test_a_leased_gap_slot_filled_just_before_its_tombstone_is_uncounted_from_ga
 
     assert drain(queue) == ["b"]
     assert stats_of(queue, "gapped", "skipped", "lost") == (999, 0, 0)
+    assert_identity(queue)
+
+
+# -- a read_multi whose claim lost while the takes sent with it won ---------------------
+
+
+def test_a_read_whose_claim_lost_delivers_what_its_takes_won_and_claims_those_slots(cache, clock):
+    queue = Queue("q", cache, clock=clock, shards=1)
+    for message in ["a", "b", "c"]:
+        queue.write(message)
+    other = []
+    loser = Queue(
+        "q",
+        BeforeCas(cache, queue.keys.state, lambda: other.extend(Queue("q", cache, clock=clock, shards=1).read_multi(1))),
+        clock=clock,
+        shards=1,
+    )
+    assert loser.read_multi(3) == ["b", "c"]
+    assert other == ["a"]
+    assert stats_of(queue, "read", "lost", "skipped", "depth") == (3, 0, 0, 0)
+    assert queue.read_multi(10) == []
+    assert_identity(queue)
+
+
+def test_a_read_whose_takes_won_inside_a_claim_that_landed_takes_them_off_what_that_claim_skips(cache, clock):
+    queue = Queue("q", cache, clock=clock, shards=1)
+    for message in ["a", "b", "c"]:
+        queue.write(message)
+    claim_landed, go_on = threading.Event(), threading.Event()
+
+    def hold_the_takes():
+        claim_landed.set()
+        assert go_on.wait(THREAD_DEADLINE_SECONDS)
+
+    leasing = Queue("q", BeforeCas(cache, queue.keys.state, hold_the_takes, with_key=False), clock=clock, shards=1)
+    lease_thread = InThread(lambda: leasing.lease(3, seconds=30))
+
+    def lease_claims_first():
+        lease_thread.start()
+        assert claim_landed.wait(THREAD_DEADLINE_SECONDS)
+
+    reader = Queue("q", BeforeCas(cache, queue.keys.state, lease_claims_first), clock=clock, shards=1)
+    assert reader.read_multi(3) == ["a", "b", "c"]
+    go_on.set()
+    lease = lease_thread.outcome()
+    assert lease.messages == []
+    lease.ack()
+    assert stats_of(queue, "read", "lost", "skipped", "depth", "leased") == (3, 0, 0, 0, 0)
     assert_identity(queue)

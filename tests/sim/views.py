@@ -20,6 +20,7 @@ from typing import Protocol
 
 
 from clickqueue import CacheUnavailableError
+from clickqueue.cache import Expiry, expiry_of
 from tests.sim.faults import Fault, FaultKind
 from tests.sim.simcache import Backend, Item, Outcome, SimCache
 
@@ -162,10 +163,12 @@ class ContractView(_SimView):
             "add_multi", values, lambda key, value: self.cache.add(key, value, expire_seconds, dead)
         )
 
-    def cas_multi(self, values: Mapping[str, tuple[bytes, int]], expire_seconds: int = 0) -> dict[str, Applied]:
+    def cas_multi(self, values: Mapping[str, tuple[bytes, int]], expire_seconds: Expiry = 0) -> dict[str, Applied]:
         dead = self.gate.dead_nodes
         return self._store_multi(
-            "cas_multi", values, lambda key, pair: self.cache.cas(key, pair[0], pair[1], expire_seconds, dead)
+            "cas_multi",
+            values,
+            lambda key, pair: self.cache.cas(key, pair[0], pair[1], expiry_of(expire_seconds, key), dead),
         )
 
     def incr(self, key: str, delta: int) -> int | None:

@@ -30,6 +30,21 @@ class RecordReads(CacheWrapper):
         return self.inner.gets_multi(keys)
 
 
+class BeforeCas(CacheWrapper):
+    """A Cache that runs ``between`` once, right before the next ``cas_multi`` that sets
+    ``key`` (``with_key``) or that does not (``without_key``: a take of slots alone)."""
+
+    def __init__(self, inner, key: str, between, with_key: bool = True) -> None:
+        super().__init__(inner)
+        self.key, self.between, self.with_key = key, between, with_key
+
+    def cas_multi(self, values, expire_seconds=0):
+        if self.between is not None and (self.key in values) == self.with_key:
+            between, self.between = self.between, None
+            between()
+        return self.inner.cas_multi(values, expire_seconds)
+
+
 class PauseAfterIncr(CacheWrapper):
     """A Cache that runs ``between`` once, right after the next ``incr`` that hands out slots.
 
