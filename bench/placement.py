@@ -5,7 +5,7 @@ interleaved in slices), in three placements: as the scheduler puts them, memcach
 and this client on two different cores, and both on one core (memcached by
 ``taskset -c``, the client by ``os.sched_setaffinity``). On a VM whose idle
 cores are woken for each reply, a round trip across cores costs far more than
-on one core, and the cycle makes 5 round trips where raw memcached makes 3: the
+on one core, and the cycle makes 4 round trips where raw memcached makes 3: the
 ratio shows what round trips cost apart from the queue's own work.
 """
 

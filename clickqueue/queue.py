@@ -149,13 +149,13 @@ class Queue:
 
     @one_call
     def read_multi(self, max_items: int = 100) -> list[Any]:
-        """Take up to ``max_items`` messages: 3 cache calls (``gets_multi`` of the
-        state, the counters and the slots read ahead; ``cas_multi`` of the state, of
-        the slots), one round trip each on one server; 4 when the claim's slots were
-        not read ahead (this object's first claim, another reader claimed since, or
-        the claim is over twice this object's last: they are read on their own);
-        1 when the queue is empty. Empty slots cost up
-        to 5 more.
+        """Take up to ``max_items`` messages: 2 cache calls (``gets_multi`` of the
+        state, the counters and the slots read ahead; ``cas_multi`` of the state and
+        of the slots' takes), one round trip each on one server; 3 when the claim's
+        slots were not read ahead (this object's first claim, another reader claimed
+        since, or the claim is over twice this object's last: they are read on their
+        own); 1 when the queue is empty. Empty slots, a frame cut at the claim's end
+        or a claim lost to another reader cost more (docs/protocol.md, "Calls").
 
         Messages are gone once returned: a reader that dies holding them loses
         them. Use ``lease`` when processing must survive the reader.

@@ -1022,3 +1022,21 @@ def test_a_read_whose_takes_won_inside_a_claim_that_landed_takes_them_off_what_t
     lease.ack()
     assert stats_of(queue, "read", "lost", "skipped", "depth", "leased") == (3, 0, 0, 0, 0)
     assert_identity(queue)
+
+
+def test_a_read_whose_claim_lost_does_not_claim_past_the_rest_of_a_frame_another_reader_cut(cache, clock):
+    queue = Queue("q", cache, clock=clock, shards=1)
+    queue.write_multi(["a", "b", "c"])  # one frame, slots 1 to 3
+    queue.write("d")  # slot 4
+    other = []
+    loser = Queue(
+        "q",
+        BeforeCas(cache, queue.keys.state, lambda: other.extend(Queue("q", cache, clock=clock, shards=1).read_multi(1))),
+        clock=clock,
+        shards=1,
+    )
+    assert loser.read_multi(4) == ["d"]
+    assert other == ["a"]  # and "b", "c" stored again in slot 2
+    assert queue.read_multi(10) == ["b", "c"]
+    assert stats_of(queue, "read", "lost", "skipped", "depth") == (4, 0, 0, 0)
+    assert_identity(queue)
