@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from clickqueue.cache import Applied
 from clickqueue.claiming import MAX_CLAIM_ITEMS, Claim, check_max_items, claim
 from clickqueue.codec import GAP_TOMBSTONE, TOMBSTONE, SlotKind, SlotValue, frame_payload, leased_value, read_slot, taken_value
 from clickqueue.context import QueueContext
@@ -31,6 +32,9 @@ empty (each after the first also settles up to ``MAX_CLAIM_ITEMS`` empty slots).
 
 TAKEN_SECONDS = 1
 """A TAKEN mark only has to win the compare-and-set; then it may vanish."""
+
+MAX_REFUSED_TAKE_RETRIES = 3
+"""Times a take refused while its slot still holds what the claim read is tried again."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ def fetch(context: QueueContext, made: Claim) -> Fetched:
     found = dict(made.slots)
     views = Views(made.views)
     if made.taken_with_claim is not None:
-        taken = {key: views[key].span for key, answer in made.taken_with_claim.items() if answer is True}
+        takes = {key: (taken_value(views[key].span), found[key][1]) for key in made.taken_with_claim}
+        answers = retry_refused_takes(context, takes, made.taken_with_claim, found, TAKEN_SECONDS)
+        taken = {key: views[key].span for key, answer in answers.items() if answer is True}
     else:
         empty = [slot for slot in table.uncovered(views, PRESENT) if views[slot.key].kind is SlotKind.EMPTY]
         if empty:
@@ -220,7 +226,9 @@ def take(
             for key, count in cut.items()
         }
         expire_seconds = 0
-    applied = context.cache.cas_multi(takes, expire_seconds)
+    applied = retry_refused_takes(
+        context, takes, context.cache.cas_multi(takes, expire_seconds), found, expire_seconds
+    )
     won = {key for key in takes if applied.get(key) is True}
     unanswered = [key for key in takes if applied.get(key) is None]
     if unanswered and made.lease_id is not None:  # a TAKEN mark cannot say whose it is
@@ -243,6 +251,34 @@ class TakePlan:
     """Frames that do not fit (two overlapping: a counter went back): moved."""
     rests: dict[str, tuple[int, int]]
     """Frames cut at the claim's end: where their rest is stored (shard, slot)."""
+
+
+def retry_refused_takes(
+    context: QueueContext,
+    takes: dict[str, tuple[bytes, object]],
+    applied: dict[str, Applied],
+    found: dict[str, tuple[bytes, object]],
+    expire_seconds: int,
+) -> dict[str, Applied]:
+    """Try again the takes refused while their slot still holds the bytes the claim
+    read (1 call to read them, 1 to take them, per round; none when no take was
+    refused). Only a take changes a message's slot, so the same bytes mean no one
+    took it: memcached refused a CAS on an item no client changed (seen under
+    memory churn). Refused for a changed slot, a take stays refused."""
+    applied = dict(applied)
+    for _ in range(MAX_REFUSED_TAKE_RETRIES):
+        refused = [key for key in takes if applied.get(key) is False]
+        if not refused:
+            break
+        reread = context.cache.gets_multi(refused)
+        again = {
+            key: (takes[key][0], token) for key, (value, token) in reread.items() if value == found[key][0]
+        }
+        if not again:
+            break
+        found.update({key: reread[key] for key in again})
+        applied.update(context.cache.cas_multi(again, expire_seconds))
+    return applied
 
 
 def plan_takes(made: Claim, views: dict[str, SlotValue]) -> TakePlan:

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.support.seams import BeforeCas, CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import BeforeCas, CacheWrapper, PauseAfterIncr, RefusesTakesOnce, drain
 from tests.support.threads import THREAD_DEADLINE_SECONDS, InThread
 from test_queue_faults import expiry_seconds
 
@@ -1040,3 +1040,28 @@ def test_a_read_whose_claim_lost_does_not_claim_past_the_rest_of_a_frame_another
     assert queue.read_multi(10) == ["b", "c"]
     assert stats_of(queue, "read", "lost", "skipped", "depth") == (4, 0, 0, 0)
     assert_identity(queue)
+
+
+# -- a take refused though its slot did not change (memcached gave the item a new CAS id) --
+
+
+def test_a_read_whose_takes_were_refused_on_unchanged_slots_takes_them_again(cache, clock):
+    queue = Queue("q", cache, clock=clock, shards=1)
+    queue.write_multi(["a", "b"])
+    queue.write("c")
+    refusing = RefusesTakesOnce(cache, queue.keys.state)
+    assert Queue("q", refusing, clock=clock, shards=1).read_multi(10) == ["a", "b", "c"]
+    assert refusing.refused == [queue.keys.slot(0, 1), queue.keys.slot(0, 3)]
+    assert stats_of(queue, "read", "lost", "skipped", "depth") == (3, 0, 0, 0)
+
+
+def test_a_lease_whose_takes_were_refused_on_unchanged_slots_takes_them_again(cache, clock):
+    queue = Queue("q", cache, clock=clock, shards=1)
+    queue.write_multi(["a", "b"])
+    queue.write("c")
+    refusing = RefusesTakesOnce(cache, queue.keys.state)
+    lease = Queue("q", refusing, clock=clock, shards=1).lease(10, seconds=30)
+    assert lease.messages == ["a", "b", "c"]
+    assert refusing.refused == [queue.keys.slot(0, 1), queue.keys.slot(0, 3)]
+    assert lease.ack()
+    assert stats_of(queue, "read", "lost", "skipped", "depth") == (3, 0, 0, 0)

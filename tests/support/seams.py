@@ -45,6 +45,22 @@ class BeforeCas(CacheWrapper):
         return self.inner.cas_multi(values, expire_seconds)
 
 
+class RefusesTakesOnce(CacheWrapper):
+    """A Cache whose next ``cas_multi`` refuses every key but ``spared`` without storing
+    it, as memcached does after giving an unchanged item a new CAS id."""
+
+    def __init__(self, inner, spared: str) -> None:
+        super().__init__(inner)
+        self.spared, self.refused = spared, []
+
+    def cas_multi(self, values, expire_seconds=0):
+        if self.refused:
+            return self.inner.cas_multi(values, expire_seconds)
+        self.refused = [key for key in values if key != self.spared]
+        answers = self.inner.cas_multi({key: value for key, value in values.items() if key == self.spared}, expire_seconds)
+        return {**answers, **dict.fromkeys(self.refused, False)}
+
+
 class PauseAfterIncr(CacheWrapper):
     """A Cache that runs ``between`` once, right after the next ``incr`` that hands out slots.
 
