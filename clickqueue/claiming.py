@@ -72,6 +72,9 @@ class Claim:
     """(skipped, gapped): the claimed slots without a message, counted in that CAS."""
     taken_with_claim: dict[str, Applied] | None = None
     """For a ``read_multi`` whose takes went in its claim's CAS: each slot's answer."""
+    claimed_at: float = 0.0
+    """When the claim's CAS was sent (``context.clock``): the slot after it is handed
+    out from then on, for the rest of a frame the claim cuts."""
     landed: bool = True
     """False when that CAS lost on the state while some of the takes sent with it won:
     the reader delivers what it took, and the claim that does land counts those slots."""
@@ -137,6 +140,7 @@ def claim(
         if planned.lease_id is not None and len(encoded) > MAX_STATE_BYTES:
             raise TooManyLeasesError(keys.state, len(state.leases))
         takes, takes_expire_seconds = takes_with(planned) if takes_with is not None else ({}, 0)
+        planned.claimed_at = context.clock()
         answers = context.cache.cas_multi(
             {keys.state: (encoded, token), **takes}, dict.fromkeys(takes, takes_expire_seconds) if takes else 0
         )

@@ -237,7 +237,7 @@ def take(
     taken |= {key: cut[key] for key in won}
     for key, rest_at in first_parts.items():
         if key in won:
-            store_again(context, views[key].messages[cut[key] :], placed=rest_at)
+            store_again(context, views[key].messages[cut[key] :], placed=rest_at, placed_at=made.claimed_at)
     return taken
 
 

@@ -74,13 +74,17 @@ def requeue_messages(context: QueueContext, messages: Iterable[Any]) -> None:
         context.record_counts(count, f"counts {{'requeued': {len(messages)}}}")
 
 
-def store_again(context: QueueContext, messages: Sequence[Any], placed: tuple[int, int] | None = None) -> None:
+def store_again(
+    context: QueueContext, messages: Sequence[Any], placed: tuple[int, int] | None = None, placed_at: float = 0.0
+) -> None:
     """Store messages a read took out of their slot but does not deliver: the rest
     of a frame, in the slot after the part taken (``placed``: its own slot
-    numbers; elsewhere if a reader got there first), or a frame that did not fit.
-    What cannot be stored is left to be counted: its slots hold nothing."""
+    numbers, handed out at ``placed_at`` when the claim ending before it was made;
+    elsewhere if a reader got there first or ``max_write_seconds`` have passed),
+    or a frame that did not fit. What cannot be stored is left to be counted: its
+    slots hold nothing."""
     try:
-        BatchWrite(context, encode_frames(messages), errors_reach_caller=False, placed=placed).run()
+        BatchWrite(context, encode_frames(messages), errors_reach_caller=False, placed=placed, placed_at=placed_at).run()
     except (CacheUnavailableError, ContentionError, WriteFailedError, WriteIncompleteError) as error:
         logger.warning("queue %s: could not store %d messages again: %s", context.name, len(messages), error)
 
@@ -109,7 +113,9 @@ class BatchWrite:
     which messages it did not store (``write_multi``), so the slots they left to
     tombstones are no loss; a reader storing messages again has no caller to tell.
     ``placed`` (shard, slot) makes the first attempt store the batch from that slot
-    on, without an ``incr``: the rest of a frame a claim took the first part of.
+    on, without an ``incr``: the rest of a frame a claim took the first part of,
+    its slot handed out at ``placed_at`` (the claim), from when ``max_write_seconds``
+    count: readers may tombstone it from then on.
     """
 
     def __init__(
@@ -118,12 +124,14 @@ class BatchWrite:
         batch: list[tuple[range, bytes]],
         errors_reach_caller: bool,
         placed: tuple[int, int] | None = None,
+        placed_at: float = 0.0,
     ) -> None:
         self.context = context
         self.batch = batch
         self.errors_reach_caller = errors_reach_caller
         self.total = sum(len(indices) for indices, _payload in batch)
         self.placed = placed
+        self.placed_at = placed_at
         self.stored: list[int] = []
         self.unknown: list[int] = []
         self.left_tombstoned: Counter[int] = Counter()
@@ -160,6 +168,7 @@ class BatchWrite:
         count = sum(len(self.batch[number][0]) for number in pending)
         if self.placed is not None:
             (shard, first), self.placed = self.placed, None
+            started = self.placed_at
         else:
             shard = next(context.writer_shards)
             self.last_key = context.keys.write_counter(shard)

@@ -4,7 +4,7 @@ their slots, and span the rest (docs/protocol.md). Every backend."""
 import logging
 
 import pytest
-from tests.support.seams import CacheWrapper, PauseAfterIncr, drain
+from tests.support.seams import BeforeCas, CacheWrapper, PauseAfterIncr, drain
 
 from clickqueue import CacheUnavailableError, Queue
 from clickqueue.codec import (
@@ -127,6 +127,17 @@ def test_the_rest_of_a_frame_turned_away_from_the_next_slot_is_written_again_and
     assert drain(queue) == [2, 3, 4]
     stats = queue.stats()
     assert (stats.written, stats.read, stats.lost, stats.skipped, stats.retried) == (5, 5, 0, 3, 3)
+
+
+def test_the_rest_of_a_frame_goes_to_fresh_slots_once_max_write_seconds_passed_since_its_claim(make_queue, cache, clock):
+    queue = make_queue(max_write_seconds=5)
+    queue.write_multi(list(range(5)))
+    slow = BeforeCas(cache, queue.keys.state, lambda: clock.advance(6), with_key=False)  # before the take
+    assert Queue("q", slow, clock=clock, max_write_seconds=5).read_multi(2) == [0, 1]
+    assert stored_slots(cache, queue, [3]) == {3: TOMBSTONE}, "the next slot, abandoned: readers could pass it"
+    assert drain(queue) == [2, 3, 4]
+    stats = queue.stats()
+    assert (stats.written, stats.read, stats.lost) == (5, 5, 0)
 
 
 class RestNeverStored(CacheWrapper):

@@ -8,7 +8,7 @@ seeded with ``(seed, n)``. A replay plan injects exactly the faults of a
 recorded list: that is how a failure shrinks.
 
 Faults that change the cache or a party (eviction, flush, node restart, a node
-dead for one party, foreign values, a moved clock) are applied before the
+dead for one party, foreign values, a moved clock, a new CAS id) are applied before the
 call; call faults (fail before applying, lost reply, partial batch) shape the
 call itself, in the way each view's backend fails; a kill stops the party
 instead of the call.
@@ -43,9 +43,14 @@ class FaultKind(enum.Enum):
     COUNTER_AHEAD = "counter-ahead"
     KILL_PARTY = "kill-party"
     MOVE_CLOCK = "move-clock"
+    NEW_CAS_ID = "new-cas-id"
+    """memcached gives an item a new CAS id, its value unchanged: a compare-and-set made
+    with the old one is refused though no client changed the key."""
 
 
 CALL_FAULTS = frozenset({FaultKind.FAIL_BEFORE, FaultKind.LOST_REPLY, FaultKind.PARTIAL})
+LOSSLESS_FAULTS = frozenset({FaultKind.NEW_CAS_ID})
+"""Faults no message may be lost to: a run with only these must end with ``lost`` 0."""
 FOREIGN_FAULTS = frozenset(
     {
         FaultKind.FOREIGN_PICKLE,

@@ -44,6 +44,7 @@ G2_LIVENESS = "G2 liveness"
 G3_IDENTITY = "G3 stats identity"
 G3_LOST = "G3 loss counted"
 G3_NO_FAULT = "G3 no reset without a fault"
+G3_NO_LOSS = "G3 nothing lost without a fault that loses"
 G4 = "G4 safety"
 G5_ACK = "G5 ack contract"
 
@@ -426,12 +427,22 @@ class Oracle:
         fault_free: bool,
         stranded: Callable[[list[str]], list[str]] = lambda ids: [],
         unclaimed_gap: int = 0,
+        lossless: bool = False,
     ) -> None:
-        """G3 on ``stats()``; ``stranded(ids)`` names those of the undelivered messages the
+        """G3 on ``stats()`` (with ``lossless``, drained after only faults that lose nothing:
+        every message written must have been delivered); ``stranded(ids)`` names those of the undelivered messages the
         documented limit covers (stored above a write counter that went back after it was
         pushed far ahead): they are left out of the loss check."""
         if self.accounting_disturbance is not None:
             return
+        if lossless and not self.taken_unreturned and (never := self.undelivered_written()):
+            self.violate(
+                G3_NO_LOSS,
+                step,
+                "stats",
+                f"{len(never)} messages never delivered in a run whose faults lose nothing: {', '.join(never[:8])}",
+                never[:20],
+            )
         if fault_free and (stats.resets, stats.gapped) != (0, 0):
             self.violate(
                 G3_NO_FAULT, step, "stats", f"resets {stats.resets}, gapped {stats.gapped} in a run without faults"

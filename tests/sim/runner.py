@@ -166,7 +166,12 @@ def _liveness_phase(world: World) -> None:
             if stats is not None and _drained(world, stats):
                 if world.oracle.accounting_disturbance is None and _stats_checked(world):
                     oracle.stats_checked(
-                        stats, world.step, world.fault_free(), world.stranded_above_counters, world.unclaimed_gap_slots()
+                        stats,
+                        world.step,
+                        world.fault_free(),
+                        world.stranded_above_counters,
+                        world.unclaimed_gap_slots(),
+                        lossless=world.lossless(),  # drained: every message delivered, so nothing may count lost
                     )
                 return
         if oracle.delivery_count != deliveries:

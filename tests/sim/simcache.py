@@ -189,6 +189,10 @@ class SimCache:
             self._remove(node, key)
         self._store(node, key, value, flags, 0)
 
+    def give_new_cas_id(self, node: int, key: str) -> None:
+        """Keep ``key``'s value but give it a new CAS id (memcached relinking an item)."""
+        self.nodes[node][key].cas_id = self._new_cas_id()
+
     def evict(self, node: int, key: str) -> None:
         """Drop ``key`` from ``node`` (memory pressure elsewhere on the server)."""
         self._remove(node, key)

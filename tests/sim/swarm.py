@@ -24,6 +24,8 @@ THIRTY_ONE_DAYS_SECONDS = 31 * 86400
 
 _RARE_FAULTS = frozenset({FaultKind.FLUSH_ALL, FaultKind.RESTART_NODE})
 _MULTI_NODE_FAULTS = frozenset({FaultKind.RESTART_NODE, FaultKind.NODE_DEAD_FOR_ONE})
+_OWN_STREAM_FAULTS = frozenset({FaultKind.NEW_CAS_ID})
+"""Faults added after seeds were published: drawn from a stream of their own."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,11 @@ def draw_swarm(seed: int, preset: str = "swarm") -> Swarm:
     fault_rates = {
         kind: _rate(rng, kind)
         for kind in FaultKind
-        if rng.random() < 0.5 and (nodes > 1 or kind not in _MULTI_NODE_FAULTS)
+        if kind not in _OWN_STREAM_FAULTS and rng.random() < 0.5 and (nodes > 1 or kind not in _MULTI_NODE_FAULTS)
     }
+    own_stream = random.Random(f"{seed}:swarm:new-cas-id")  # drawn apart, so older seeds draw as before
+    if own_stream.random() < 0.5:
+        fault_rates[FaultKind.NEW_CAS_ID] = _rate(own_stream, FaultKind.NEW_CAS_ID)
     evict_weights = {key_class: rng.choice([0, 1, 4]) for key_class in KeyClass} | {KeyClass.SLOT: rng.choice([1, 4])}
     op_kinds = {kind for kind, chance in _OP_CHANCES.items() if rng.random() < chance}
     if OpKind.WRITE_HUGE in op_kinds and backend.max_call_bytes is None:
@@ -240,6 +245,16 @@ PRESETS: dict[str, Preset] = {
             shards=rng.choice([1, 2, 4]),
             lease_sizes=(100,),
             lease_seconds=(30.0,),
+        ),
+    ),
+    "new-cas-ids": Preset(
+        "items given new CAS ids, values unchanged, while readers and leases take them",
+        MEMCACHED,
+        lambda swarm, rng: replace(
+            _ordinary(swarm),
+            fault_rates=_some(rng, {FaultKind.NEW_CAS_ID: (0.02, 0.1)}),
+            op_kinds=_ops(OpKind.WRITE, OpKind.WRITE_MULTI, OpKind.READ_MULTI, OpKind.LEASE_ACK, OpKind.LEASE_RELEASE),
+            parties=_parties(rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 2)),
         ),
     ),
     "concurrent-counter-repair": Preset(

@@ -21,6 +21,7 @@ from tests.sim.faults import (
     CALL_FAULTS,
     COUNTER_AHEAD_BY,
     FOREIGN_FAULTS,
+    LOSSLESS_FAULTS,
     MAX_CLOCK_SKEW_SECONDS,
     Fault,
     FaultKind,
@@ -458,6 +459,15 @@ class World:
         counters without a state: a reset): then nothing may have been reset."""
         return not self.injected and not self._counters_ever_lost and not self.swarm.aged_slots
 
+    def lossless(self) -> bool:
+        """Only faults no message may be lost to (``LOSSLESS_FAULTS``), if any: then
+        ``stats()`` must count nothing lost."""
+        return (
+            all(fault.kind in LOSSLESS_FAULTS for fault in self.injected)
+            and not self._counters_ever_lost
+            and not self.swarm.aged_slots
+        )
+
     def counters_missing(self) -> bool:
         """A write counter lost and not yet recreated, or holding a foreign value not yet
         repaired: until then nobody can know the depth of its shard."""
@@ -484,6 +494,14 @@ class World:
             node, key = rng.choices(entries, weights=weights)[0]
             self.cache.evict(node, key)
             detail = f"{summarize_keys([key])} from node {node}"
+        elif kind is FaultKind.NEW_CAS_ID:
+            entries = [(node, key) for node, key in self.cache.entries() if key.startswith(QUEUE_KEY_PREFIX)]
+            if not entries:
+                return
+            slots = [entry for entry in entries if key_class(entry[1]) is KeyClass.SLOT]
+            node, key = rng.choice(slots if slots and rng.random() < 0.9 else entries)
+            self.cache.give_new_cas_id(node, key)
+            detail = f"{summarize_keys([key])} on node {node}, value unchanged"
         elif kind is FaultKind.FLUSH_ALL:
             detail = f"every node; lost {_some_keys(self.cache.flush_all())}"
         elif kind is FaultKind.RESTART_NODE:
