@@ -18,6 +18,7 @@ from clickqueue import (
     ContentionError,
     CountingCache,
     Queue,
+    QueueKeys,
     TooManyLeasesError,
     WriteFailedError,
     WriteIncompleteError,
@@ -979,17 +980,23 @@ def test_a_leased_gap_slot_filled_just_before_its_tombstone_is_uncounted_from_ga
 # -- a read_multi whose claim lost while the takes sent with it won ---------------------
 
 
+def losing_to_a_read_of_one(cache, clock, other: list) -> Queue:
+    """A reader of one shard whose claim's compare-and-set loses: just before it, another
+    reader reads one message (into ``other``)."""
+    return Queue(
+        "q",
+        BeforeCas(cache, QueueKeys("q").state, lambda: other.extend(Queue("q", cache, clock=clock, shards=1).read_multi(1))),
+        clock=clock,
+        shards=1,
+    )
+
+
 def test_a_read_whose_claim_lost_delivers_what_its_takes_won_and_claims_those_slots(cache, clock):
     queue = Queue("q", cache, clock=clock, shards=1)
     for message in ["a", "b", "c"]:
         queue.write(message)
     other = []
-    loser = Queue(
-        "q",
-        BeforeCas(cache, queue.keys.state, lambda: other.extend(Queue("q", cache, clock=clock, shards=1).read_multi(1))),
-        clock=clock,
-        shards=1,
-    )
+    loser = losing_to_a_read_of_one(cache, clock, other)
     assert loser.read_multi(3) == ["b", "c"]
     assert other == ["a"]
     assert stats_of(queue, "read", "lost", "skipped", "depth") == (3, 0, 0, 0)
@@ -1029,12 +1036,7 @@ def test_a_read_whose_claim_lost_does_not_claim_past_the_rest_of_a_frame_another
     queue.write_multi(["a", "b", "c"])  # one frame, slots 1 to 3
     queue.write("d")  # slot 4
     other = []
-    loser = Queue(
-        "q",
-        BeforeCas(cache, queue.keys.state, lambda: other.extend(Queue("q", cache, clock=clock, shards=1).read_multi(1))),
-        clock=clock,
-        shards=1,
-    )
+    loser = losing_to_a_read_of_one(cache, clock, other)
     assert loser.read_multi(4) == ["d"]
     assert other == ["a"]  # and "b", "c" stored again in slot 2
     assert queue.read_multi(10) == ["b", "c"]
